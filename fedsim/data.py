@@ -1,0 +1,87 @@
+"""Turn a dataset + partitioner into per-client train / local-test slices.
+
+Every client's examples are stored contiguously (client c at offsets[c]:offsets[c+1]) so
+that a client's data is a zero-copy slice, and the split is vectorised over clients.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedsim.datasets import PerClient, Pooled
+
+
+@dataclass(frozen=True)
+class FederatedData:
+    num_clients: int
+    num_classes: int  # 0 = regression
+    input_shape: tuple[int, ...]
+    x_train: np.ndarray
+    y_train: np.ndarray
+    train_offsets: np.ndarray  # (N+1,)
+    x_val: np.ndarray  # each client's local test split (per-client accuracy, fairness)
+    y_val: np.ndarray
+    val_offsets: np.ndarray
+    x_test: np.ndarray  # global test set
+    y_test: np.ndarray
+    optimum: np.ndarray | None = None
+
+    @property
+    def task(self) -> str:
+        return "regression" if self.num_classes == 0 else "classification"
+
+    def train_slice(self, client: int) -> slice:
+        return slice(int(self.train_offsets[client]), int(self.train_offsets[client + 1]))
+
+    def val_slice(self, client: int) -> slice:
+        return slice(int(self.val_offsets[client]), int(self.val_offsets[client + 1]))
+
+    def num_examples(self) -> np.ndarray:
+        return np.diff(self.train_offsets)
+
+    def label_histograms(self) -> np.ndarray:
+        """(N, C) fraction of each label in each client's training data (π̂_n of specs §2.1)."""
+        if self.num_classes == 0:
+            raise ValueError("label histograms need a classification dataset")
+        owner = np.repeat(np.arange(self.num_clients), self.num_examples())
+        counts = np.zeros((self.num_clients, self.num_classes))
+        np.add.at(counts, (owner, self.y_train), 1.0)
+        return counts / np.maximum(counts.sum(1, keepdims=True), 1.0)
+
+
+def _split_local(x: np.ndarray, y: np.ndarray, offsets: np.ndarray, test_fraction: float,
+                 rng: np.random.Generator):
+    """Shuffle each client's rows and move floor(f·n_k) of them to its local test split."""
+    sizes = np.diff(offsets)
+    owner = np.repeat(np.arange(len(sizes)), sizes)
+    order = np.lexsort((rng.random(len(owner)), owner))  # shuffle within each client, vectorised
+    rank = np.arange(len(owner)) - offsets[owner]
+    n_val = np.floor(test_fraction * sizes).astype(np.int64)
+    is_val = rank >= (sizes - n_val)[owner]
+    tr, va = order[~is_val], order[is_val]
+    train_off = np.concatenate([[0], np.cumsum(sizes - n_val)])
+    val_off = np.concatenate([[0], np.cumsum(n_val)])
+    return x[tr], y[tr], train_off, x[va], y[va], val_off
+
+
+def federate(dataset, partition, num_clients: int, test_fraction: float, seed_of) -> FederatedData:
+    """Build the federation. `seed_of(name)` gives the seed for each named random stream."""
+    raw = dataset.load(num_clients, np.random.default_rng(seed_of("dataset")))
+    if isinstance(raw, PerClient):
+        x, y, offsets = raw.x, raw.y, raw.offsets
+        optimum = raw.optimum
+    else:
+        assert isinstance(raw, Pooled)
+        parts = partition.split(raw.y, num_clients, seed_of("partition"))
+        if len(parts) != num_clients:
+            raise ValueError(f"partitioner returned {len(parts)} parts for {num_clients} clients")
+        rows = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+        x, y = raw.x[rows], raw.y[rows]
+        offsets = np.concatenate([[0], np.cumsum([len(p) for p in parts])]).astype(np.int64)
+        optimum = None
+    xt, yt, toff, xv, yv, voff = _split_local(x, y, offsets, test_fraction,
+                                               np.random.default_rng(seed_of("local_split")))
+    return FederatedData(num_clients, raw.num_classes, tuple(raw.x_test.shape[1:]), xt, yt, toff,
+                         xv, yv, voff, raw.x_test, raw.y_test, optimum)

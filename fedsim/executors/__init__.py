@@ -1,0 +1,39 @@
+"""Where client jobs run. Every executor takes the same `Setup` once, then `Job`s, and
+returns `JobResult`s in whatever order they finish; the engine restores virtual-time
+order. Table `EXECUTORS` maps names to config dataclasses whose `create()` builds the
+executor (heavy imports such as ray and flwr happen inside `create`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol, Sequence
+
+from fedsim.client import ClientConfig
+from fedsim.data import FederatedData
+from fedsim.executors.inline import Inline
+from fedsim.types import Job, JobResult
+
+
+@dataclass(frozen=True)
+class Setup:
+    """Everything a worker needs to build its resident ClientRuntime (picklable)."""
+
+    data: FederatedData
+    model: Any  # a fedsim.models spec
+    client: ClientConfig
+    strategy: Any
+    seed: int
+
+
+class Executor(Protocol):
+    def start(self, setup: Setup) -> None: ...
+    def submit(self, jobs: Sequence[Job]) -> None: ...
+    def next_result(self) -> JobResult: ...  # blocks until any submitted job is done
+    def close(self) -> None: ...
+
+
+EXECUTORS: dict[str, type] = {
+    "inline": Inline,
+}
+
+__all__ = ["EXECUTORS", "Executor", "Setup"]

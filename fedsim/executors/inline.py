@@ -1,0 +1,79 @@
+"""The inline executor: jobs run in this process, serially (workers: 0) or on a pool of
+threads, each with its own resident model (torch releases the GIL during kernels)."""
+
+from __future__ import annotations
+
+import collections
+import queue
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Sequence
+
+from fedsim.config import bounded
+from fedsim.types import Job, JobResult
+
+
+@dataclass(frozen=True, kw_only=True)
+class Inline:
+    """Run client jobs in the calling process.
+
+    Args:
+        workers: 0 = run each job in the calling thread when its result is asked for;
+            n > 0 = a pool of n threads.
+        threads: torch intra-op threads per worker (1 keeps results identical across executors).
+    """
+
+    workers: int = bounded(0, ge=0, le=256)
+    threads: int = bounded(1, ge=1, le=256)
+
+    def create(self) -> "InlineExecutor":
+        return InlineExecutor(self.workers, self.threads)
+
+
+class InlineExecutor:
+    def __init__(self, workers: int, threads: int):
+        self.workers, self.threads = workers, threads
+        self._pending: collections.deque[Job] = collections.deque()
+        self._done: queue.Queue[JobResult] = queue.Queue()
+        self._local = threading.local()
+        self._pool: ThreadPoolExecutor | None = None
+        self._inflight = 0
+
+    def start(self, setup) -> None:
+        self.setup = setup
+        if self.workers > 0:
+            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="fedsim-client")
+
+    def _runtime(self):
+        rt = getattr(self._local, "runtime", None)
+        if rt is None:
+            from fedsim.client import ClientRuntime
+
+            s = self.setup
+            rt = self._local.runtime = ClientRuntime(s.data, s.model, s.client, s.strategy, self.threads)
+        return rt
+
+    def _run(self, job: Job) -> None:
+        self._done.put(self._runtime().run(job))
+
+    def submit(self, jobs: Sequence[Job]) -> None:
+        for job in jobs:
+            self._inflight += 1
+            if self._pool is not None:
+                self._pool.submit(self._run, job)
+            else:
+                self._pending.append(job)
+
+    def next_result(self) -> JobResult:
+        if self._inflight == 0:
+            raise RuntimeError("next_result() with no job in flight")
+        if self._pool is None:
+            self._run(self._pending.popleft())
+        self._inflight -= 1
+        return self._done.get()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None

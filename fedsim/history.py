@@ -1,0 +1,74 @@
+"""The run record on disk (DESIGN.md §3): append-only JSONL files, flushed per line so a
+crash loses at most the point in progress."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Mapping
+
+
+def _clean(value: Any) -> Any:
+    """JSON has no NaN/Inf: write them as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        return _clean(value.item())
+    return value
+
+
+class History:
+    FILES = ("metrics", "clients", "events")
+
+    def __init__(self, out: Path, append: bool = False):
+        self.out = out
+        out.mkdir(parents=True, exist_ok=True)
+        mode = "a" if append else "w"
+        self._fh = {name: (out / f"{name}.jsonl").open(mode, encoding="utf-8") for name in self.FILES}
+        self.last_metrics: dict[str, Any] = {}
+
+    def _write(self, name: str, record: Mapping[str, Any], flush: bool = True) -> None:
+        fh = self._fh[name]
+        fh.write(json.dumps(_clean(dict(record)), separators=(",", ":")) + "\n")
+        if flush:
+            fh.flush()
+
+    def metric(self, record: Mapping[str, Any]) -> None:
+        self.last_metrics = dict(record)
+        self._write("metrics", record)
+
+    def client(self, record: Mapping[str, Any]) -> None:
+        self._write("clients", record, flush=False)
+
+    def event(self, record: Mapping[str, Any]) -> None:
+        self._write("events", record, flush=False)
+
+    def flush(self) -> None:
+        for fh in self._fh.values():
+            fh.flush()
+
+    def close(self) -> None:
+        for fh in self._fh.values():
+            fh.close()
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Read a JSONL file, with a clear error naming the file and line on corruption."""
+    rows = []
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found")
+    with path.open(encoding="utf-8") as fh:
+        for i, line in enumerate(fh, start=1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{i}: not valid JSON ({exc.msg})") from None
+    return rows

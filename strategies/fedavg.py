@@ -1,0 +1,49 @@
+"""FedAvg (McMahan et al., AISTATS 2017) with a server learning rate.
+
+Update rule (specs §3):  x_{t+1} = x_t + η · Σ_{i∈S_t} a_i Δ_i
+with a_i = n_i / Σ_j n_j (`weighting: examples`) or a_i = 1/|S_t| (`weighting: uniform`).
+Clients run plain local SGD (fedsim.client). Empty round: no change.
+
+In async mode every arrival is applied at once with the same rule over a cohort of one
+(i.e. x ← x + η Δ): use `async_fedavg` for the FedAsync mixing rule with staleness decay.
+
+Example:
+    strategy: {name: fedavg, server_lr: 1.0, weighting: examples}
+
+References:
+    McMahan et al., "Communication-Efficient Learning of Deep Networks from
+    Decentralized Data", AISTATS 2017. https://arxiv.org/abs/1602.05629
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Sequence
+
+from fedsim.strategy import apply_delta, example_weights, sorted_updates, weighted_sum
+from fedsim.types import ClientUpdate, Params, RoundInfo
+
+
+@dataclass(frozen=True, kw_only=True)
+class FedAvg:
+    """Federated averaging.
+
+    Args:
+        server_lr: η, the server learning rate (1.0 = classic FedAvg).
+        weighting: `examples` (a_i ∝ n_i) or `uniform` (a_i = 1/|S_t|).
+    """
+
+    server_lr: float = 1.0
+    weighting: Literal["examples", "uniform"] = "examples"
+
+    def init(self, params: Params, num_clients: int) -> None:
+        return None  # FedAvg keeps no server state
+
+    def aggregate(self, state: None, params: Params, updates: Sequence[ClientUpdate],
+                  info: RoundInfo) -> tuple[None, Params]:
+        if not updates:
+            return state, params  # empty round: model unchanged (specs §3 edge cases)
+        ups = sorted_updates(updates)
+        a = example_weights(ups, self.weighting)
+        step = weighted_sum([u.delta for u in ups], a)  # Σ a_i Δ_i
+        return state, apply_delta(params, step, self.server_lr)  # x + η Σ a_i Δ_i
