@@ -31,8 +31,12 @@ def _jsonl(path: Path) -> list[dict[str, Any]]:
         rows = read_jsonl(path)
     except FileNotFoundError:
         raise RunDataError(f"{path}: missing (not a complete fedsim run folder?)") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise RunDataError(f"{exc}".splitlines()[0] if str(exc) else f"{path}: unreadable") from None
+    except UnicodeDecodeError as exc:
+        raise RunDataError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    except ValueError as exc:  # read_jsonl names the file and line
+        raise RunDataError(str(exc).splitlines()[0] if str(exc) else f"{path}: unreadable") from None
+    except OSError as exc:
+        raise RunDataError(f"{path}: cannot read ({exc.strerror})") from None
     for i, row in enumerate(rows, start=1):
         if not isinstance(row, dict):
             raise RunDataError(f"{path}:{i}: expected a JSON object, got {type(row).__name__}")
