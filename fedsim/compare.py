@@ -127,7 +127,7 @@ def compare(run_dirs: Sequence[str | Path], target: float | None = None, per_run
         getters.append(lambda r: _last(r, "client_loss_worst10"))
     cols += [Column(f"{step}s_to_target", f"{step}s to target", 1),
              Column("virtual_time_to_target", "virtual s to target", 1),
-             Column("mbytes", "MB up+down", 2), Column("wall_time", "wall s", 2)]
+             Column("mbytes", "MB up+down", 3), Column("wall_time", "wall s", 2)]
     getters += [lambda r: _first_reach(r, metric, target, r.step_key),
                 lambda r: _first_reach(r, metric, target, "virtual_time"),
                 lambda r: (_last(r, "bytes_up") + _last(r, "bytes_down")) / 1e6, _wall]
