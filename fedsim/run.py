@@ -43,7 +43,8 @@ def build_data(sc) -> FederatedData:
         return federate(d.dataset, d.partition, d.num_clients, d.test_fraction,
                         lambda stream: seeding.seed_of(sc.seed, stream))
     except ValueError as exc:
-        raise RunError(f"data: {exc}") from None
+        msg = str(exc)
+        raise RunError(msg if msg.startswith("data.") else f"data: {msg}") from None
 
 
 def local_work(sc, data: FederatedData) -> np.ndarray:
