@@ -93,3 +93,12 @@ def test_empty_rounds_advance_time_and_keep_model(tmp_path):
     rows = read_metrics(tmp_path / "out")
     assert [r["virtual_time"] for r in rows] == [0.0, 2.5, 5.0, 7.5]
     assert rows[0]["test_loss"] == rows[-1]["test_loss"]
+
+
+def test_thread_pool_executor_gives_identical_history(tmp_path):
+    raw = merge(TINY, participation={"name": "bernoulli", "probs": {"name": "constant", "p": 0.7}},
+                system={"compute": {"name": "exponential", "mean": 1.0}})
+    run_raw(raw, tmp_path / "serial")
+    run_raw(merge(raw, executor={"name": "inline", "workers": 2}), tmp_path / "pool")
+    assert read_metrics(tmp_path / "serial") == read_metrics(tmp_path / "pool")
+    assert events(tmp_path / "serial") == events(tmp_path / "pool")
