@@ -14,6 +14,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from fedsim.rundata import Group, Run, RunDataError, find_runs, group_runs
 
@@ -247,6 +248,7 @@ def participation(groups: Sequence[Group], weight_key: str = WEIGHT_KEY) -> Figu
             ax_h.legend(loc="upper right", fontsize="x-small")
         fig.colorbar(im, ax=ax_h, label="took part" if run.mode == "sync" else "updates per cell", pad=0.01)
         ax_h.set(title=f"{g.label} (seed {run.seed}): who took part", xlabel=xlabel, ylabel="client")
+        ax_h.yaxis.set_major_locator(MaxNLocator(integer=True))
         probs = run.true_probs
         rounds = float(run.metrics[-1].get("round") or 0)
         if probs is not None and len(probs) == n and run.mode == "sync" and rounds > 0:
@@ -284,6 +286,7 @@ def _weight_panel(ax, run: Run, key: str, probs: np.ndarray | None, colour) -> N
     else:
         ax.bar(np.arange(len(final)), final, color=colour, width=1.0)
         ax.set(title=f"final {key} (true p unknown)", xlabel="client", ylabel=key)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 # --- async ---------------------------------------------------------------------------------
@@ -353,6 +356,7 @@ def contributions(groups: Sequence[Group], key: str = CONTRIBUTION_KEY) -> Figur
         ax_b, ax_t = axes[i]
         ax_b.bar(np.arange(len(mean)), mean, yerr=std if len(finals) > 1 else None, color=c, width=0.8)
         ax_b.set(title=f"{_legend_label(g)}: final {key} per client", xlabel="client", ylabel=key)
+        ax_b.xaxis.set_major_locator(MaxNLocator(integer=True))
         steps, vals = mats[0]
         q = np.nanpercentile(vals, [10, 50, 90], axis=1)
         ax_t.plot(steps, q[1], color=c, label="median")

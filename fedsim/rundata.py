@@ -228,6 +228,13 @@ def group_runs(runs: Sequence[Run]) -> list[Group]:
     keys = list(keyed)
     all_names = sorted(set().union(*(flat[k].keys() for k in keys))) if keys else []
     differ = [n for n in all_names if len({json.dumps(flat[k].get(n), default=str) for k in keys}) > 1]
+    # A key that exists only because another plugin was chosen (`strategy.cutoff` when
+    # `strategy.name` differs) is implied by that name unless it varies where it exists.
+    def implied(d: str) -> bool:
+        having = [json.dumps(flat[k][d], default=str) for k in keys if d in flat[k]]
+        return len(having) < len(keys) and len(set(having)) == 1
+
+    differ = [d for d in differ if not implied(d)]
     differ.sort(key=lambda n: (not n.endswith(".name"), n))  # plugin choices say the most
     groups = []
     for k in keys:

@@ -81,6 +81,18 @@ def test_grouping_pools_seeds_and_labels_differences(runs):
     assert sorted(groups[0].seeds) == [0, 1]
 
 
+def test_labels_leave_out_keys_implied_by_a_plugin_choice(tmp_path):
+    import yaml
+
+    for name, part in {"a": {"name": "full"}, "b": {"name": "bernoulli", "probs": {"name": "constant", "p": 0.5}},
+                       "c": {"name": "bernoulli", "probs": {"name": "constant", "p": 0.2}}}.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "scenario.resolved.yaml").write_text(yaml.safe_dump(merge(TINY, participation=part)))
+    labels = [g.label for g in group_runs(find_runs([tmp_path]))]
+    assert labels == ["participation.name=full", "participation.name=bernoulli, participation.probs.p=0.5",
+                      "participation.name=bernoulli, participation.probs.p=0.2"]
+
+
 @pytest.mark.parametrize("kind, size", [("convergence", (1300, 740)), ("fairness", (1200, 800)),
                                         ("participation", (1100, 780)), ("async", (1400, 440))])
 def test_every_kind_renders_png_of_expected_size(runs, tmp_path, kind, size):
