@@ -13,8 +13,9 @@ What each scenario compares comes from comment lines in the scenario file, else 
 
 Runs go to runs/results/<scenario>/ (one subfolder per combination) and are reused when
 they already hold a finished run of the same resolved scenario, so adding a scenario only
-runs the new one. Rounds are capped at --rounds (async: engine.max_versions) to keep the
-whole gallery small; the cap used is printed in each section.
+runs the new one. Sync rounds are capped at --rounds and async runs at --versions model
+versions (engine.max_versions) to keep the whole gallery small; the overrides used are
+printed in each section.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ COMPARE: dict[str, list[str]] = {
 }
 DEFAULT_SEEDS = "0..2"
 DEFAULT_ROUNDS = 60
+DEFAULT_VERSIONS = 300
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,7 @@ class Plan:
     seeds: str
 
 
-def read_plan(path: Path, rounds: int, seeds: str | None = None) -> Plan:
+def read_plan(path: Path, rounds: int, seeds: str | None = None, versions: int = 300) -> Plan:
     """The scenario's header comments -> what the gallery runs."""
     from fedsim.scenario import load
 
@@ -74,8 +76,8 @@ def read_plan(path: Path, rounds: int, seeds: str | None = None) -> Plan:
     sc = load(path, fixed)
     if sc.engine.mode == "sync" and sc.engine.rounds > rounds:
         fixed.append(f"engine.rounds={rounds}")
-    elif sc.engine.mode == "async" and (sc.engine.max_versions is None or sc.engine.max_versions > rounds):
-        fixed.append(f"engine.max_versions={rounds}")
+    elif sc.engine.mode == "async" and (sc.engine.max_versions is None or sc.engine.max_versions > versions):
+        fixed.append(f"engine.max_versions={versions}")
     return Plan(path.stem, path, description, tuple(sets), tuple(fixed), seeds or plan_seeds)
 
 
@@ -95,8 +97,7 @@ def section(plan: Plan, out: Path, figures: Path) -> str:
     from fedsim.rundata import find_runs, group_runs
 
     groups = group_runs(find_runs([out]))
-    kinds = ["convergence", "fairness"]
-    kinds += [k for k in ("async", "contributions") if plots.applicable(k, groups)]
+    kinds = ["convergence"] + [k for k in ("fairness", "async", "contributions") if plots.applicable(k, groups)]
     if any(plots.WEIGHT_KEY in r.client_keys() for g in groups for r in g.runs):
         kinds.append("participation")
     rel = []
@@ -121,7 +122,8 @@ def section(plan: Plan, out: Path, figures: Path) -> str:
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", nargs="*", help="scenario names to (re)run; others reuse their finished runs")
-    ap.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS, help="cap on engine.rounds / max_versions")
+    ap.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS, help="cap on engine.rounds (sync)")
+    ap.add_argument("--versions", type=int, default=DEFAULT_VERSIONS, help="cap on engine.max_versions (async)")
     ap.add_argument("--seeds", help=f"override every scenario's seeds (default {DEFAULT_SEEDS})")
     ap.add_argument("--runs", default=str(ROOT / "runs" / "results"), help="where the runs go")
     ap.add_argument("--jobs", type=int, default=1, help="parallel runs per scenario")
@@ -130,7 +132,7 @@ def main(argv: list[str]) -> int:
     sections, t0 = [], time.perf_counter()
     for path in sorted((ROOT / "scenarios").glob("*.yaml")):
         try:
-            plan = read_plan(path, args.rounds, args.seeds)
+            plan = read_plan(path, args.rounds, args.seeds, args.versions)
         except Exception as exc:  # a scenario this build cannot load: say so in the page
             sections.append(f"## {path.stem}\n\nNot included: {str(exc).splitlines()[0]}\n")
             print(f"skip {path.name}: {exc}", file=sys.stderr)
@@ -152,7 +154,7 @@ def main(argv: list[str]) -> int:
             "table. Budgets are reduced so the whole page regenerates in minutes on a laptop CPU: numbers "
             "show trends, not the papers' final accuracies. Wall times depend on the machine.", "",
             f"Generated from commit `{commit}` on {time.strftime('%Y-%m-%d')} with "
-            f"`python docs/make_results.py --rounds {args.rounds}`.", ""]
+            f"`python docs/make_results.py --rounds {args.rounds} --versions {args.versions}`.", ""]
     (DOCS / "results.md").write_text("\n".join(head + sections).rstrip() + "\n", encoding="utf-8")
     print(f"wrote docs/results.md ({len(sections)} sections) in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     return 0

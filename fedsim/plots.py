@@ -9,6 +9,7 @@ group drawn as mean ± one standard deviation over seeds; one colour per group.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -352,13 +353,17 @@ def contributions(groups: Sequence[Group], key: str = CONTRIBUTION_KEY) -> Figur
         c = _colour(i)
         mats = [r.client_matrix(key) for r in g.runs if key in r.client_keys()]
         finals = np.vstack([m[1][-1] for m in mats if m[1].shape[1] == mats[0][1].shape[1]])
-        mean, std = np.nanmean(finals, 0), np.nanstd(finals, 0)
+        with warnings.catch_warnings():  # a client never scored stays NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean, std = np.nanmean(finals, 0), np.nanstd(finals, 0)
         ax_b, ax_t = axes[i]
         ax_b.bar(np.arange(len(mean)), mean, yerr=std if len(finals) > 1 else None, color=c, width=0.8)
         ax_b.set(title=f"{_legend_label(g)}: final {key} per client", xlabel="client", ylabel=key)
         ax_b.xaxis.set_major_locator(MaxNLocator(integer=True))
         steps, vals = mats[0]
-        q = np.nanpercentile(vals, [10, 50, 90], axis=1)
+        with warnings.catch_warnings():  # steps before any client was scored are all-NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
+            q = np.nanpercentile(vals, [10, 50, 90], axis=1)
         ax_t.plot(steps, q[1], color=c, label="median")
         ax_t.fill_between(steps, q[0], q[2], color=c, alpha=0.2, linewidth=0, label="10–90%")
         ax_t.set(title=f"{key} over time (seed {g.runs[0].seed})", xlabel=g.runs[0].step_key, ylabel=key)
