@@ -35,6 +35,14 @@ sys.path.insert(0, str(ROOT))
 # Scenarios without `# compare:` lines: name -> sweep axes (`key=v1,v2`).
 COMPARE: dict[str, list[str]] = {
     "quickstart": ["strategy.weighting=examples,uniform"],
+    "async_comparison": ["strategy.name=fedbuff,fedfix,async_fedavg"],
+    "async_linreg_fedfix": ["strategy.name=fedbuff,fedfix,async_fedavg"],
+}
+# Scenarios without a `# results:` line: name -> fixed gallery overrides. Async comparisons
+# get a virtual-time budget (equal for every strategy) instead of the version cap.
+RESULTS: dict[str, list[str]] = {
+    "async_comparison": ["engine.max_time=20"],
+    "async_linreg_fedfix": ["engine.max_time=60"],
 }
 DEFAULT_SEEDS = "0..2"
 DEFAULT_ROUNDS = 60
@@ -62,21 +70,29 @@ def read_plan(path: Path, rounds: int, seeds: str | None = None, versions: int =
             break
         header.append(line[1:].strip())
     sets = [m.group(1).strip() for h in header if (m := re.match(r"compare:\s*(.+)", h))]
-    fixed, plan_seeds = [], DEFAULT_SEEDS
-    for h in header:
-        if m := re.match(r"results:\s*(.+)", h):
-            for item in m.group(1).split():
-                if item.startswith("seeds="):
-                    plan_seeds = item.split("=", 1)[1]
-                else:
-                    fixed.append(item)
+    items = [item for h in header if (m := re.match(r"results:\s*(.+)", h)) for item in m.group(1).split()]
+    if not any(re.match(r"results:", h) for h in header):
+        items = list(RESULTS.get(path.stem, []))
+    plan_seeds = next((i.split("=", 1)[1] for i in items if i.startswith("seeds=")), DEFAULT_SEEDS)
+    fixed = [i for i in items if not i.startswith("seeds=")]
     if not sets:
         sets = COMPARE.get(path.stem, [])
-    description = " ".join(h for h in header if not re.match(r"(compare|results|run|override):", h, re.I))
+    described: list[str] = []  # the header's prose up to its first example command
+    for h in header:
+        if re.match(r"(compare|results|run|override):", h, re.I):
+            continue
+        if re.match(r"(fedsim|python) ", h):
+            if described:
+                break
+            continue
+        described.append(h)
+    description = " ".join(described)
     sc = load(path, fixed)
-    if sc.engine.mode == "sync" and sc.engine.rounds > rounds:
+    budget = {i.split("=", 1)[0] for i in fixed}
+    if sc.engine.mode == "sync" and sc.engine.rounds > rounds and "engine.rounds" not in budget:
         fixed.append(f"engine.rounds={rounds}")
-    elif sc.engine.mode == "async" and (sc.engine.max_versions is None or sc.engine.max_versions > versions):
+    elif (sc.engine.mode == "async" and not budget & {"engine.max_time", "engine.max_versions", "engine.max_updates"}
+          and (sc.engine.max_versions is None or sc.engine.max_versions > versions)):
         fixed.append(f"engine.max_versions={versions}")
     return Plan(path.stem, path, description, tuple(sets), tuple(fixed), seeds or plan_seeds)
 
