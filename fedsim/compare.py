@@ -49,7 +49,7 @@ class Cell:
         if not self.reached:
             return "—"
         s = f"{self.mean:.{digits}f}"
-        if len(self.values) > 1:
+        if self.reached > 1:
             s += f" ± {self.std:.{digits}f}"
         if self.reached < len(self.values):
             s += f" ({self.reached}/{len(self.values)})"

@@ -46,13 +46,13 @@ def _figure(width: float, height: float) -> Figure:
 
 
 def _by_step(runs: Sequence[Run], key: str) -> tuple[np.ndarray, np.ndarray]:
-    """x = the evaluation steps every run has; y[run, step]."""
+    """x = the evaluation steps (rounds/versions); y[run, step]. Seeds evaluated at the same
+    steps (sync) are stacked as they are; otherwise (async runs evaluated on virtual time
+    commit different versions) they are interpolated onto a shared grid."""
     steps = [np.array([r.get(run.step_key) for r in run.metrics], dtype=float) for run in runs]
-    common = steps[0]
-    for s in steps[1:]:
-        common = np.intersect1d(common, s)
-    ys = [run.series(key)[np.isin(s, common)] for run, s in zip(runs, steps)]
-    return common, np.vstack(ys)
+    if all(len(s) == len(steps[0]) and np.array_equal(s, steps[0]) for s in steps):
+        return steps[0], np.vstack([run.series(key) for run in runs])
+    return _by_time(runs, runs[0].step_key, key)
 
 
 def _by_time(runs: Sequence[Run], xkey: str, key: str) -> tuple[np.ndarray, np.ndarray]:
@@ -70,6 +70,16 @@ def _band(ax, x: np.ndarray, y: np.ndarray, colour, label: str | None, **kw) -> 
     if y.shape[0] > 1:
         std = np.nanstd(y, axis=0)
         ax.fill_between(x, mean - std, mean + std, color=colour, alpha=0.2, linewidth=0)
+
+
+def _figure_legend(fig: Figure, groups: Sequence[Group]) -> None:
+    """One legend for the whole figure, above the panels: a colour per group."""
+    from matplotlib.lines import Line2D
+
+    labels = [_legend_label(g) for g in groups]
+    handles = [Line2D([], [], color=_colour(i), linewidth=2) for i in range(len(groups))]
+    ncols = 1 if max(map(len, labels)) > 60 else min(3, len(labels))
+    fig.legend(handles, labels, loc="outside upper center", ncols=ncols, fontsize="small", frameon=False)
 
 
 def _legend_label(g: Group) -> str:
@@ -97,7 +107,7 @@ def convergence(groups: Sequence[Group]) -> Figure:
         c = _colour(i)
         for row, key in enumerate(rows):
             x, y = _by_step(g.runs, key)
-            _band(axes[row, 0], x, y, c, _legend_label(g) if row == 0 else None)
+            _band(axes[row, 0], x, y, c, None)
             for col, xkey in ((1, "virtual_time"), (2, "wall_time")):
                 x, y = _by_time(g.runs, xkey, key)
                 _band(axes[row, col], x, y, c, None)
@@ -109,8 +119,8 @@ def convergence(groups: Sequence[Group]) -> Figure:
             ax.grid(alpha=0.3)
             if key != "test_accuracy":
                 ax.set_yscale("log")
-    axes[0, 0].legend(fontsize="small")
     fig.suptitle("Convergence" + (" (mean ± std over seeds)" if any(len(g.runs) > 1 for g in groups) else ""))
+    _figure_legend(fig, groups)
     return fig
 
 
@@ -166,9 +176,9 @@ def fairness(groups: Sequence[Group]) -> Figure:
             common = np.intersect1d(common, steps)
         st = np.stack([s[:, np.isin(steps, common)] for steps, s, _ in per_run])  # (seeds, 6, T)
         s = np.nanmean(st, axis=0) if np.isfinite(st).any() else st[0]
-        ax_dist.plot(common, s[1], color=c, label=f"{_legend_label(g)} median")
+        ax_dist.plot(common, s[1], color=c)
         ax_dist.fill_between(common, s[0], s[2], color=c, alpha=0.2, linewidth=0)
-        ax_dist.plot(common, s[3], color=c, linestyle="--", label=f"{g.label} worst 10%")
+        ax_dist.plot(common, s[3], color=c, linestyle="--")
         _band(ax_std, common, st[:, 4], c, g.label)
         if not regression:
             _band(ax_jain, common, st[:, 5], c, g.label)
@@ -189,8 +199,8 @@ def fairness(groups: Sequence[Group]) -> Figure:
         ax_jain.set(title="Jain's index of client accuracy", xlabel=unit, ylabel="Jain's index")
     for ax in (ax_dist, ax_jain, ax_std, ax_prof):
         ax.grid(alpha=0.3)
-    ax_dist.legend(fontsize="x-small")
     fig.suptitle("Fairness across clients")
+    _figure_legend(fig, groups)
     return fig
 
 
@@ -313,17 +323,16 @@ def asynchrony(groups: Sequence[Group]) -> Figure:
             times += [float(e["virtual_time"]) for e in arr]
         if stale:
             ax_h.hist(stale, bins=bins, density=True, histtype="step", color=c, linewidth=1.5,
-                      label=f"{_legend_label(g)}, mean {np.mean(stale):.2f}")
+                      label=f"mean {np.mean(stale):.2f}")
             t, s = np.array(times), np.array(stale, dtype=float)
             edges = np.linspace(0, t.max() + 1e-9, 41)
             idx = np.digitize(t, edges) - 1
             means = np.array([s[idx == b].mean() if np.any(idx == b) else np.nan for b in range(40)])
-            ax_s.plot((edges[:-1] + edges[1:]) / 2, means, color=c, marker=".", label=g.label)
+            ax_s.plot((edges[:-1] + edges[1:]) / 2, means, color=c, marker=".")
         for k, run in enumerate(g.runs):
             commits = sorted(float(e["virtual_time"]) for e in run.events if e.get("kind") == "commit")
             if commits:
-                ax_c.step(commits, np.arange(1, len(commits) + 1), where="post", color=c, alpha=0.9 if k == 0 else 0.4,
-                          label=g.label if k == 0 else None)
+                ax_c.step(commits, np.arange(1, len(commits) + 1), where="post", color=c, alpha=0.9 if k == 0 else 0.4)
     if top == 0 and not ax_h.patches:
         ax_h.text(0.5, 0.5, "no arrivals with staleness in events.jsonl", ha="center", va="center",
                   transform=ax_h.transAxes)
@@ -335,6 +344,7 @@ def asynchrony(groups: Sequence[Group]) -> Figure:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize="x-small")
     fig.suptitle("Asynchrony")
+    _figure_legend(fig, groups)
     return fig
 
 
