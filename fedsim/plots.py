@@ -72,14 +72,15 @@ def _band(ax, x: np.ndarray, y: np.ndarray, colour, label: str | None, **kw) -> 
         ax.fill_between(x, mean - std, mean + std, color=colour, alpha=0.2, linewidth=0)
 
 
-def _figure_legend(fig: Figure, groups: Sequence[Group]) -> None:
-    """One legend for the whole figure, above the panels: a colour per group."""
+def _figure_legend(fig: Figure, groups: Sequence[Group], title: str) -> None:
+    """The figure's title and one legend above the panels: a colour per group."""
     from matplotlib.lines import Line2D
 
     labels = [_legend_label(g) for g in groups]
     handles = [Line2D([], [], color=_colour(i), linewidth=2) for i in range(len(groups))]
     ncols = 1 if max(map(len, labels)) > 60 else min(3, len(labels))
-    fig.legend(handles, labels, loc="outside upper center", ncols=ncols, fontsize="small", frameon=False)
+    fig.legend(handles, labels, loc="outside upper center", ncols=ncols, fontsize="small", frameon=False,
+               title=title, title_fontproperties={"size": "large"})
 
 
 def _legend_label(g: Group) -> str:
@@ -119,8 +120,8 @@ def convergence(groups: Sequence[Group]) -> Figure:
             ax.grid(alpha=0.3)
             if key != "test_accuracy":
                 ax.set_yscale("log")
-    fig.suptitle("Convergence" + (" (mean ± std over seeds)" if any(len(g.runs) > 1 for g in groups) else ""))
-    _figure_legend(fig, groups)
+    _figure_legend(fig, groups, "Convergence" + (" (mean ± std over seeds)" if any(len(g.runs) > 1 for g in groups)
+                                                 else ""))
     return fig
 
 
@@ -199,8 +200,7 @@ def fairness(groups: Sequence[Group]) -> Figure:
         ax_jain.set(title="Jain's index of client accuracy", xlabel=unit, ylabel="Jain's index")
     for ax in (ax_dist, ax_jain, ax_std, ax_prof):
         ax.grid(alpha=0.3)
-    fig.suptitle("Fairness across clients")
-    _figure_legend(fig, groups)
+    _figure_legend(fig, groups, "Fairness across clients")
     return fig
 
 
@@ -333,18 +333,25 @@ def asynchrony(groups: Sequence[Group]) -> Figure:
             commits = sorted(float(e["virtual_time"]) for e in run.events if e.get("kind") == "commit")
             if commits:
                 ax_c.step(commits, np.arange(1, len(commits) + 1), where="post", color=c, alpha=0.9 if k == 0 else 0.4)
+    every = [int(e["staleness"]) for g in groups for run in g.runs for e in run.events
+             if e.get("kind") == "arrive" and isinstance(e.get("staleness"), int)]
+    clip = int(np.percentile(every, 99)) + 1 if every else 0
+    if clip < top:  # a long tail would squash the bulk of the histogram
+        ax_h.set_xlim(-0.5, max(clip, 5) + 0.5)
+        ax_h.set_xlabel(f"staleness (versions; 1% of updates beyond {max(clip, 5)} not shown, max {top})")
     if top == 0 and not ax_h.patches:
         ax_h.text(0.5, 0.5, "no arrivals with staleness in events.jsonl", ha="center", va="center",
                   transform=ax_h.transAxes)
-    ax_h.set(title="staleness of arrived updates", xlabel="staleness (versions)", ylabel="share of updates")
+    ax_h.set(title="staleness of arrived updates", ylabel="share of updates")
+    if not ax_h.get_xlabel():
+        ax_h.set_xlabel("staleness (versions)")
     ax_c.set(title="commits over virtual time", xlabel="virtual time (s)", ylabel="model version")
     ax_s.set(title="mean staleness over virtual time", xlabel="virtual time (s)", ylabel="staleness")
     for ax in (ax_h, ax_c, ax_s):
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize="x-small")
-    fig.suptitle("Asynchrony")
-    _figure_legend(fig, groups)
+    _figure_legend(fig, groups, "Asynchrony")
     return fig
 
 
