@@ -60,7 +60,7 @@ def test_results_plan_reads_header_comments(tmp_path):
     plan = res.read_plan(p, rounds=10)
     assert plan.sets == ("strategy.weighting=examples,uniform", "client.lr=0.1,0.05")
     assert plan.seeds == "0..1" and plan.fixed == ("client.local_steps=2", "engine.rounds=10")
-    assert plan.description == "A test scenario."
+    assert plan.description.startswith("A test scenario. Digits")  # prose lines, commands skipped
     p.write_text("# Prose.\n# results: engine.rounds=99\n" + src)
     assert res.read_plan(p, rounds=10).fixed == ("engine.rounds=99",)  # an explicit budget is kept
     # no header: the script's table, and the scenario's own rounds when under the cap
