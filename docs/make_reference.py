@@ -41,16 +41,24 @@ def summary(obj: Any) -> str:
 
 
 def arg_docs(cls: type) -> dict[str, str]:
-    """Field descriptions from the `Args:` section. Accepts one field per line, several per
-    line (`a: x.  b: y.`) and groups (`a / b / c: shared text`)."""
-    doc = _doc(cls)
+    """Field descriptions from the `Args:` section of the class docstring, else of its
+    module's docstring. Accepts one field per line, several per line (`a: x.  b: y.`) and
+    groups (`a / b / c: shared text`)."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    module = sys.modules.get(cls.__module__)
+    found = _parse_args(_doc(module), names) if module is not None else {}
+    found.update(_parse_args(_doc(cls), names))
+    return found
+
+
+def _parse_args(doc: str, names: list[str]) -> dict[str, str]:
     if "Args:" not in doc:
         return {}
     text = doc.split("Args:", 1)[1]
     for sec in SECTIONS:
         text = text.split("\n" + sec, 1)[0]
     text = " ".join(text.split())
-    names = sorted((f.name for f in dataclasses.fields(cls)), key=len, reverse=True)
+    names = sorted(names, key=len, reverse=True)
     if not names:
         return {}
     alt = "|".join(map(re.escape, names))
@@ -130,6 +138,7 @@ def range_text(meta: typing.Mapping[str, Any]) -> str:
 
 
 def _cell(s: str) -> str:
+    s = s.replace("<", "&lt;").replace(">", "&gt;")  # `<name>` would be read as an HTML tag
     return s.replace("|", "\\|").replace("\n", " ") if "\\|" not in s else s.replace("\n", " ")
 
 
@@ -142,6 +151,8 @@ def field_table(cls: type, prefix: str = "") -> list[str]:
             continue
         desc = docs.get(f.name, "")
         fam = f.metadata.get("family")
+        if dataclasses.is_dataclass(hints[f.name]) and not prefix:
+            desc = (desc + " " if desc else "") + f"See [`{f.name}`](#{f.name})."
         if fam:
             link = "reference-strategies.md" if fam == "strategy" else f"#{fam}-plugins"
             desc = (desc + " " if desc else "") + f"See [{fam} plugins]({link})."

@@ -113,7 +113,12 @@ class MetricsConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class Scenario:
-    """A whole experiment. See docs/reference-scenario.md for every key."""
+    """A whole experiment. See docs/reference-scenario.md for every key.
+
+    Args:
+        name: label of the experiment; runs go to runs/<name>/<time>/ unless --out is given.
+        seed: root seed; every random stream derives from it and stable ids (client, dispatch).
+    """
 
     name: str = "scenario"
     seed: int = bounded(0, ge=0, le=2**63 - 1)
