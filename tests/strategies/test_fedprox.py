@@ -31,13 +31,14 @@ def test_server_is_fedavg_rule():
 def test_linear_regression_reaches_stated_fixed_point(tmp_path):
     # Full-batch GD, 20 steps, heterogeneous curvatures: FedProx converges to the point
     # Σ_k P_k(A_k z − b_k) = 0 (client_harness.local_gd_fixed_point), not to w*.
-    raw = merge(LINREG, strategy={"name": "fedprox", "mu": 0.5}, client={"local_steps": 20, "lr": 0.1},
+    raw = merge(LINREG, strategy={"name": "fedprox", "mu": 0.5}, client={"local_steps": 10, "lr": 0.1},
                 data={"dataset": {"name": "linear_regression", "dim": 5, "samples_per_client": 20,
-                                  "heterogeneity": 1.0, "noise": 0.1, "input_spread": 0.6}},
-                engine={"rounds": 200})
+                                  "heterogeneity": 1.0, "noise": 0.1, "input_spread": 0.6},
+                      "num_clients": 5},
+                engine={"rounds": 60})
     res = run_raw(raw, tmp_path)
     a, b, w_star = least_squares_blocks(raw)
-    z = local_gd_fixed_point(a, b, steps=20, lr=0.1, mu=0.5)
+    z = local_gd_fixed_point(a, b, steps=10, lr=0.1, mu=0.5)
     assert np.linalg.norm(res.params - z) < 1e-4
     assert np.linalg.norm(z - w_star) > 0.05  # biased, like FedAvg
     assert read_metrics(tmp_path)[-1]["optimum_distance"] > 0.05
