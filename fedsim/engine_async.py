@@ -290,7 +290,7 @@ class AsyncLoop:
         eng.event("commit", client=None, virtual_time=eng.now, version=eng.version, staleness=None,
                   num_updates=self.since_commit)
         self.since_commit = 0
-        if self.waiting:  # on_commit: the clients that took part restart from the new model
+        if self.waiting and not self.finished():  # on_commit: the clients that took part restart
             online = self.avail.at(eng.now)
             for c in sorted(self.waiting):
                 self.busy[c] = False
