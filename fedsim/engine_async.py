@@ -44,6 +44,10 @@ FINISH, ARRIVE, TICK, SLOT, EVAL = 0, 1, 2, 3, 4
 MAX_IDLE_SLOTS = 100_000
 
 
+class Stalled(RuntimeError):
+    """The run cannot go on: every busy client waits for a commit that cannot come."""
+
+
 class Availability:
     """Participation masks per slot, drawn sequentially from the process (every slot once,
     in order) and cached, so looking ahead — to know whether a client goes offline
@@ -152,15 +156,25 @@ class AsyncLoop:
                 self.on_eval(key)
             if not self.finished():
                 self.refill()
+                self.check_stall()
             self.flush()
             self.avail.forget_before(eng.now)
-        if cfg.max_time is not None and not self.heap and not self.finished():
+        if not self.heap and not self.finished() and cfg.max_time is not None:
             eng.now = max(eng.now, cfg.max_time)  # nothing left to happen before the deadline
         if self.last_eval != (eng.version, eng.now):
             record = self.evaluate()
             if eng.on_progress:
                 eng.on_progress(eng.version, record)
         return eng.params
+
+    def check_stall(self) -> None:
+        """Raise when every slot is held by a client waiting for a commit that nothing can trigger
+        (no job in flight, no timer): e.g. on_commit with a buffer larger than the concurrency."""
+        if self.waiting and not self.flights and self.interval is None \
+                and (len(self.waiting) >= self.cfg.concurrency or self.busy.all()):
+            raise Stalled(f"stalled at virtual time {self.eng.now:g}: {len(self.waiting)} client(s) wait for "
+                          "a commit that no further arrival can trigger (with engine.redispatch: on_commit, "
+                          "engine.concurrency must let the strategy's buffer fill)")
 
     def finished(self) -> bool:
         cfg, eng = self.cfg, self.eng

@@ -142,3 +142,17 @@ def test_mode_and_stop_condition_errors():
         from_mapping(merge(TINY, engine={"mode": "async"}, strategy={"name": "fedbuff"}))
     with pytest.raises(ScenarioError, match=r"engine\.redispatch"):
         from_mapping(merge(ASYNC_TINY, engine={"redispatch": "later"}))
+
+
+def test_on_commit_deadlock_and_bad_strategy_setup_are_one_line_errors(tmp_path):
+    from fedsim.run import RunError
+
+    # on_commit, 3 jobs in flight, a buffer of 5: the three clients wait for a commit forever
+    raw = merge(ASYNC_TINY, participation={"name": "full"}, system={"dropout_prob": 0.0},
+                engine={"redispatch": "on_commit", "concurrency": 3, "drop_offline": False},
+                strategy={"name": "fedbuff", "buffer_size": 5})
+    with pytest.raises(RunError, match="engine: stalled at virtual time .*concurrency"):
+        run_raw(raw, tmp_path / "a")
+    with pytest.raises(RunError, match="strategy: .*never fill"):
+        run_raw(merge(ASYNC_TINY, strategy={"name": "fedbuff", "buffer_size": 7, "one_per_client": True}),
+                tmp_path / "b")
