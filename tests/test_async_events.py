@@ -168,3 +168,14 @@ def test_fraboni_surrogate_limits(tmp_path, strategy, expected, tol, lr):
                        eval_every=1, redispatch="on_commit")
     run(eng, tmp_path)
     assert abs(_average_second_half(ev.points) - expected) < tol
+
+
+def test_on_commit_with_a_buffer_that_cannot_fill_stalls_loudly(tmp_path):
+    from fedsim.engine_async import Stalled
+
+    # 2 clients, buffer of 3, on_commit: both wait for a commit after t = 1; the timed evaluations
+    # would otherwise keep the loop alive forever.
+    eng, _, _ = build(tmp_path, [1.0, 1.0], FedBuff(buffer_size=3), max_versions=2, concurrency=5,
+                      redispatch="on_commit", eval_every_time=1.0)
+    with pytest.raises(Stalled, match="stalled at virtual time 1"):
+        eng.run()
