@@ -158,7 +158,7 @@ FEDBUFF_IDENTICAL = 0.4269  # Σ f_i c_i / Σ f_i from the reference schedule
     (AsyncFedAvg(weighting="weight"), TRUE, 0.015, 0.02),
     (FedFix(commit_interval=0.5), TRUE, 0.01, 0.02),
     # small weights d = P converge slowly: larger local lr (the limit does not depend on it here)
-    (FedFix(commit_interval=0.5, weighting="identical"), 0.2928, 0.01, 0.2),
+    (FedFix(commit_interval=0.5, weighting="identical"), 0.2928, 0.01, 0.05),
     (FedBuff(buffer_size=5, buffer_reduction="mean"), FEDBUFF_IDENTICAL, 0.01, 0.02),
     (FedBuff(buffer_size=5, buffer_reduction="sum", weighting="fraboni"), TRUE, 0.015, 0.02),
 ], ids=["async-identical", "async-weight", "fedfix-0.5-weight", "fedfix-0.5-identical", "fedbuff-5-identical",
