@@ -48,7 +48,7 @@ class AsyncFedAvgState:
 
 @dataclass(frozen=True, kw_only=True)
 class AsyncFedAvg:
-    """Apply each arrival immediately (see module docstring)."""
+    """Asynchronous FedAvg / FedAsync: every arrival is a new version (mixing α, staleness decay)."""
 
     alpha: float = bounded(1.0, gt=0.0, le=1e6)
     rule: Literal["delta", "mix"] = "delta"

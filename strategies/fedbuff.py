@@ -66,7 +66,7 @@ class FedBuffState:
 
 @dataclass(frozen=True, kw_only=True)
 class FedBuff:
-    """Buffered asynchronous aggregation (see module docstring)."""
+    """Buffered async aggregation: a server step every K arrivals, with staleness weights."""
 
     buffer_size: int = bounded(10, ge=1, le=1_000_000)
     server_lr: float = bounded(1.0, gt=0.0, le=1e6)

@@ -61,7 +61,7 @@ def importance(kind: str, num_clients: int, oracle: Oracle | None) -> np.ndarray
 
 @dataclass(frozen=True, kw_only=True)
 class FedFix:
-    """Fixed-interval asynchronous aggregation (see module docstring)."""
+    """Commit every Δt of virtual time with weights d_i = ⌈τ_i/Δt⌉ P_i (or identical)."""
 
     commit_interval: float = bounded(1.0, gt=0.0, le=1e12)
     server_lr: float = bounded(1.0, gt=0.0, le=1e6)
