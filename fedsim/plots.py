@@ -64,12 +64,15 @@ def _by_time(runs: Sequence[Run], xkey: str, key: str) -> tuple[np.ndarray, np.n
     return grid, np.vstack([np.interp(grid, x, run.series(key)) for x, run in zip(xs, runs)])
 
 
-def _band(ax, x: np.ndarray, y: np.ndarray, colour, label: str | None, **kw) -> None:
+def _band(ax, x: np.ndarray, y: np.ndarray, colour, label: str | None, positive: bool = False, **kw) -> None:
+    """Mean line and ± one std band over seeds (rows of y). `positive`: a log axis, so the
+    band's lower edge stays above zero (at most a factor 10 below the mean)."""
     mean = np.nanmean(y, axis=0) if np.isfinite(y).any() else y[0]
     ax.plot(x, mean, color=colour, label=label, **kw)
     if y.shape[0] > 1:
         std = np.nanstd(y, axis=0)
-        ax.fill_between(x, mean - std, mean + std, color=colour, alpha=0.2, linewidth=0)
+        lo = np.maximum(mean - std, mean / 10) if positive else mean - std
+        ax.fill_between(x, lo, mean + std, color=colour, alpha=0.2, linewidth=0)
 
 
 def _figure_legend(fig: Figure, groups: Sequence[Group], title: str) -> None:
@@ -107,11 +110,12 @@ def convergence(groups: Sequence[Group]) -> Figure:
     for i, g in enumerate(groups):
         c = _colour(i)
         for row, key in enumerate(rows):
+            log = key != "test_accuracy"
             x, y = _by_step(g.runs, key)
-            _band(axes[row, 0], x, y, c, None)
+            _band(axes[row, 0], x, y, c, None, positive=log)
             for col, xkey in ((1, "virtual_time"), (2, "wall_time")):
                 x, y = _by_time(g.runs, xkey, key)
-                _band(axes[row, col], x, y, c, None)
+                _band(axes[row, col], x, y, c, None, positive=log)
     for row, key in enumerate(rows):
         for col, xlabel in enumerate((step_name, "virtual time (s)", "wall time (s)")):
             ax = axes[row, col]
