@@ -113,8 +113,11 @@ def run(sc, out: Path | None = None, on_progress: Callable[[int, dict], None] | 
         executor.start(Setup(data, sc.model, sc.client, sc.strategy, sc.seed))
         if on_start:
             on_start(sc)
-        engine = Engine(sc, data, executor, history, Evaluator(data, eval_model), params, process, system,
-                        work, oracle, on_progress)
+        try:
+            engine = Engine(sc, data, executor, history, Evaluator(data, eval_model), params, process, system,
+                            work, oracle, on_progress)
+        except ValueError as exc:  # strategy.init refused the setup (e.g. an oracle without p_n)
+            raise RunError(f"strategy: {exc}") from None
         final_params = engine.run()
     finally:
         executor.close()
