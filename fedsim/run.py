@@ -41,7 +41,7 @@ def build_data(sc) -> FederatedData:
     d = sc.data
     try:
         return federate(d.dataset, d.partition, d.num_clients, d.test_fraction,
-                        lambda stream: seeding.seed_of(sc.seed, stream))
+                        lambda stream: seeding.seed_of(sc.seed, stream), d.hard_clients)
     except ValueError as exc:
         raise RunError(f"data: {exc}") from None
 
