@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import LINREG, merge, read_metrics, run_raw
+from conftest import LINREG, TINY, merge, read_metrics, run_raw
 
 from fedsim.participation import Context, Cyclic, Markov
 from fedsim.types import ClientUpdate, RoundInfo
@@ -160,3 +160,25 @@ def test_fedau_removes_participation_bias(tmp_path):
     # average_participating sits near the participation-weighted optimum argmin Σ p_n F_n
     near = np.linalg.norm(params["average_participating"] - biased_point)
     assert near < 0.3 * dist["average_participating"]
+
+
+def test_weights_logged_in_clients_jsonl_match_the_participation_record(tmp_path):
+    # With K = ∞ every participation records one interval and the intervals of a client telescope
+    # to (round of its last participation + 1), so ω_n = (t_last + 1)/M_n with M_n = participations.
+    import json
+
+    raw = merge(TINY, participation={"name": "bernoulli", "probs": [0.2, 0.4, 0.5, 0.6, 0.8, 0.9]},
+                strategy={"name": "fedau"}, engine={"rounds": 12}, metrics={"eval_every": 12})
+    run_raw(raw, tmp_path)
+    events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    last = {}
+    for e in events:
+        if e["kind"] == "arrive":
+            last[e["client"]] = e["version"]  # sync: version at arrival = round index
+    rows = [json.loads(line) for line in (tmp_path / "clients.jsonl").read_text().splitlines()]
+    final = [r for r in rows if r["round"] == 12]
+    assert len(final) == 6
+    for r in final:
+        assert r["fedau_intervals"] == r["participations"]
+        want = (last[r["client"]] + 1) / r["participations"] if r["participations"] else 1.0
+        assert r["fedau_weight"] == pytest.approx(want)
