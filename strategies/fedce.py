@@ -5,7 +5,7 @@ Update rule (specs §8.3–8.4), over the clients J whose update arrived in roun
 Client j (`client_update`): with its coefficient c_j (sent down by `configure`) and its
 previous local model w_j^prev (kept in its per-client state), build the minus model
     m_j = (x_t − c_j w_j^prev) / (1 − c_j)                               (§8.3 step 2)
-and score it on its local validation split, D_j = metric(m_j) ∈ [0, 1] (accuracy; for
+and score it on its local validation split (`score_split`), D_j = metric(m_j) ∈ [0, 1] (accuracy; for
 regression 1/(1 + loss)). At its first participation D_j := 0 (the paper's round-0 rule).
 It trains as usual and sends Δ_j with s_j = 1 − mean_r D_j^(r) (`fedce_minus_val`, §8.3 step 4).
 
@@ -112,12 +112,16 @@ class FedCE:
         clip: `before` (2026 NVFlare port: ε floor before normalising) or `after` (original).
         epsilon: ε, the floor (1e-6 in the port, 1e-3 in the original).
         server_lr: η; 1 in the paper (the minus-model identity assumes it).
+        score_split: where a client scores its minus model: `val` (its local validation split,
+            as in the paper; in fedsim that is also the local test split behind the per-client
+            fairness metrics) or `train` (keeps those metrics out of the weighting).
     """
 
     mode: Literal["plus", "times"] = "plus"
     clip: Literal["before", "after"] = "before"
     epsilon: float = bounded(1e-6, gt=0.0, lt=1.0)
     server_lr: float = bounded(1.0, gt=0.0)
+    score_split: Literal["val", "train"] = "val"
 
     def init(self, params: Params, num_clients: int) -> FedCEState:
         nan = np.full(num_clients, np.nan)
@@ -139,7 +143,7 @@ class FedCE:
         elif c is not None and 0.0 <= c < 1.0:
             x = task.params.astype(np.float64)
             minus = ((x - c * client_state.w_prev.astype(np.float64)) / (1.0 - c)).astype(np.float32)  # §8.3 step 2
-            score = minus_metric(trainer.evaluate(minus, "val"), trainer.rt.regression)
+            score = minus_metric(trainer.evaluate(minus, self.score_split), trainer.rt.regression)
         if score is not None and math.isfinite(score):
             total, count = total + score, count + 1
         new, loss = trainer.sgd(task.params)

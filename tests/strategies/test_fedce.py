@@ -217,3 +217,10 @@ def test_fedce_lifts_the_worst_client_of_the_paper_scenario(tmp_path):
             coef = {r["client"]: r["fedce_contribution"] for r in rows if r["round"] == 20}
     assert worst["fedce"] >= worst["fedavg"] + 0.15
     assert coef[5] > 1.5 / 6 and coef[5] == max(coef.values())
+
+
+def test_score_split_train():
+    t = task([10.0], coef=0.25)
+    tr = FakeTrainer(t)
+    FedCE(score_split="train").client_update(t, tr, FedCEClientState(np.array([4.0], np.float32), 0.0, 1))
+    assert tr.evaluated[0][1] == "train"
