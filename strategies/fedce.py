@@ -5,8 +5,8 @@ Update rule (specs §8.3–8.4), over the clients J whose update arrived in roun
 Client j (`client_update`): with its coefficient c_j (sent down by `configure`) and its
 previous local model w_j^prev (kept in its per-client state), build the minus model
     m_j = (x_t − c_j w_j^prev) / (1 − c_j)                               (§8.3 step 2)
-and score it on its local validation split (`score_split`), D_j = metric(m_j) ∈ [0, 1] (accuracy; for
-regression 1/(1 + loss)). At its first participation D_j := 0 (the paper's round-0 rule).
+and score it on its local validation split (`score_split`), D_j = metric(m_j) ∈ [0, 1]
+(accuracy; for regression 1/(1 + loss)). At its first participation D_j := 0 (the paper's round-0 rule).
 It trains as usual and sends Δ_j with s_j = 1 − mean_r D_j^(r) (`fedce_minus_val`, §8.3 step 4).
 
 Server (`aggregate`):
