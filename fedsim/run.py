@@ -41,7 +41,7 @@ def build_data(sc) -> FederatedData:
     d = sc.data
     try:
         return federate(d.dataset, d.partition, d.num_clients, d.test_fraction,
-                        lambda stream: seeding.seed_of(sc.seed, stream))
+                        lambda stream: seeding.seed_of(sc.seed, stream), d.hard_clients)
     except ValueError as exc:
         msg = str(exc)
         raise RunError(msg if msg.startswith("data.") else f"data: {msg}") from None

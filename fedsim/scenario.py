@@ -20,6 +20,7 @@ from fedsim import config
 from fedsim.channel import ChannelConfig
 from fedsim.client import ClientConfig
 from fedsim.config import ConfigError, bounded, plugin
+from fedsim.data import HardClients
 from fedsim.system import SystemConfig
 
 MAX_FILE_BYTES = 1_000_000
@@ -66,12 +67,15 @@ class DataConfig:
     partition: how a pooled dataset is split across clients (`natural` for per-client data).
     num_clients: N.
     test_fraction: share of each client's data kept as its local test split (fairness).
+    hard_clients: optionally make some clients' data harder (label noise, feature noise, a
+        negated input domain); unset = nobody.
     """
 
     dataset: Any = plugin("dataset")
     partition: Any = plugin("partition", {"name": "iid"})
     num_clients: int = bounded(10, ge=1, le=10_000_000)
     test_fraction: float = bounded(0.2, ge=0.0, lt=1.0)
+    hard_clients: HardClients | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
