@@ -39,6 +39,8 @@ COMPARE: dict[str, list[str]] = {
     "async_linreg_fedfix": ["strategy.name=fedbuff,fedfix,async_fedavg"],
     "admm_noise_robust": ["strategy.name=admm,admm_standard,fedavg"],
     "fedspeed_iclr2023": ["strategy.name=fedspeed,fedavg"],
+    "fedau_iclr2024": ["strategy.name=fedau,average_participating,known_probability"],
+    "fedce_cvpr2023": ["strategy.name=fedce,fedavg"],
 }
 # Scenarios without a `# results:` line: name -> fixed gallery overrides. Async comparisons
 # get a virtual-time budget (equal for every strategy) instead of the version cap.
@@ -46,6 +48,7 @@ RESULTS: dict[str, list[str]] = {
     "async_comparison": ["engine.max_time=20"],
     "async_linreg_fedfix": ["engine.max_time=60"],
     "admm_noise_robust": ["engine.rounds=300"],  # the claim is about the steady state
+    "fedau_iclr2024": ["engine.rounds=150"],  # bias shows after the transient; 300 in the file
 }
 DEFAULT_SEEDS = "0..2"
 DEFAULT_ROUNDS = 60
