@@ -131,13 +131,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)  # overrides may follow options: run s.yaml --out x a=1
+    if extra:
+        if args.command != "run":
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
     if args.verbose:
         os.environ["FEDSIM_VERBOSE"] = "1"
     try:
         return int(args.func(args) or 0)
     except BrokenPipeError:
         return 0
+    except Exception as exc:  # noqa: BLE001 — a bug in fedsim: one line, traceback on --verbose
+        if args.verbose:
+            raise
+        msg = " ".join(str(exc).split())[:500]
+        print(f"internal error: {type(exc).__name__}: {msg} (rerun with --verbose for the traceback)",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -82,6 +82,10 @@ class GaussianMixture:
     separation: float = bounded(2.0, gt=0.0)
     num_test: int = bounded(1000, ge=1, le=10_000_000)
 
+    def memory_estimate(self, num_clients: int) -> int:
+        """Rough peak bytes while generating and federating (float64 draws + float32 copies)."""
+        return 40 * (self.num_samples + self.num_test) * self.dim
+
     def load(self, num_clients: int, rng: np.random.Generator) -> Pooled:
         means = rng.normal(0.0, self.separation, size=(self.num_classes, self.dim))
 
