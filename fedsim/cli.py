@@ -29,6 +29,7 @@ def _families() -> dict[str, tuple[str, str]]:
         "probs": ("fedsim.participation", "PROBS"),
         "compute": ("fedsim.system", "COMPUTE"),
         "executors": ("fedsim.executors", "EXECUTORS"),
+        "robust": ("fedsim.robust", "ROBUST"),
     }
 
 
@@ -124,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("list", help="list a plugin family")
-    p.add_argument("family", help="strategies|datasets|partitions|models|participation|probs|compute|executors")
+    p.add_argument("family", help="strategies|datasets|partitions|models|participation|probs|compute|executors|robust")
     p.set_defaults(func=cmd_list)
     return parser
 

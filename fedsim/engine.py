@@ -17,6 +17,7 @@ from typing import Any, Callable
 import numpy as np
 
 from fedsim import channel, seeding
+from fedsim.faults import Faults
 from fedsim.history import History
 from fedsim.metrics import Evaluator
 from fedsim.system import SystemModel
@@ -54,12 +55,21 @@ def validate_update(update: ClientUpdate | None, size: int, client: int, max_nor
     d = update.delta
     if not isinstance(d, np.ndarray) or d.shape != (size,):
         return f"wrong shape {getattr(d, 'shape', type(d).__name__)}, expected ({size},)"
+    if not np.issubdtype(d.dtype, np.floating):
+        return f"delta has dtype {d.dtype}, expected floats"
     if not np.all(np.isfinite(d)):
         return "non-finite values in update"
-    if max_norm is not None and float(np.linalg.norm(d)) > max_norm:
-        return f"update norm {float(np.linalg.norm(d)):.3g} exceeds bound {max_norm:g}"
-    if update.num_examples < 0:
-        return "negative num_examples"
+    for key, vec in update.payload.items():  # e.g. SCAFFOLD's control-variate delta
+        if not isinstance(vec, np.ndarray) or not np.issubdtype(vec.dtype, np.number):
+            return f"payload {key!r} is not a numeric array"
+        if not np.all(np.isfinite(vec)):
+            return f"non-finite values in payload {key!r}"
+    if max_norm is not None:
+        norm = float(np.linalg.norm(d.astype(np.float64)))
+        if not norm <= max_norm:
+            return f"update norm {norm:.3g} exceeds bound {max_norm:g}"
+    if not isinstance(update.num_examples, (int, np.integer)) or update.num_examples < 0:
+        return f"bad num_examples {update.num_examples!r}"
     return None
 
 
@@ -87,6 +97,9 @@ class Engine:
         self.num_examples = data.num_examples()
         self.on_progress = on_progress
         self.wall_start = time.perf_counter()
+        self.faults = Faults(scenario.faults, self.root, self.n)  # fedsim.faults: injected failures
+        self.max_norm = scenario.validation.max_norm
+        self.robust = scenario.robust  # fedsim.robust: cohort wrapper applied before aggregate
         if getattr(self.strategy, "uses_oracle", False):
             self.state = self.strategy.init(self.params, self.n, oracle=oracle)
         else:
@@ -111,7 +124,12 @@ class Engine:
         job = Job(d, task, self.client_states.get(client), start + arr)
         self.counters.bytes_down += self.params.nbytes
         self.event("dispatch", client=client, job=d, virtual_time=start, version=self.version, staleness=None)
-        return Pending(job, client, start, start + fin, start + arr, "dropout" if dropped else None)
+        p = Pending(job, client, start, start + fin, start + arr, "dropout" if dropped else None)
+        if self.faults.active and p.dropped is None:
+            hit = self.faults.on_dispatch(client, d, start, p.finish, p.arrive)
+            if hit is not None:  # crashed or straggling: the server learns of it at hit[1]
+                p.dropped, p.arrive = hit
+        return p
 
     def accept(self, p: Pending, result: JobResult) -> ClientUpdate | None:
         """Apply the uplink to a finished job's result; record a drop and return None if the
@@ -120,10 +138,12 @@ class Engine:
             return self.reject(p, f"client error: {result.error}", p.arrive)
         if channel.lost(self.sc.channel, self.root, p.client, p.job.id):
             return self.reject(p, "lost in channel", p.arrive)
-        why = validate_update(result.update, self.params.size, p.client)
+        update, fault = result.update, None
+        if self.faults.active and update is not None:
+            update, fault = self.faults.corrupt(update, p.job.id)
+        why = validate_update(update, self.params.size, p.client, self.max_norm)
         if why is not None:
-            return self.reject(p, why, p.arrive)
-        update = result.update
+            return self.reject(p, why, p.arrive, **({"fault": fault} if fault else {}))
         assert update is not None
         self.client_states[p.client] = result.client_state
         if self.sc.channel.uplink_noise_std > 0:
@@ -134,10 +154,10 @@ class Engine:
         self.participations[p.client] += 1
         return update
 
-    def reject(self, p: Pending, reason: str, at: float) -> None:
+    def reject(self, p: Pending, reason: str, at: float, **extra: Any) -> None:
         self.counters.num_failed += 1
         self.event("drop", client=p.client, job=p.job.id, virtual_time=at, version=self.version,
-                   staleness=None, reason=reason)
+                   staleness=None, reason=reason, **extra)
         return None
 
     def collect(self, pendings: list[Pending]) -> dict[int, JobResult]:
@@ -213,7 +233,8 @@ class Engine:
                 end = start + eng.empty_round_time
             self.now = end
             info = RoundInfo(r, self.n, tuple(int(c) for c in online), self.now)
-            self.state, new_params = self.strategy.aggregate(self.state, self.params, updates, info)
+            cohort = self.robust.apply(updates)  # identity unless `robust:` is set
+            self.state, new_params = self.strategy.aggregate(self.state, self.params, cohort, info)
             self.params = np.asarray(new_params, dtype=np.float32)
             self.version += 1
             self.counters.num_updates += len(updates)

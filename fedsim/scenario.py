@@ -21,6 +21,8 @@ from fedsim import config
 from fedsim.channel import ChannelConfig
 from fedsim.client import ClientConfig
 from fedsim.config import ConfigError, bounded, plugin
+from fedsim.faults import FaultsConfig
+from fedsim.robust import ValidationConfig
 from fedsim.system import SystemConfig
 
 MAX_FILE_BYTES = 1_000_000
@@ -57,6 +59,7 @@ config.FAMILIES.update({
     "compute": _table("fedsim.system", "COMPUTE"),
     "strategy": _strategies,
     "executor": _executors,
+    "robust": _table("fedsim.robust", "ROBUST"),
 })
 
 
@@ -128,6 +131,9 @@ class Scenario:
     strategy: Any = plugin("strategy", {"name": "fedavg"})
     executor: Any = plugin("executor", {"name": "inline"})
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    faults: FaultsConfig = field(default_factory=FaultsConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    robust: Any = plugin("robust", {"name": "none"})
 
     def validate(self) -> None:
         from fedsim.datasets import LinearRegression, Synthetic
@@ -139,6 +145,8 @@ class Scenario:
                 or len(self.name) > 200:
             raise ConfigError("name", f"{self.name!r} cannot name a results folder (no '/', '\\', "
                               "leading '.', at most 200 characters)")
+        if self.engine.mode == "async" and config.plugin_name("robust", self.robust) != "none":
+            raise ConfigError("robust.name", "robust aggregation needs a cohort (engine.mode: sync)")
         supported = modes(self.strategy)
         if self.engine.mode not in supported:
             raise ConfigError("engine.mode", f"strategy {config.plugin_name('strategy', self.strategy)!r} "
