@@ -86,7 +86,7 @@ LOAD_TIME: dict[str, bytes | str] = {
     "unknown_strategy.yaml": BASE + "strategy: {name: fedavgg}\n",
     "unknown_model.yaml": BASE.replace("logreg", "transformer"),
     "unknown_executor.yaml": BASE + "executor: {name: kubernetes}\n",
-    "plugin_without_name.yaml": BASE + "strategy: {server_lr: 1.0}\n",
+    "plugin_without_name.yaml": BASE.replace("{name: gaussian_mixture, ", "{"),  # no default dataset
     "plugin_name_not_string.yaml": BASE + "strategy: {name: [fedavg]}\n",
     "plugin_is_function.yaml": BASE + "strategy: {name: 'os:system'}\n",
     "plugin_missing_module.yaml": BASE + "strategy: {name: 'no_such_module_xyz:Thing'}\n",
