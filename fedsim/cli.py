@@ -81,6 +81,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     from fedsim.scenario import ScenarioError, load
 
     extra, overrides = _split_overrides(args.overrides)
+    if args.resume:  # the scenario comes from the run folder; nothing may change it
+        if args.scenario or args.overrides or args.out:
+            print("error: --resume RUN_DIR takes no scenario, overrides or --out", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        args.scenario, args.out = str(Path(args.resume) / "scenario.resolved.yaml"), args.resume
+    elif args.scenario is None:
+        print("error: fedsim run needs a scenario file (or --resume RUN_DIR)", file=sys.stderr)
+        return EXIT_BAD_INPUT
     if extra:
         print(f"error: unexpected argument(s) {' '.join(extra)} (overrides look like key.path=value)",
               file=sys.stderr)
@@ -94,7 +102,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from fedsim.run import RunError
 
     try:
-        result = run_with_progress(sc, Path(args.out) if args.out else None, quiet=args.quiet)
+        result = run_with_progress(sc, Path(args.out) if args.out else None, quiet=args.quiet,
+                                   resume=bool(args.resume))
     except RunError as exc:
         print(f"error: {args.scenario}: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -113,9 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="run a scenario")
-    p.add_argument("scenario")
+    p.add_argument("scenario", nargs="?")
     p.add_argument("overrides", nargs="*", help="key.path=value overrides")
     p.add_argument("--out", help="results folder (default runs/<name>/<timestamp>)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_run)
 

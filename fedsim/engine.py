@@ -16,7 +16,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from fedsim import channel, seeding
+from fedsim import channel, checkpoint, seeding
+from fedsim.client_state import ClientStates
 from fedsim.faults import Faults
 from fedsim.history import History
 from fedsim.metrics import Evaluator
@@ -92,7 +93,7 @@ class Engine:
         self.version = 0
         self.now = 0.0
         self.counters = Counters()
-        self.client_states: dict[int, Any] = {}
+        self.client_states = ClientStates(scenario.engine.client_state)  # only clients that have state
         self.participations = np.zeros(self.n, dtype=np.int64)
         self.num_examples = data.num_examples()
         self.on_progress = on_progress
@@ -100,6 +101,7 @@ class Engine:
         self.faults = Faults(scenario.faults, self.root, self.n)  # fedsim.faults: injected failures
         self.max_norm = scenario.validation.max_norm
         self.robust = scenario.robust  # fedsim.robust: cohort wrapper applied before aggregate
+        self.start_round = 0  # > 0 when resumed from a checkpoint (fedsim.checkpoint.restore)
         if getattr(self.strategy, "uses_oracle", False):
             self.state = self.strategy.init(self.params, self.n, oracle=oracle)
         else:
@@ -182,14 +184,19 @@ class Engine:
             "bytes_up": c.bytes_up, "bytes_down": c.bytes_down,
         })
         self.history.metric(record)
-        if self.sc.metrics.client_metrics:
+        rows = self.sc.metrics.client_rows
+        if rows != "none":
             report_fn = getattr(self.strategy, "client_report", None)
             report = report_fn(self.state) if report_fn else {}
             step_key = ("round", round_index) if round_index is not None else ("version", self.version)
-            for k in range(self.n):
-                row = {"client": k, step_key[0]: step_key[1], "accuracy": per_client["accuracy"][k],
-                       "loss": per_client["loss"][k], "num_examples": int(self.num_examples[k]),
-                       "participations": int(self.participations[k])}
+            ids = self.evaluator.clients  # every client, or the fixed `metrics.client_sample`
+            pick = np.flatnonzero(self.participations[ids] > 0) if rows == "participants" else np.arange(len(ids))
+            acc, loss = per_client["accuracy"][pick].tolist(), per_client["loss"][pick].tolist()
+            ks = ids[pick].tolist()
+            nex, parts = self.num_examples[ids[pick]].tolist(), self.participations[ids[pick]].tolist()
+            for i, k in enumerate(ks):
+                row = {"client": k, step_key[0]: step_key[1], "accuracy": acc[i], "loss": loss[i],
+                       "num_examples": nex[i], "participations": parts[i]}
                 row.update(report.get(k, {}))
                 self.history.client(row)
             self.history.flush()
@@ -200,8 +207,9 @@ class Engine:
     def run_sync(self) -> np.ndarray:
         eng = self.sc.engine
         every = self.sc.metrics.eval_every
-        self.evaluate(0)
-        for r in range(eng.rounds):
+        if self.start_round == 0:
+            self.evaluate(0)
+        for r in range(self.start_round, eng.rounds):
             online = np.flatnonzero(self.participation.online(r, self.now))
             start = self.now
             pendings = [self.dispatch(int(c), start, r) for c in online]
@@ -245,6 +253,9 @@ class Engine:
                 record = self.evaluate(r + 1)
             if self.on_progress:
                 self.on_progress(r + 1, record or {})
+            ck = self.sc.checkpoint.every
+            if ck and (r + 1) % ck == 0 and r + 1 < eng.rounds:
+                checkpoint.save(self, r + 1)
         return self.params
 
     def run(self) -> np.ndarray:

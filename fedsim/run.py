@@ -13,7 +13,7 @@ from typing import Any, Callable
 import numpy as np
 
 from fedsim import scenario as scenario_mod
-from fedsim import seeding
+from fedsim import checkpoint, seeding
 from fedsim.config import plugin_name
 from fedsim.data import FederatedData, federate
 from fedsim.engine import Engine
@@ -96,6 +96,14 @@ def build_model(sc, data: FederatedData):
     return params, eval_model
 
 
+def eval_sample(sc, data: FederatedData) -> np.ndarray | None:
+    """The fixed clients evaluated one by one (`metrics.client_sample`), sorted; None = all."""
+    m = sc.metrics.client_sample
+    if m is None or m >= data.num_clients:
+        return None
+    return np.sort(seeding.rng(sc.seed, "eval_sample").choice(data.num_clients, m, replace=False))
+
+
 def local_work(sc, data: FederatedData) -> np.ndarray:
     """Local steps per job for each client (what the system model multiplies by τ_c)."""
     c = sc.client
@@ -130,13 +138,24 @@ def default_out(sc) -> Path:
 
 
 def run(sc, out: Path | None = None, on_progress: Callable[[int, dict], None] | None = None,
-        on_start: Callable[[Any], None] | None = None) -> RunResult:
-    """Run scenario `sc`, writing everything under `out`."""
+        on_start: Callable[[Any], None] | None = None, resume: bool = False) -> RunResult:
+    """Run scenario `sc`, writing everything under `out`; with `resume`, continue the run in
+    `out` from its checkpoint (fedsim.checkpoint)."""
     t0 = time.perf_counter()
     out = Path(out) if out is not None else default_out(sc)
+    snap = None
+    if resume:
+        try:
+            snap = checkpoint.load(out)
+            if snap["mode"] != sc.engine.mode:
+                raise ValueError(f"checkpoint is for engine.mode {snap['mode']!r}")
+            checkpoint.truncate_history(out, snap["offsets"])
+        except (ValueError, OSError) as exc:
+            raise RunError(f"resume: {exc}") from None
     try:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "scenario.resolved.yaml").write_text(scenario_mod.to_yaml(sc), encoding="utf-8")
+        if not resume:
+            (out / "scenario.resolved.yaml").write_text(scenario_mod.to_yaml(sc), encoding="utf-8")
     except OSError as exc:
         raise RunError(f"cannot write results to {out}: {exc.strerror or exc}") from None
 
@@ -156,13 +175,16 @@ def run(sc, out: Path | None = None, on_progress: Callable[[int, dict], None] | 
     from fedsim.executors import Setup
 
     executor = sc.executor.create()
-    history = History(out)
+    history = History(out, append=resume)
     try:
         executor.start(Setup(data, sc.model, sc.client, sc.strategy, sc.seed))
         if on_start:
             on_start(sc)
-        engine = Engine(sc, data, executor, history, Evaluator(data, eval_model), params, process, system,
+        engine = Engine(sc, data, executor, history, Evaluator(data, eval_model, clients=eval_sample(sc, data)),
+                        params, process, system,
                         work, oracle, on_progress)
+        if snap is not None:
+            engine.start_round = checkpoint.restore(engine, snap)
         final_params = engine.run()
     finally:
         executor.close()

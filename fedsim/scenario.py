@@ -20,6 +20,7 @@ import yaml
 from fedsim import config
 from fedsim.channel import ChannelConfig
 from fedsim.client import ClientConfig
+from fedsim.checkpoint import CheckpointConfig
 from fedsim.config import ConfigError, bounded, plugin
 from fedsim.faults import FaultsConfig
 from fedsim.robust import ValidationConfig
@@ -89,6 +90,8 @@ class EngineConfig:
     concurrency: async — jobs in flight.
     max_versions / max_time / max_updates: async stop conditions (first reached wins).
     slot: async — participation is redrawn every `slot` virtual seconds.
+    client_state: precision of stored per-client strategy state (`float16` halves its
+        memory; see fedsim.client_state).
     """
 
     mode: Literal["sync", "async"] = "sync"
@@ -100,6 +103,7 @@ class EngineConfig:
     max_time: float | None = bounded(None, gt=0.0)
     max_updates: int | None = bounded(None, ge=1, le=1_000_000_000)
     slot: float = bounded(1.0, gt=0.0)
+    client_state: Literal["float32", "float16"] = "float32"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -107,12 +111,21 @@ class MetricsConfig:
     """Args:
     eval_every: evaluate every this many rounds (sync) or versions (async).
     eval_every_time: async — also evaluate every this many virtual seconds.
-    client_metrics: write per-client rows to clients.jsonl at each evaluation.
+    client_metrics: per-client rows in clients.jsonl at each evaluation: `all` (true),
+        `participants` (clients that have taken part so far) or `none` (false).
+    client_sample: per-client evaluation (clients.jsonl accuracy/loss and the fairness
+        metrics) on a fixed random sample of this many clients; unset = every client.
     """
 
     eval_every: int = bounded(1, ge=1, le=1_000_000_000)
     eval_every_time: float | None = bounded(None, gt=0.0)
-    client_metrics: bool = True
+    client_metrics: bool | Literal["all", "participants", "none"] = True
+    client_sample: int | None = bounded(None, ge=1, le=10_000_000)
+
+    @property
+    def client_rows(self) -> str:
+        cm = self.client_metrics
+        return "all" if cm is True else "none" if cm is False else cm
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -134,6 +147,7 @@ class Scenario:
     faults: FaultsConfig = field(default_factory=FaultsConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     robust: Any = plugin("robust", {"name": "none"})
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
     def validate(self) -> None:
         from fedsim.datasets import LinearRegression, Synthetic
@@ -145,6 +159,8 @@ class Scenario:
                 or len(self.name) > 200:
             raise ConfigError("name", f"{self.name!r} cannot name a results folder (no '/', '\\', "
                               "leading '.', at most 200 characters)")
+        if self.engine.mode == "async" and self.checkpoint.every is not None:
+            raise ConfigError("checkpoint.every", "checkpoints are implemented for engine.mode sync only")
         if self.engine.mode == "async" and config.plugin_name("robust", self.robust) != "none":
             raise ConfigError("robust.name", "robust aggregation needs a cohort (engine.mode: sync)")
         supported = modes(self.strategy)
