@@ -12,17 +12,20 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
 from fedsim import channel, checkpoint, seeding
 from fedsim.client_state import ClientStates
-from fedsim.faults import Faults
+from fedsim.faults import Faults, FaultsConfig
+from fedsim.robust import NoRobust
 from fedsim.history import History
-from fedsim.metrics import Evaluator
 from fedsim.system import SystemModel
 from fedsim.types import ClientTask, ClientUpdate, Job, JobResult, Oracle, RoundInfo
+
+if TYPE_CHECKING:  # keeps the engine importable without torch (async event-order tests)
+    from fedsim.metrics import Evaluator
 
 
 @dataclass
@@ -46,9 +49,11 @@ class Counters:
     dispatches: int = 0
 
 
-def validate_update(update: ClientUpdate | None, size: int, client: int, max_norm: float | None = None) -> str | None:
+def validate_update(update: ClientUpdate | None, size: int, client: int, max_norm: float | None = None,
+                    payload_keys: tuple[str, ...] = ()) -> str | None:
     """Why an update must be rejected, or None. Guards the global model against broken or
-    malicious clients (shape, non-finite values, absurd norm)."""
+    malicious clients (shape, non-finite values, absurd norm, missing or malformed payload
+    vectors that the strategy declares in `payload_keys`)."""
     if update is None:
         return "no update"
     if update.client != client:
@@ -60,7 +65,11 @@ def validate_update(update: ClientUpdate | None, size: int, client: int, max_nor
         return f"delta has dtype {d.dtype}, expected floats"
     if not np.all(np.isfinite(d)):
         return "non-finite values in update"
-    for key, vec in update.payload.items():  # e.g. SCAFFOLD's control-variate delta
+    for key in payload_keys:  # vectors the strategy requires (e.g. SCAFFOLD's delta_c)
+        v = update.payload.get(key) if hasattr(update.payload, "get") else None
+        if not isinstance(v, np.ndarray) or v.shape != (size,):
+            return f"payload {key!r} missing or of wrong shape"
+    for key, vec in update.payload.items():
         if not isinstance(vec, np.ndarray) or not np.issubdtype(vec.dtype, np.number):
             return f"payload {key!r} is not a numeric array"
         if not np.all(np.isfinite(vec)):
@@ -93,14 +102,17 @@ class Engine:
         self.version = 0
         self.now = 0.0
         self.counters = Counters()
-        self.client_states = ClientStates(scenario.engine.client_state)  # only clients that have state
+        self.client_states = ClientStates(getattr(scenario.engine, "client_state", "float32"))
         self.participations = np.zeros(self.n, dtype=np.int64)
         self.num_examples = data.num_examples()
         self.on_progress = on_progress
         self.wall_start = time.perf_counter()
-        self.faults = Faults(scenario.faults, self.root, self.n)  # fedsim.faults: injected failures
-        self.max_norm = scenario.validation.max_norm
-        self.robust = scenario.robust  # fedsim.robust: cohort wrapper applied before aggregate
+        # Reliability blocks (fedsim.faults, fedsim.robust, fedsim.checkpoint); a scenario-like
+        # object without them (tests' stand-ins) gets the defaults.
+        self.faults = Faults(getattr(scenario, "faults", None) or FaultsConfig(), self.root, self.n)
+        self.max_norm = getattr(getattr(scenario, "validation", None), "max_norm", None)
+        self.robust = getattr(scenario, "robust", None) or NoRobust()  # cohort wrapper before aggregate
+        self.checkpoint_every = getattr(getattr(scenario, "checkpoint", None), "every", None)
         self.start_round = 0  # > 0 when resumed from a checkpoint (fedsim.checkpoint.restore)
         if getattr(self.strategy, "uses_oracle", False):
             self.state = self.strategy.init(self.params, self.n, oracle=oracle)
@@ -143,7 +155,8 @@ class Engine:
         update, fault = result.update, None
         if self.faults.active and update is not None:
             update, fault = self.faults.corrupt(update, p.job.id)
-        why = validate_update(update, self.params.size, p.client, self.max_norm)
+        why = validate_update(update, self.params.size, p.client, self.max_norm,
+                              payload_keys=getattr(self.strategy, "payload_keys", ()))
         if why is not None:
             return self.reject(p, why, p.arrive, **({"fault": fault} if fault else {}))
         assert update is not None
@@ -184,7 +197,8 @@ class Engine:
             "bytes_up": c.bytes_up, "bytes_down": c.bytes_down,
         })
         self.history.metric(record)
-        rows = self.sc.metrics.client_rows
+        cm = self.sc.metrics.client_metrics
+        rows = "all" if cm is True else "none" if cm is False else cm
         if rows != "none":
             report_fn = getattr(self.strategy, "client_report", None)
             report = report_fn(self.state) if report_fn else {}
@@ -206,7 +220,7 @@ class Engine:
 
     def run_sync(self) -> np.ndarray:
         eng = self.sc.engine
-        every = self.sc.metrics.eval_every
+        every = self.sc.metrics.eval_every or 1
         if self.start_round == 0:
             self.evaluate(0)
         for r in range(self.start_round, eng.rounds):
@@ -253,7 +267,7 @@ class Engine:
                 record = self.evaluate(r + 1)
             if self.on_progress:
                 self.on_progress(r + 1, record or {})
-            ck = self.sc.checkpoint.every
+            ck = self.checkpoint_every
             if ck and (r + 1) % ck == 0 and r + 1 < eng.rounds:
                 checkpoint.save(self, r + 1)
         return self.params
@@ -261,4 +275,8 @@ class Engine:
     def run(self) -> np.ndarray:
         if self.sc.engine.mode == "sync":
             return self.run_sync()
+        if self.sc.engine.mode == "async":
+            from fedsim.engine_async import run_async
+
+            return run_async(self)
         raise ValueError(f"engine.mode {self.sc.engine.mode!r} is not available in this build")

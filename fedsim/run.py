@@ -180,12 +180,19 @@ def run(sc, out: Path | None = None, on_progress: Callable[[int, dict], None] | 
         executor.start(Setup(data, sc.model, sc.client, sc.strategy, sc.seed))
         if on_start:
             on_start(sc)
-        engine = Engine(sc, data, executor, history, Evaluator(data, eval_model, clients=eval_sample(sc, data)),
-                        params, process, system,
-                        work, oracle, on_progress)
+        try:
+            engine = Engine(sc, data, executor, history, Evaluator(data, eval_model, clients=eval_sample(sc, data)), params, process, system,
+                            work, oracle, on_progress)
+        except ValueError as exc:  # a strategy that cannot start with this scenario
+            raise RunError(f"strategy: {exc}") from None
         if snap is not None:
             engine.start_round = checkpoint.restore(engine, snap)
-        final_params = engine.run()
+        from fedsim.engine_async import Stalled
+
+        try:
+            final_params = engine.run()
+        except Stalled as exc:
+            raise RunError(f"engine: {exc}") from None
     finally:
         executor.close()
         history.close()

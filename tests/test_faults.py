@@ -195,4 +195,6 @@ def test_faults_scenario_file_loads_and_async_robust_is_refused():
     assert sc.faults.client_crash_prob == 0.2 and sc.faults.byzantine.kind == "sign_flip"
     assert type(sc.robust).__name__ == "TrimmedMean" and sc.validation.max_norm is not None
     with pytest.raises(ScenarioError, match="robust.name"):
-        from_mapping(merge(TINY, engine={"mode": "async"}, robust={"name": "median"}))
+        from_mapping(merge(TINY, engine={"mode": "async", "max_versions": 5}, robust={"name": "median"}))
+    with pytest.raises(ScenarioError, match="checkpoint.every"):
+        from_mapping(merge(TINY, engine={"mode": "async", "max_versions": 5}, checkpoint={"every": 2}))
