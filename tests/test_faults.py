@@ -198,3 +198,17 @@ def test_faults_scenario_file_loads_and_async_robust_is_refused():
         from_mapping(merge(TINY, engine={"mode": "async", "max_versions": 5}, robust={"name": "median"}))
     with pytest.raises(ScenarioError, match="checkpoint.every"):
         from_mapping(merge(TINY, engine={"mode": "async", "max_versions": 5}, checkpoint={"every": 2}))
+
+
+def test_faults_in_async_mode_are_logged_and_training_goes_on(tmp_path):
+    raw = merge(TINY, engine={"mode": "async", "concurrency": 3, "max_versions": 30},
+                strategy={"name": "async_fedavg"},
+                system={"compute": {"name": "lognormal", "mean": 1.0, "sigma": 0.5}},
+                faults={"client_crash_prob": 0.2, "nan_update_prob": 0.1, "straggler_timeout": 8.0},
+                metrics={"eval_every": 10})
+    run_raw(raw, tmp_path)
+    rows = read_metrics(tmp_path)
+    drops = [e for e in _events(tmp_path) if e["kind"] == "drop"]
+    assert {"client crashed", "non-finite values in update"} <= {e["reason"] for e in drops}
+    assert rows[-1]["version"] == 30 and rows[-1]["num_failed"] == len(drops)
+    assert rows[-1]["test_accuracy"] > rows[0]["test_accuracy"] + 0.2
