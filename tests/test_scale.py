@@ -71,3 +71,13 @@ def test_float16_client_state_store_halves_memory_and_tracks_float32(tmp_path):
     run_raw(merge(raw, engine={"client_state": "float16"}), tmp_path / "f16")
     a, b = read_metrics(tmp_path / "f32")[-1], read_metrics(tmp_path / "f16")[-1]
     assert abs(a["test_accuracy"] - b["test_accuracy"]) <= 0.02 and abs(a["test_loss"] - b["test_loss"]) < 0.02
+
+
+def test_scale_scenario_loads():
+    from pathlib import Path
+
+    from fedsim.scenario import load
+
+    sc = load(Path(__file__).resolve().parents[1] / "scenarios" / "scale_100k.yaml")
+    assert sc.data.num_clients == 100_000 and sc.participation.k == 100
+    assert sc.metrics.client_metrics == "participants" and sc.metrics.client_sample == 1000
