@@ -10,7 +10,56 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fedsim.config import bounded
 from fedsim.datasets import PerClient, Pooled
+
+
+@dataclass(frozen=True, kw_only=True)
+class HardClients:
+    """Make some clients' data harder — their training data and local test split alike; the
+    global test set is untouched — to study per-client fairness (e.g. FedCE, specs §8).
+
+    Args:
+        clients: explicit client ids; when empty, `fraction` of the clients are drawn at random.
+        fraction: share of clients picked when `clients` is empty (rounded up).
+        label_noise: probability that a label is replaced by a uniformly drawn *other* class
+            (classification only).
+        feature_noise: std of Gaussian noise added to every input value.
+        negate: x → −x, a covariate shift the other clients never see (a 'different scanner').
+    """
+
+    clients: tuple[int, ...] = ()
+    fraction: float = bounded(0.0, ge=0.0, le=1.0)
+    label_noise: float = bounded(0.0, ge=0.0, le=1.0)
+    feature_noise: float = bounded(0.0, ge=0.0)
+    negate: bool = False
+
+    def chosen(self, num_clients: int, rng: np.random.Generator) -> np.ndarray:
+        bad = [c for c in self.clients if not 0 <= c < num_clients]
+        if bad:
+            raise ValueError(f"hard_clients.clients: client {bad[0]} is not in 0..{num_clients - 1}")
+        if self.clients:
+            return np.unique(np.asarray(self.clients, dtype=np.int64))
+        k = int(np.ceil(self.fraction * num_clients))
+        return np.sort(rng.choice(num_clients, size=k, replace=False)).astype(np.int64)
+
+    def apply(self, x: np.ndarray, y: np.ndarray, offsets: np.ndarray, chosen: np.ndarray,
+              num_classes: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """New (x, y) with the chosen clients' rows (client c at offsets[c]:offsets[c+1]) altered."""
+        owner = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
+        rows = np.isin(owner, chosen)
+        x, y = x.copy(), y.copy()
+        if self.label_noise > 0:
+            if num_classes < 2:
+                raise ValueError("hard_clients.label_noise needs a classification dataset")
+            flip = rows & (rng.random(len(y)) < self.label_noise)
+            shift = rng.integers(1, num_classes, size=int(flip.sum()))  # never the same class
+            y[flip] = (y[flip] + shift) % num_classes
+        if self.feature_noise > 0:
+            x[rows] += (self.feature_noise * rng.normal(size=x[rows].shape)).astype(x.dtype)
+        if self.negate:
+            x[rows] = -x[rows]
+        return x, y
 
 
 @dataclass(frozen=True)
@@ -66,8 +115,10 @@ def _split_local(x: np.ndarray, y: np.ndarray, offsets: np.ndarray, test_fractio
     return x[tr], y[tr], train_off, x[va], y[va], val_off
 
 
-def federate(dataset, partition, num_clients: int, test_fraction: float, seed_of) -> FederatedData:
-    """Build the federation. `seed_of(name)` gives the seed for each named random stream."""
+def federate(dataset, partition, num_clients: int, test_fraction: float, seed_of,
+             hard: HardClients | None = None) -> FederatedData:
+    """Build the federation. `seed_of(name)` gives the seed for each named random stream;
+    `hard` alters some clients' data before their local test split is taken."""
     raw = dataset.load(num_clients, np.random.default_rng(seed_of("dataset")))
     if isinstance(raw, PerClient):
         x, y, offsets = raw.x, raw.y, raw.offsets
@@ -89,6 +140,12 @@ def federate(dataset, partition, num_clients: int, test_fraction: float, seed_of
         x, y = raw.x[rows], raw.y[rows]
         offsets = np.concatenate([[0], np.cumsum([len(p) for p in parts])]).astype(np.int64)
         optimum = None
+    if hard is not None:
+        if raw.num_classes == 0:
+            raise ValueError("hard_clients: only for classification data (a regression's closed-form "
+                             "optimum would no longer hold)")
+        rng = np.random.default_rng(seed_of("hard_clients"))
+        x, y = hard.apply(x, y, offsets, hard.chosen(num_clients, rng), raw.num_classes, rng)
     xt, yt, toff, xv, yv, voff = _split_local(x, y, offsets, test_fraction,
                                                np.random.default_rng(seed_of("local_split")))
     return FederatedData(num_clients, raw.num_classes, tuple(raw.x_test.shape[1:]), xt, yt, toff,

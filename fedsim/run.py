@@ -66,7 +66,7 @@ def build_data(sc) -> FederatedData:
         _check_memory("data", int(estimate(d.num_clients)))
     try:
         return federate(d.dataset, d.partition, d.num_clients, d.test_fraction,
-                        lambda stream: seeding.seed_of(sc.seed, stream))
+                        lambda stream: seeding.seed_of(sc.seed, stream), d.hard_clients)
     except ValueError as exc:
         msg = str(exc)
         raise RunError(msg if msg.startswith("data.") else f"data: {msg}") from None
@@ -168,6 +168,10 @@ def run(sc, out: Path | None = None, on_progress: Callable[[int, dict], None] | 
     except ValueError as exc:
         raise RunError(f"participation: {exc}") from None
     probs = process.probs
+    # The true p_n, for plots only (FedAU estimates vs 1/p); the server never reads this file.
+    (out / "participation.json").write_text(json.dumps(
+        {"participation": plugin_name("participation", sc.participation),
+         "probs": None if probs is None else [float(p) for p in np.asarray(probs)]}) + "\n", encoding="utf-8")
     system = SystemModel(sc.system, data.num_clients, params.nbytes, seeding.rng(sc.seed, "system"))
     work = local_work(sc, data)
     oracle = Oracle(None if probs is None else np.asarray(probs), system.mean_durations(work), data.num_examples())

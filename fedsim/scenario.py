@@ -22,6 +22,7 @@ from fedsim.channel import ChannelConfig
 from fedsim.client import ClientConfig
 from fedsim.checkpoint import CheckpointConfig
 from fedsim.config import ConfigError, bounded, plugin
+from fedsim.data import HardClients
 from fedsim.faults import FaultsConfig
 from fedsim.robust import ValidationConfig
 from fedsim.system import SystemConfig
@@ -71,12 +72,15 @@ class DataConfig:
     partition: how a pooled dataset is split across clients (`natural` for per-client data).
     num_clients: N.
     test_fraction: share of each client's data kept as its local test split (fairness).
+    hard_clients: optionally make some clients' data harder (label noise, feature noise, a
+        negated input domain); unset = nobody.
     """
 
     dataset: Any = plugin("dataset")
     partition: Any = plugin("partition", {"name": "iid"})
     num_clients: int = bounded(10, ge=1, le=10_000_000)
     test_fraction: float = bounded(0.2, ge=0.0, lt=1.0)
+    hard_clients: HardClients | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -139,7 +143,12 @@ class MetricsConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class Scenario:
-    """A whole experiment. See docs/reference-scenario.md for every key."""
+    """A whole experiment. See docs/reference-scenario.md for every key.
+
+    Args:
+        name: label of the experiment; runs go to runs/<name>/<time>/ unless --out is given.
+        seed: root seed; every random stream derives from it and stable ids (client, dispatch).
+    """
 
     name: str = "scenario"
     seed: int = bounded(0, ge=0, le=2**63 - 1)

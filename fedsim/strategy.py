@@ -152,6 +152,28 @@ def prox_solve(trainer, anchor: np.ndarray, rho: float, linear: np.ndarray | Non
     return new.astype(np.float64)
 
 
+def participant_mask(updates: Sequence[ClientUpdate], num_clients: int) -> np.ndarray:
+    """Boolean (N,) mask of the clients that returned an update this round (FedAU's I_n^t)."""
+    mask = np.zeros(num_clients, dtype=bool)
+    for u in updates:
+        if not 0 <= u.client < num_clients:
+            raise ValueError(f"update from client {u.client}, but there are {num_clients} clients")
+        mask[u.client] = True
+    return mask
+
+
+def replace_rows(table: np.ndarray | None, updates: Sequence[ClientUpdate], num_clients: int) -> np.ndarray:
+    """A copy of the (N, d) float32 table of each client's latest update with this round's
+    deltas written in (MIFA / FedVARP server memory, specs §4.4). `table=None` means all
+    zeros (lazy allocation before the first update). The input table is not modified."""
+    d = updates[0].delta.size
+    out = np.zeros((num_clients, d), dtype=np.float32) if table is None else table.copy()
+    participant_mask(updates, num_clients)  # range check
+    for u in updates:
+        out[u.client] = u.delta
+    return out
+
+
 __all__ = [
     "ArrivalInfo",
     "ClientUpdate",
@@ -162,6 +184,8 @@ __all__ = [
     "least_squares_moments",
     "prox_solve",
     "modes",
+    "participant_mask",
+    "replace_rows",
     "sorted_updates",
     "staleness_weight",
     "supports_async",

@@ -142,14 +142,15 @@ def test_median_beats_fedavg_under_sign_flip_attack(tmp_path):
     raw = merge(LINREG, engine={"rounds": 100}, metrics={"eval_every": 100},
                 data={"num_clients": 20, "dataset": {"name": "linear_regression", "dim": 5,
                                                      "samples_per_client": 20, "heterogeneity": 0.1}},
-                faults={"byzantine": {"fraction": 0.2, "kind": "sign_flip", "scale": 3.0}})
+                faults={"byzantine": {"fraction": 0.2, "kind": "sign_flip", "scale": 5.0}})
     run_raw(raw, tmp_path / "fedavg")
     run_raw(merge(raw, robust={"name": "median"}), tmp_path / "median")
     run_raw(merge(raw, robust={"name": "trimmed_mean", "trim": 0.25}), tmp_path / "trimmed")
     plain = read_metrics(tmp_path / "fedavg")[-1]["optimum_distance"]
     med = read_metrics(tmp_path / "median")[-1]["optimum_distance"]
     trim = read_metrics(tmp_path / "trimmed")[-1]["optimum_distance"]
-    # measured: FedAvg 4.46 (pushed away by 4 clients sending −3Δ), median 0.11, trimmed 0.078
+    print(f"optimum distance: fedavg {plain:.3g}, median {med:.3g}, trimmed {trim:.3g}")
+    # 4 of 20 clients send −5Δ: the mean step is ≈ (0.8 − 0.2·5)·Δ = −0.2·Δ, FedAvg ascends
     assert med < 0.3 and trim < 0.3
     assert plain > 10 * med and plain > 10 * trim
 

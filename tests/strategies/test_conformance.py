@@ -20,6 +20,8 @@ MODE_CHANGES = {
     "async": {"engine": {"mode": "async", "max_versions": 4, "max_time": 50.0, "concurrency": 3},
               "system": {"compute": {"name": "uniform", "low": 0.05, "high": 0.2}}},
 }
+# Scalars some strategies need from their clients (FedCE's minus-model score).
+METRICS = {"train_loss": 1.0, "fedce_minus_val": 0.5}
 CASES = [(name, mode) for name, cls in sorted(STRATEGIES.items())
          for mode in modes(build_plugin("strategy", {"name": name}, "strategy"))]
 
@@ -75,7 +77,7 @@ def test_does_not_mutate_inputs(name, mode):
     params = rng.normal(size=6).astype(np.float32)
     state = _init(strategy, params, n)
     keys = getattr(strategy, "payload_keys", ())
-    ups = [ClientUpdate(k, rng.normal(size=6).astype(np.float32), 10 + k, 0, {"train_loss": 1.0},
+    ups = [ClientUpdate(k, rng.normal(size=6).astype(np.float32), 10 + k, 0, METRICS,
                         {key: rng.normal(size=6).astype(np.float32) for key in keys}) for k in range(n)]
     for _ in range(3):
         snap = (params.copy(), [u.delta.copy() for u in ups], pickle.dumps(state))

@@ -8,7 +8,7 @@ from fedsim.run import run
 from fedsim.scenario import load
 from strategies import STRATEGIES
 
-SCENARIOS = ["fedspeed_iclr2023.yaml", "admm_noise_robust.yaml"]
+SCENARIOS = ["fedspeed_iclr2023.yaml", "admm_noise_robust.yaml", "fedau_iclr2024.yaml", "fedce_cvpr2023.yaml"]
 
 
 @pytest.mark.parametrize("file", SCENARIOS)

@@ -1,0 +1,47 @@
+"""Average all (FedAU paper baseline): sum of the participants' updates divided by N.
+
+Update rule (specs §4.4, §3):  x_{t+1} = x_t + η · (1/N) Σ_{n∈S_t} Δ_n
+Absent clients count as a zero update. With independent participation the stationary point
+is exactly that of Σ p_n F_n (specs §3), i.e. still biased by the participation rates. It
+equals FedAU with cutoff K = 1 (specs §10 T5). Clients run plain local SGD. Empty round:
+no change.
+
+Example:
+    strategy: {name: average_all, server_lr: 10.0}
+
+References:
+    S. Wang, M. Ji, "A Lightweight Method for Tackling Unknown Participation Statistics in
+    Federated Averaging", ICLR 2024. https://arxiv.org/abs/2306.03401 (code: IBM/fedau,
+    `average_all`)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from fedsim.config import bounded
+from fedsim.strategy import apply_delta, sorted_updates, weighted_sum
+from fedsim.types import ClientUpdate, Params, RoundInfo
+
+
+@dataclass(frozen=True, kw_only=True)
+class AverageAll:
+    """Participants' updates summed and divided by the total number of clients.
+
+    Args:
+        server_lr: η, the server learning rate (the paper's grid picks a large one, e.g. 10).
+    """
+
+    server_lr: float = bounded(1.0, gt=0.0)
+
+    def init(self, params: Params, num_clients: int) -> int:
+        return num_clients  # N, fixed for the run
+
+    def aggregate(self, state: int, params: Params, updates: Sequence[ClientUpdate],
+                  info: RoundInfo) -> tuple[int, Params]:
+        if not updates:
+            return state, params  # empty round: no change
+        ups = sorted_updates(updates)
+        step = weighted_sum([u.delta for u in ups], [1.0 / state] * len(ups))  # (1/N) Σ_{S_t} Δ_n
+        return state, apply_delta(params, step, self.server_lr)

@@ -1,0 +1,47 @@
+"""Average participating (FedAU paper baseline): plain FedAvg over the clients who showed up.
+
+Update rule (specs §4.4, §3):  x_{t+1} = x_t + η · (1/|S_t|) Σ_{n∈S_t} Δ_n
+Every arriving update gets the same weight whatever the client's participation rate, so
+with heterogeneous participation it converges to the minimiser of the participation-weighted
+objective ≈ Σ p_n F_n / Σ p_n, not (1/N) Σ F_n (specs §3 "Analytic behaviour", §4.1).
+Clients run plain local SGD. Empty round: no change.
+
+Example:
+    strategy: {name: average_participating, server_lr: 1.0}
+
+References:
+    S. Wang, M. Ji, "A Lightweight Method for Tackling Unknown Participation Statistics in
+    Federated Averaging", ICLR 2024. https://arxiv.org/abs/2306.03401 (code: IBM/fedau,
+    `average_participating`)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from fedsim.config import bounded
+from fedsim.strategy import apply_delta, sorted_updates, weighted_sum
+from fedsim.types import ClientUpdate, Params, RoundInfo
+
+
+@dataclass(frozen=True, kw_only=True)
+class AverageParticipating:
+    """Uniform average of the participants' updates.
+
+    Args:
+        server_lr: η, the server learning rate.
+    """
+
+    server_lr: float = bounded(1.0, gt=0.0)
+
+    def init(self, params: Params, num_clients: int) -> None:
+        return None
+
+    def aggregate(self, state: None, params: Params, updates: Sequence[ClientUpdate],
+                  info: RoundInfo) -> tuple[None, Params]:
+        if not updates:
+            return state, params  # empty round: no change
+        ups = sorted_updates(updates)
+        step = weighted_sum([u.delta for u in ups], [1.0 / len(ups)] * len(ups))  # mean_{S_t} Δ_n
+        return state, apply_delta(params, step, self.server_lr)
