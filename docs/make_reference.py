@@ -165,7 +165,7 @@ def field_table(cls: type, prefix: str = "") -> list[str]:
 
 FAMILY_PATHS = {"dataset": "data.dataset", "partition": "data.partition", "model": "model",
                 "participation": "participation", "probs": "participation.probs", "compute": "system.compute",
-                "executor": "executor"}
+                "executor": "executor", "robust": "robust"}
 
 
 def scenario_page() -> str:

@@ -32,6 +32,7 @@ def _families() -> dict[str, tuple[str, str]]:
         "probs": ("fedsim.participation", "PROBS"),
         "compute": ("fedsim.system", "COMPUTE"),
         "executors": ("fedsim.executors", "EXECUTORS"),
+        "robust": ("fedsim.robust", "ROBUST"),
     }
 
 
@@ -83,6 +84,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     from fedsim.scenario import ScenarioError, load
 
     extra, overrides = _split_overrides(args.overrides)
+    if args.resume:  # the scenario comes from the run folder; nothing may change it
+        if args.scenario or args.overrides or args.out:
+            print("error: --resume RUN_DIR takes no scenario, overrides or --out", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        args.scenario, args.out = str(Path(args.resume) / "scenario.resolved.yaml"), args.resume
+    elif args.scenario is None:
+        print("error: fedsim run needs a scenario file (or --resume RUN_DIR)", file=sys.stderr)
+        return EXIT_BAD_INPUT
     if extra:
         print(f"error: unexpected argument(s) {' '.join(extra)} (overrides look like key.path=value)",
               file=sys.stderr)
@@ -96,7 +105,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from fedsim.run import RunError
 
     try:
-        result = run_with_progress(sc, Path(args.out) if args.out else None, quiet=args.quiet)
+        result = run_with_progress(sc, Path(args.out) if args.out else None, quiet=args.quiet,
+                                   resume=bool(args.resume))
     except RunError as exc:
         print(f"error: {args.scenario}: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -170,9 +180,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="run a scenario")
-    p.add_argument("scenario")
+    p.add_argument("scenario", nargs="?")
     p.add_argument("overrides", nargs="*", help="key.path=value overrides")
     p.add_argument("--out", help="results folder (default runs/<name>/<timestamp>)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_run)
 
@@ -182,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("list", help="list a plugin family")
-    p.add_argument("family", help="strategies|datasets|partitions|models|participation|probs|compute|executors")
+    p.add_argument("family", help="strategies|datasets|partitions|models|participation|probs|compute|executors|robust")
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("plot", help="draw figures from run folders (or folders of runs)")
@@ -217,13 +228,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)  # overrides may follow options: run s.yaml --out x a=1
+    if extra:
+        if args.command != "run":
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
     if args.verbose:
         os.environ["FEDSIM_VERBOSE"] = "1"
     try:
         return int(args.func(args) or 0)
     except BrokenPipeError:
         return 0
+    except Exception as exc:  # noqa: BLE001 — a bug in fedsim: one line, traceback on --verbose
+        if args.verbose:
+            raise
+        msg = " ".join(str(exc).split())[:500]
+        print(f"internal error: {type(exc).__name__}: {msg} (rerun with --verbose for the traceback)",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

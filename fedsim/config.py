@@ -219,6 +219,9 @@ def build_plugin(family: str, raw: Mapping[str, Any], path: str) -> Any:
             cls = getattr(importlib.import_module(mod), attr)
         except (ImportError, AttributeError) as exc:
             raise ConfigError(_join(path, "name"), f"cannot import {name!r}: {exc}") from None
+        if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
+            raise ConfigError(_join(path, "name"), f"{name!r} is not a {family} plugin (a dataclass), "
+                              f"got {type(cls).__name__}")
     else:
         raise ConfigError(_join(path, "name"), f"unknown {family} {name!r}{_suggest(name, table)}; "
                           f"known: {', '.join(sorted(table))}")

@@ -125,7 +125,15 @@ def federate(dataset, partition, num_clients: int, test_fraction: float, seed_of
         optimum = raw.optimum
     else:
         assert isinstance(raw, Pooled)
-        parts = partition.split(raw.y, num_clients, seed_of("partition"))
+        if len(raw.y) < num_clients:
+            raise ValueError(f"{num_clients} clients but only {len(raw.y)} training examples to split")
+        try:
+            with np.errstate(all="ignore"):  # flwr-datasets' size maths can overflow on odd input
+                parts = partition.split(raw.y, num_clients, seed_of("partition"))
+        except ValueError:
+            raise
+        except Exception as exc:  # noqa: BLE001 — third-party partitioners fail in many ways on odd input
+            raise ValueError(f"partitioner failed: {type(exc).__name__}: {exc}") from None
         if len(parts) != num_clients:
             raise ValueError(f"partitioner returned {len(parts)} parts for {num_clients} clients")
         rows = np.concatenate(parts) if parts else np.zeros(0, np.int64)

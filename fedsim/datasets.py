@@ -82,6 +82,10 @@ class GaussianMixture:
     separation: float = bounded(2.0, gt=0.0)
     num_test: int = bounded(1000, ge=1, le=10_000_000)
 
+    def memory_estimate(self, num_clients: int) -> int:
+        """Rough peak bytes while generating and federating (float64 draws + float32 copies)."""
+        return 40 * (self.num_samples + self.num_test) * self.dim
+
     def load(self, num_clients: int, rng: np.random.Generator) -> Pooled:
         means = rng.normal(0.0, self.separation, size=(self.num_classes, self.dim))
 
@@ -124,6 +128,11 @@ class Synthetic:
     size_sigma: float = bounded(0.0, ge=0.0, le=5.0)
     num_test: int = bounded(2000, ge=1, le=10_000_000)
 
+    def memory_estimate(self, num_clients: int) -> int:
+        """Rough peak bytes: per-client models (n, c, d) plus float64 draws of the examples."""
+        rows = num_clients * self.samples_per_client * (1 + self.size_sigma) ** 2 + self.num_test
+        return int(num_clients * (self.num_classes + 1) * self.dim * 12 + rows * self.dim * 32)
+
     def load(self, num_clients: int, rng: np.random.Generator) -> PerClient:
         n, d, c = num_clients, self.dim, self.num_classes
         sizes = _client_sizes(n, self.samples_per_client, self.size_sigma, 2, rng)
@@ -136,8 +145,12 @@ class Synthetic:
 
         def draw(owner: np.ndarray):
             x = (v[owner] + rng.normal(size=(len(owner), d)) * scale).astype(np.float32)
-            logits = np.einsum("ncd,nd->nc", w[owner], x) + b[owner]
-            return x, logits.argmax(1).astype(np.int64)
+            y = np.empty(len(owner), dtype=np.int64)
+            step = max(1, _CHUNK // (c * d))  # w[owner] is (rows, c, d): build it block by block
+            for i in range(0, len(owner), step):
+                o = owner[i:i + step]
+                y[i:i + step] = (np.einsum("ncd,nd->nc", w[o], x[i:i + step]) + b[o]).argmax(1)
+            return x, y
 
         owner = np.repeat(np.arange(n), sizes)
         x, y = draw(owner)
@@ -173,6 +186,11 @@ class LinearRegression:
     importance: Literal["uniform", "examples"] = "uniform"
     num_test: int = bounded(1000, ge=1, le=10_000_000)
 
+    def memory_estimate(self, num_clients: int) -> int:
+        """Rough peak bytes: float64 x and y, float32 copies, federate's split copies."""
+        rows = num_clients * self.samples_per_client * (1 + self.size_sigma) ** 2
+        return int(rows * (self.dim + 1) * 32 + num_clients * self.dim * 24 + self.num_test * self.dim * 16)
+
     def load(self, num_clients: int, rng: np.random.Generator) -> PerClient:
         n, d = num_clients, self.dim
         sizes = _client_sizes(n, self.samples_per_client, self.size_sigma, 1, rng)
@@ -181,8 +199,14 @@ class LinearRegression:
         wk = w0 + self.heterogeneity * rng.normal(size=(n, d))
         sk = rng.uniform(1 - self.input_spread, 1 + self.input_spread, size=n)
         owner = np.repeat(np.arange(n), sizes)
-        x = rng.normal(size=(len(owner), d)) * sk[owner, None]
-        y = np.einsum("nd,nd->n", x, wk[owner]) + b0 + self.noise * rng.normal(size=len(owner))
+        x = rng.normal(size=(len(owner), d))
+        y = np.empty(len(owner))
+        for i in range(0, len(owner), _CHUNK):  # row blocks: no (rows, d) temporaries per step
+            o = owner[i:i + _CHUNK]
+            x[i:i + _CHUNK] *= sk[o, None]
+            y[i:i + _CHUNK] = np.einsum("nd,nd->n", x[i:i + _CHUNK], wk[o])
+        y += b0
+        y += self.noise * rng.normal(size=len(owner))
         xt = rng.normal(size=(self.num_test, d))
         yt = xt @ wk.mean(0) + b0 + self.noise * rng.normal(size=self.num_test)
         offsets = np.concatenate([[0], np.cumsum(sizes)])
@@ -191,18 +215,25 @@ class LinearRegression:
                          xt.astype(np.float32), yt.astype(np.float32), 0, optimum)
 
 
+_CHUNK = 1 << 20  # rows per block when generating / reducing large per-client datasets
+
+
 def least_squares_optimum(x: np.ndarray, y: np.ndarray, offsets: np.ndarray, importance: str) -> np.ndarray:
     """Closed-form minimiser of Σ_k p_k/(2n_k)‖X̃_k w − y_k‖², in `linear` model layout
     (weights then bias). Vectorised with segment sums (no loop over clients)."""
-    xa = np.concatenate([x, np.ones((len(x), 1))], axis=1).astype(np.float64)
     sizes = np.diff(offsets)
     owner = np.repeat(np.arange(len(sizes)), sizes)
     if importance == "uniform":
         scale = 1.0 / sizes[owner]  # p_k / n_k with p_k = 1/N (the 1/N cancels)
     else:
         scale = np.ones(len(owner))  # p_k / n_k = 1/n for every row
-    a = (xa * scale[:, None]).T @ xa
-    b = (xa * scale[:, None]).T @ y
+    d = x.shape[1] + 1
+    a, b = np.zeros((d, d)), np.zeros(d)
+    for i in range(0, len(x), _CHUNK):  # row blocks bound the float64 copies (one block = one matmul)
+        xa = np.concatenate([x[i:i + _CHUNK], np.ones((len(x[i:i + _CHUNK]), 1))], axis=1).astype(np.float64)
+        xs = xa * scale[i:i + _CHUNK, None]
+        a += xs.T @ xa
+        b += xs.T @ y[i:i + _CHUNK]
     return np.linalg.solve(a, b).astype(np.float64)
 
 

@@ -16,7 +16,10 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from fedsim import channel, seeding
+from fedsim import channel, checkpoint, seeding
+from fedsim.client_state import ClientStates
+from fedsim.faults import Faults, FaultsConfig
+from fedsim.robust import NoRobust
 from fedsim.history import History
 from fedsim.system import SystemModel
 from fedsim.types import ClientTask, ClientUpdate, Job, JobResult, Oracle, RoundInfo
@@ -58,18 +61,25 @@ def validate_update(update: ClientUpdate | None, size: int, client: int, max_nor
     d = update.delta
     if not isinstance(d, np.ndarray) or d.shape != (size,):
         return f"wrong shape {getattr(d, 'shape', type(d).__name__)}, expected ({size},)"
+    if not np.issubdtype(d.dtype, np.floating):
+        return f"delta has dtype {d.dtype}, expected floats"
     if not np.all(np.isfinite(d)):
         return "non-finite values in update"
-    if max_norm is not None and float(np.linalg.norm(d)) > max_norm:
-        return f"update norm {float(np.linalg.norm(d)):.3g} exceeds bound {max_norm:g}"
-    if update.num_examples < 0:
-        return "negative num_examples"
-    for key in payload_keys:
-        v = update.payload.get(key) if isinstance(update.payload, dict) or hasattr(update.payload, "get") else None
+    for key in payload_keys:  # vectors the strategy requires (e.g. SCAFFOLD's delta_c)
+        v = update.payload.get(key) if hasattr(update.payload, "get") else None
         if not isinstance(v, np.ndarray) or v.shape != (size,):
             return f"payload {key!r} missing or of wrong shape"
-        if not np.all(np.isfinite(v)):
+    for key, vec in update.payload.items():
+        if not isinstance(vec, np.ndarray) or not np.issubdtype(vec.dtype, np.number):
+            return f"payload {key!r} is not a numeric array"
+        if not np.all(np.isfinite(vec)):
             return f"non-finite values in payload {key!r}"
+    if max_norm is not None:
+        norm = float(np.linalg.norm(d.astype(np.float64)))
+        if not norm <= max_norm:
+            return f"update norm {norm:.3g} exceeds bound {max_norm:g}"
+    if not isinstance(update.num_examples, (int, np.integer)) or update.num_examples < 0:
+        return f"bad num_examples {update.num_examples!r}"
     return None
 
 
@@ -92,11 +102,18 @@ class Engine:
         self.version = 0
         self.now = 0.0
         self.counters = Counters()
-        self.client_states: dict[int, Any] = {}
+        self.client_states = ClientStates(getattr(scenario.engine, "client_state", "float32"))
         self.participations = np.zeros(self.n, dtype=np.int64)
         self.num_examples = data.num_examples()
         self.on_progress = on_progress
         self.wall_start = time.perf_counter()
+        # Reliability blocks (fedsim.faults, fedsim.robust, fedsim.checkpoint); a scenario-like
+        # object without them (tests' stand-ins) gets the defaults.
+        self.faults = Faults(getattr(scenario, "faults", None) or FaultsConfig(), self.root, self.n)
+        self.max_norm = getattr(getattr(scenario, "validation", None), "max_norm", None)
+        self.robust = getattr(scenario, "robust", None) or NoRobust()  # cohort wrapper before aggregate
+        self.checkpoint_every = getattr(getattr(scenario, "checkpoint", None), "every", None)
+        self.start_round = 0  # > 0 when resumed from a checkpoint (fedsim.checkpoint.restore)
         if getattr(self.strategy, "uses_oracle", False):
             self.state = self.strategy.init(self.params, self.n, oracle=oracle)
         else:
@@ -121,7 +138,12 @@ class Engine:
         job = Job(d, task, self.client_states.get(client), start + arr)
         self.counters.bytes_down += self.params.nbytes
         self.event("dispatch", client=client, job=d, virtual_time=start, version=self.version, staleness=None)
-        return Pending(job, client, start, start + fin, start + arr, "dropout" if dropped else None)
+        p = Pending(job, client, start, start + fin, start + arr, "dropout" if dropped else None)
+        if self.faults.active and p.dropped is None:
+            hit = self.faults.on_dispatch(client, d, start, p.finish, p.arrive)
+            if hit is not None:  # crashed or straggling: the server learns of it at hit[1]
+                p.dropped, p.arrive = hit
+        return p
 
     def accept(self, p: Pending, result: JobResult) -> ClientUpdate | None:
         """Apply the uplink to a finished job's result; record a drop and return None if the
@@ -130,11 +152,13 @@ class Engine:
             return self.reject(p, f"client error: {result.error}", p.arrive)
         if channel.lost(self.sc.channel, self.root, p.client, p.job.id):
             return self.reject(p, "lost in channel", p.arrive)
-        why = validate_update(result.update, self.params.size, p.client,
+        update, fault = result.update, None
+        if self.faults.active and update is not None:
+            update, fault = self.faults.corrupt(update, p.job.id)
+        why = validate_update(update, self.params.size, p.client, self.max_norm,
                               payload_keys=getattr(self.strategy, "payload_keys", ()))
         if why is not None:
-            return self.reject(p, why, p.arrive)
-        update = result.update
+            return self.reject(p, why, p.arrive, **({"fault": fault} if fault else {}))
         assert update is not None
         self.client_states[p.client] = result.client_state
         if self.sc.channel.uplink_noise_std > 0:
@@ -145,10 +169,10 @@ class Engine:
         self.participations[p.client] += 1
         return update
 
-    def reject(self, p: Pending, reason: str, at: float) -> None:
+    def reject(self, p: Pending, reason: str, at: float, **extra: Any) -> None:
         self.counters.num_failed += 1
         self.event("drop", client=p.client, job=p.job.id, virtual_time=at, version=self.version,
-                   staleness=None, reason=reason)
+                   staleness=None, reason=reason, **extra)
         return None
 
     def collect(self, pendings: list[Pending]) -> dict[int, JobResult]:
@@ -173,14 +197,20 @@ class Engine:
             "bytes_up": c.bytes_up, "bytes_down": c.bytes_down,
         })
         self.history.metric(record)
-        if self.sc.metrics.client_metrics:
+        cm = self.sc.metrics.client_metrics
+        rows = "all" if cm is True else "none" if cm is False else cm
+        if rows != "none":
             report_fn = getattr(self.strategy, "client_report", None)
             report = report_fn(self.state) if report_fn else {}
             step_key = ("round", round_index) if round_index is not None else ("version", self.version)
-            for k in range(self.n):
-                row = {"client": k, step_key[0]: step_key[1], "accuracy": per_client["accuracy"][k],
-                       "loss": per_client["loss"][k], "num_examples": int(self.num_examples[k]),
-                       "participations": int(self.participations[k])}
+            ids = self.evaluator.clients  # every client, or the fixed `metrics.client_sample`
+            pick = np.flatnonzero(self.participations[ids] > 0) if rows == "participants" else np.arange(len(ids))
+            acc, loss = per_client["accuracy"][pick].tolist(), per_client["loss"][pick].tolist()
+            ks = ids[pick].tolist()
+            nex, parts = self.num_examples[ids[pick]].tolist(), self.participations[ids[pick]].tolist()
+            for i, k in enumerate(ks):
+                row = {"client": k, step_key[0]: step_key[1], "accuracy": acc[i], "loss": loss[i],
+                       "num_examples": nex[i], "participations": parts[i]}
                 row.update(report.get(k, {}))
                 self.history.client(row)
             self.history.flush()
@@ -191,8 +221,9 @@ class Engine:
     def run_sync(self) -> np.ndarray:
         eng = self.sc.engine
         every = self.sc.metrics.eval_every or 1
-        self.evaluate(0)
-        for r in range(eng.rounds):
+        if self.start_round == 0:
+            self.evaluate(0)
+        for r in range(self.start_round, eng.rounds):
             online = np.flatnonzero(self.participation.online(r, self.now))
             start = self.now
             pendings = [self.dispatch(int(c), start, r) for c in online]
@@ -224,7 +255,8 @@ class Engine:
                 end = start + eng.empty_round_time
             self.now = end
             info = RoundInfo(r, self.n, tuple(int(c) for c in online), self.now)
-            self.state, new_params = self.strategy.aggregate(self.state, self.params, updates, info)
+            cohort = self.robust.apply(updates)  # identity unless `robust:` is set
+            self.state, new_params = self.strategy.aggregate(self.state, self.params, cohort, info)
             self.params = np.asarray(new_params, dtype=np.float32)
             self.version += 1
             self.counters.num_updates += len(updates)
@@ -235,6 +267,9 @@ class Engine:
                 record = self.evaluate(r + 1)
             if self.on_progress:
                 self.on_progress(r + 1, record or {})
+            ck = self.checkpoint_every
+            if ck and (r + 1) % ck == 0 and r + 1 < eng.rounds:
+                checkpoint.save(self, r + 1)
         return self.params
 
     def run(self) -> np.ndarray:

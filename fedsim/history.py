@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -51,6 +52,11 @@ class History:
     def flush(self) -> None:
         for fh in self._fh.values():
             fh.flush()
+
+    def offsets(self) -> dict[str, int]:
+        """Byte length of each file after flushing (what a checkpoint truncates back to)."""
+        self.flush()
+        return {name: os.fstat(fh.fileno()).st_size for name, fh in self._fh.items()}
 
     def close(self) -> None:
         for fh in self._fh.values():

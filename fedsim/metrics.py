@@ -36,16 +36,29 @@ class Evaluator:
     """Evaluates flat parameters on the driver; one forward pass per data set, per-client
     numbers by segment sums (no loop over clients)."""
 
-    def __init__(self, data: FederatedData, model: FlatModule, batch: int = 8192):
+    def __init__(self, data: FederatedData, model: FlatModule, batch: int = 8192,
+                 clients: np.ndarray | None = None):
+        """`clients`: evaluate per-client numbers (and fairness) on these client ids only
+        (sorted); None = every client. Per-client arrays are aligned with `self.clients`."""
         self.data, self.model, self.batch = data, model, batch
         dev = model.device
         self.regression = data.num_classes == 0
         self.x_test = torch.from_numpy(data.x_test).to(dev)
         self.y_test = torch.from_numpy(data.y_test).to(dev)
-        self.x_val = torch.from_numpy(data.x_val).to(dev)
-        self.y_val = torch.from_numpy(data.y_val).to(dev)
-        self.val_sizes = np.diff(data.val_offsets)
-        self.owner = np.repeat(np.arange(data.num_clients), self.val_sizes)
+        vo = data.val_offsets
+        if clients is None:
+            self.clients = np.arange(data.num_clients)
+            self.val_sizes = np.diff(vo)
+            x_val, y_val = data.x_val, data.y_val
+        else:  # gather the sample's local test rows once, vectorised
+            self.clients = np.asarray(clients, dtype=np.int64)
+            self.val_sizes = vo[self.clients + 1] - vo[self.clients]
+            starts = np.repeat(vo[self.clients] - (np.cumsum(self.val_sizes) - self.val_sizes), self.val_sizes)
+            rows = starts + np.arange(int(self.val_sizes.sum()))
+            x_val, y_val = data.x_val[rows], data.y_val[rows]
+        self.x_val = torch.from_numpy(x_val).to(dev)
+        self.y_val = torch.from_numpy(y_val).to(dev)
+        self.owner = np.repeat(np.arange(len(self.clients)), self.val_sizes)
 
     @torch.no_grad()
     def _per_example(self, x: torch.Tensor, y: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -73,7 +86,7 @@ class Evaluator:
         clients: dict[str, np.ndarray] = {}
         if per_client:
             vl, vc = self._per_example(self.x_val, self.y_val)
-            n = self.data.num_clients
+            n = len(self.clients)
             with np.errstate(invalid="ignore", divide="ignore"):
                 cl = np.bincount(self.owner, weights=vl, minlength=n) / self.val_sizes
                 ca = (np.full(n, np.nan) if self.regression

@@ -250,6 +250,14 @@ class Trace:
         p = Path(self.path)
         if not p.is_file():
             raise ValueError(f"participation.path: trace file not found: {self.path}")
+        try:
+            return self._read(p, num_clients)
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"participation.path: {self.path}: not UTF-8 text (byte {exc.start})") from None
+        except csv.Error as exc:
+            raise ValueError(f"participation.path: {self.path}: not a CSV file ({exc})") from None
+
+    def _read(self, p: Path, num_clients: int) -> np.ndarray:
         rows = []
         with p.open(newline="", encoding="utf-8") as fh:
             reader = csv.DictReader(fh)

@@ -75,6 +75,9 @@ class Shards:
     def split(self, labels: np.ndarray, num_clients: int, seed: int) -> list[np.ndarray]:
         from flwr_datasets.partitioner import ShardPartitioner
 
+        if num_clients * self.shards_per_client > len(labels):
+            raise ValueError(f"shards: {num_clients} clients x {self.shards_per_client} shards is more "
+                             f"shards than the {len(labels)} examples")
         p = ShardPartitioner(num_partitions=num_clients, partition_by="label",
                              num_shards_per_partition=self.shards_per_client, shuffle=True, seed=seed)
         return _run(p, labels)

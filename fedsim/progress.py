@@ -21,7 +21,7 @@ def _fmt(v) -> str:
     return "n/a" if v is None else str(v)
 
 
-def run_with_progress(sc, out: Path | None, quiet: bool = False) -> RunResult:
+def run_with_progress(sc, out: Path | None, quiet: bool = False, resume: bool = False) -> RunResult:
     console = Console(stderr=True)
     total = sc.engine.rounds if sc.engine.mode == "sync" else (sc.engine.max_versions or None)
     unit = "round" if sc.engine.mode == "sync" else "version"
@@ -39,7 +39,7 @@ def run_with_progress(sc, out: Path | None, quiet: bool = False) -> RunResult:
                 fields["acc"] = f"dist {record['optimum_distance']:.3g}"
             bar.update(task, completed=step, **fields)
 
-        result = run(sc, out, on_progress=on_progress)
+        result = run(sc, out, on_progress=on_progress, resume=resume)
     table = Table(title=f"{sc.name} — final", show_header=True)
     table.add_column("metric")
     table.add_column("value", justify="right")

@@ -13,7 +13,7 @@ from typing import Any, Callable
 import numpy as np
 
 from fedsim import scenario as scenario_mod
-from fedsim import seeding
+from fedsim import checkpoint, seeding
 from fedsim.config import plugin_name
 from fedsim.data import FederatedData, federate
 from fedsim.engine import Engine
@@ -28,6 +28,28 @@ from fedsim.types import Oracle
 class RunError(Exception):
     """A run could not start; str() is one line."""
 
+    def __init__(self, message: str):
+        super().__init__(" ".join(str(message).split()))  # third-party messages may span lines
+
+
+def available_memory() -> int | None:
+    """Bytes of memory the kernel says a new allocation can use (Linux), else None."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _check_memory(what: str, need: int) -> None:
+    avail = available_memory()
+    if avail is not None and need > avail:
+        raise RunError(f"{what} needs about {need / 2**30:.1f} GiB of memory but only "
+                       f"{avail / 2**30:.1f} GiB is available")
+
 
 @dataclass(frozen=True)
 class RunResult:
@@ -39,12 +61,47 @@ class RunResult:
 
 def build_data(sc) -> FederatedData:
     d = sc.data
+    estimate = getattr(d.dataset, "memory_estimate", None)
+    if estimate is not None:
+        _check_memory("data", int(estimate(d.num_clients)))
     try:
         return federate(d.dataset, d.partition, d.num_clients, d.test_fraction,
                         lambda stream: seeding.seed_of(sc.seed, stream), d.hard_clients)
     except ValueError as exc:
         msg = str(exc)
         raise RunError(msg if msg.startswith("data.") else f"data: {msg}") from None
+    except MemoryError as exc:
+        raise RunError(f"data: out of memory ({exc})") from None
+
+
+def _count_params(spec, input_shape: tuple[int, ...], num_classes: int) -> int:
+    """Parameter count without allocating (the module is built on torch's meta device)."""
+    import torch
+
+    with torch.device("meta"):
+        module = spec.build(input_shape, num_classes)
+    return sum(p.numel() for p in module.parameters())
+
+
+def build_model(sc, data: FederatedData):
+    """(initial flat params, evaluation model), with size checked before anything is allocated."""
+    try:
+        n = _count_params(sc.model, data.input_shape, data.num_classes)
+        _check_memory(f"model ({n:,} parameters)", 16 * 4 * n)  # global, eval and client copies, grads, deltas
+        device = resolve_device(getattr(sc.model, "device", "cpu"))
+        params = initial_params(sc.model, data.input_shape, data.num_classes, seeding.seed_of(sc.seed, "model_init"))
+        eval_model = FlatModule(sc.model.build(data.input_shape, data.num_classes), device)
+    except (ValueError, RuntimeError, MemoryError) as exc:
+        raise RunError(f"model: {exc}") from None
+    return params, eval_model
+
+
+def eval_sample(sc, data: FederatedData) -> np.ndarray | None:
+    """The fixed clients evaluated one by one (`metrics.client_sample`), sorted; None = all."""
+    m = sc.metrics.client_sample
+    if m is None or m >= data.num_clients:
+        return None
+    return np.sort(seeding.rng(sc.seed, "eval_sample").choice(data.num_clients, m, replace=False))
 
 
 def local_work(sc, data: FederatedData) -> np.ndarray:
@@ -81,20 +138,29 @@ def default_out(sc) -> Path:
 
 
 def run(sc, out: Path | None = None, on_progress: Callable[[int, dict], None] | None = None,
-        on_start: Callable[[Any], None] | None = None) -> RunResult:
-    """Run scenario `sc`, writing everything under `out`."""
+        on_start: Callable[[Any], None] | None = None, resume: bool = False) -> RunResult:
+    """Run scenario `sc`, writing everything under `out`; with `resume`, continue the run in
+    `out` from its checkpoint (fedsim.checkpoint)."""
     t0 = time.perf_counter()
     out = Path(out) if out is not None else default_out(sc)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "scenario.resolved.yaml").write_text(scenario_mod.to_yaml(sc), encoding="utf-8")
+    snap = None
+    if resume:
+        try:
+            snap = checkpoint.load(out)
+            if snap["mode"] != sc.engine.mode:
+                raise ValueError(f"checkpoint is for engine.mode {snap['mode']!r}")
+            checkpoint.truncate_history(out, snap["offsets"])
+        except (ValueError, OSError) as exc:
+            raise RunError(f"resume: {exc}") from None
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            (out / "scenario.resolved.yaml").write_text(scenario_mod.to_yaml(sc), encoding="utf-8")
+    except OSError as exc:
+        raise RunError(f"cannot write results to {out}: {exc.strerror or exc}") from None
 
     data = build_data(sc)
-    try:
-        device = resolve_device(getattr(sc.model, "device", "cpu"))
-        params = initial_params(sc.model, data.input_shape, data.num_classes, seeding.seed_of(sc.seed, "model_init"))
-        eval_model = FlatModule(sc.model.build(data.input_shape, data.num_classes), device)
-    except ValueError as exc:
-        raise RunError(f"model: {exc}") from None
+    params, eval_model = build_model(sc, data)
     ctx = Context(data.num_clients, seeding.rng(sc.seed, "participation"), seeding.rng(sc.seed, "probs"),
                   data.label_histograms)
     try:
@@ -113,16 +179,18 @@ def run(sc, out: Path | None = None, on_progress: Callable[[int, dict], None] | 
     from fedsim.executors import Setup
 
     executor = sc.executor.create()
-    history = History(out)
+    history = History(out, append=resume)
     try:
         executor.start(Setup(data, sc.model, sc.client, sc.strategy, sc.seed))
         if on_start:
             on_start(sc)
         try:
-            engine = Engine(sc, data, executor, history, Evaluator(data, eval_model), params, process, system,
+            engine = Engine(sc, data, executor, history, Evaluator(data, eval_model, clients=eval_sample(sc, data)), params, process, system,
                             work, oracle, on_progress)
         except ValueError as exc:  # a strategy that cannot start with this scenario
             raise RunError(f"strategy: {exc}") from None
+        if snap is not None:
+            engine.start_round = checkpoint.restore(engine, snap)
         from fedsim.engine_async import Stalled
 
         try:

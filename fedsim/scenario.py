@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,8 +20,11 @@ import yaml
 from fedsim import config
 from fedsim.channel import ChannelConfig
 from fedsim.client import ClientConfig
+from fedsim.checkpoint import CheckpointConfig
 from fedsim.config import ConfigError, bounded, plugin
 from fedsim.data import HardClients
+from fedsim.faults import FaultsConfig
+from fedsim.robust import ValidationConfig
 from fedsim.system import SystemConfig
 
 MAX_FILE_BYTES = 1_000_000
@@ -57,6 +61,7 @@ config.FAMILIES.update({
     "compute": _table("fedsim.system", "COMPUTE"),
     "strategy": _strategies,
     "executor": _executors,
+    "robust": _table("fedsim.robust", "ROBUST"),
 })
 
 
@@ -89,6 +94,8 @@ class EngineConfig:
     concurrency: async — jobs in flight.
     max_versions / max_time / max_updates: async stop conditions (first reached wins).
     slot: async — participation is redrawn every `slot` virtual seconds.
+    client_state: precision of stored per-client strategy state (`float16` halves its
+        memory; see fedsim.client_state).
     redispatch: async — `sample`: a freed slot goes at once to a uniformly drawn online idle
         client; `on_commit`: a client whose update arrived restarts from the next committed
         model (Fraboni et al.'s schedules). See docs/explanation-virtual-clock.md.
@@ -105,6 +112,7 @@ class EngineConfig:
     max_time: float | None = bounded(None, gt=0.0)
     max_updates: int | None = bounded(None, ge=1, le=1_000_000_000)
     slot: float = bounded(1.0, gt=0.0)
+    client_state: Literal["float32", "float16"] = "float32"
     redispatch: Literal["sample", "on_commit"] = "sample"
     drop_offline: bool = False
 
@@ -121,12 +129,16 @@ class MetricsConfig:
     eval_every: evaluate every this many rounds (sync) or versions (async); unset = every
         round / version, except in async runs that set eval_every_time.
     eval_every_time: async — evaluate every this many virtual seconds.
-    client_metrics: write per-client rows to clients.jsonl at each evaluation.
+    client_metrics: per-client rows in clients.jsonl at each evaluation: `all` (true),
+        `participants` (clients that have taken part so far) or `none` (false).
+    client_sample: per-client evaluation (clients.jsonl accuracy/loss and the fairness
+        metrics) on a fixed random sample of this many clients; unset = every client.
     """
 
     eval_every: int | None = bounded(None, ge=1, le=1_000_000_000)
     eval_every_time: float | None = bounded(None, gt=0.0)
-    client_metrics: bool = True
+    client_metrics: bool | Literal["all", "participants", "none"] = True
+    client_sample: int | None = bounded(None, ge=1, le=10_000_000)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -150,6 +162,10 @@ class Scenario:
     strategy: Any = plugin("strategy", {"name": "fedavg"})
     executor: Any = plugin("executor", {"name": "inline"})
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    faults: FaultsConfig = field(default_factory=FaultsConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    robust: Any = plugin("robust", {"name": "none"})
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
     def validate(self) -> None:
         from fedsim.datasets import LinearRegression, Synthetic
@@ -157,6 +173,14 @@ class Scenario:
         from fedsim.partition import Natural
         from fedsim.strategy import modes
 
+        if not self.name or self.name.startswith(".") or any(c in self.name for c in "/\\\0") \
+                or len(self.name) > 200:
+            raise ConfigError("name", f"{self.name!r} cannot name a results folder (no '/', '\\', "
+                              "leading '.', at most 200 characters)")
+        if self.engine.mode == "async" and self.checkpoint.every is not None:
+            raise ConfigError("checkpoint.every", "checkpoints are implemented for engine.mode sync only")
+        if self.engine.mode == "async" and config.plugin_name("robust", self.robust) != "none":
+            raise ConfigError("robust.name", "robust aggregation needs a cohort (engine.mode: sync)")
         supported = modes(self.strategy)
         if self.engine.mode not in supported:
             raise ConfigError("engine.mode", f"strategy {config.plugin_name('strategy', self.strategy)!r} "
@@ -179,6 +203,90 @@ class ScenarioError(Exception):
     """A scenario cannot be used; str() is one line naming the file and the dotted path."""
 
 
+MAX_DEPTH = 32  # a real scenario is < 8 levels deep; bounds every recursive walk after parsing
+MAX_NODES = 2_000_000  # values after alias expansion (a 1 MB file holds < 500k list items)
+
+_FLOAT = re.compile(r"""^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[0-9][0-9_]*[eE][-+]?[0-9]+
+    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?|\.(?:inf|Inf|INF))$|^\.(?:nan|NaN|NAN)$""", re.X)
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that reads `1e-3` as a number (YAML 1.2; PyYAML's 1.1 rules make it a
+    string) and rejects duplicate keys instead of silently keeping the last one."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+            except TypeError:
+                raise yaml.constructor.ConstructorError(None, None, "unhashable key", key_node.start_mark) from None
+            if duplicate:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+_Loader.yaml_implicit_resolvers = {k: [r for r in v if r[0] != "tag:yaml.org,2002:float"]
+                                   for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _Loader.construct_mapping)
+
+
+def _parse(text: str) -> Any:
+    """YAML text -> plain values; raises yaml.YAMLError, ScenarioError or RecursionError."""
+    # One streaming pass over the events first: stops at the first excess, so a deeply
+    # nested or alias-heavy document is refused before PyYAML builds (or chokes on) it.
+    aliases = depth = 0
+    for ev in yaml.parse(text, Loader=_Loader):
+        if isinstance(ev, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise ScenarioError(f"nested more than {MAX_DEPTH} levels deep")
+        elif isinstance(ev, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
+            depth -= 1
+        elif isinstance(ev, yaml.AliasEvent):
+            aliases += 1
+            if aliases > MAX_ALIASES:
+                raise ScenarioError(f"too many YAML aliases (more than {MAX_ALIASES})")
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 — _Loader is a SafeLoader
+
+
+def check_shape(value: Any) -> None:
+    """Refuse structures that would make later walks (deepcopy, validation, dumping) recurse
+    too deep, loop forever (recursive aliases) or expand exponentially (alias bombs).
+    Shared sub-trees are measured once, so the check itself is linear in the parsed size."""
+    memo: dict[int, tuple[int, int]] = {}  # id -> (expanded size, height)
+    on_path: set[int] = set()
+
+    def walk(obj: Any, depth: int) -> tuple[int, int]:
+        if not isinstance(obj, (dict, list)):
+            return 1, 0
+        if depth >= MAX_DEPTH:
+            raise ScenarioError(f"nested more than {MAX_DEPTH} levels deep")
+        key = id(obj)
+        if key in on_path:
+            raise ScenarioError("recursive YAML alias (a value contains itself)")
+        if key in memo:
+            size, height = memo[key]
+        else:
+            on_path.add(key)
+            size, height = 1, 0
+            for child in (obj.values() if isinstance(obj, dict) else obj):
+                s, h = walk(child, depth + 1)
+                size, height = size + s, max(height, h + 1)
+                if size > MAX_NODES:
+                    raise ScenarioError(f"expands to more than {MAX_NODES:,} values (YAML alias bomb?)")
+            on_path.discard(key)
+            memo[key] = size, height
+        if depth + height > MAX_DEPTH:
+            raise ScenarioError(f"nested more than {MAX_DEPTH} levels deep")
+        return size, height
+
+    walk(value, 0)
+
+
 def _read_yaml(path: Path) -> Any:
     try:
         raw_bytes = path.read_bytes()
@@ -187,7 +295,7 @@ def _read_yaml(path: Path) -> Any:
     except IsADirectoryError:
         raise ScenarioError(f"{path}: is a directory, not a scenario file") from None
     except OSError as exc:
-        raise ScenarioError(f"{path}: cannot read ({exc.strerror})") from None
+        raise ScenarioError(f"{path}: cannot read ({exc.strerror or exc})") from None
     if len(raw_bytes) > MAX_FILE_BYTES:
         raise ScenarioError(f"{path}: file is larger than {MAX_FILE_BYTES} bytes")
     try:
@@ -195,17 +303,17 @@ def _read_yaml(path: Path) -> Any:
     except UnicodeDecodeError as exc:
         raise ScenarioError(f"{path}: not UTF-8 text (byte {exc.start})") from None
     try:
-        aliases = sum(isinstance(ev, yaml.AliasEvent) for ev in yaml.parse(text, Loader=yaml.SafeLoader))
-        if aliases > MAX_ALIASES:
-            raise ScenarioError(f"{path}: too many YAML aliases ({aliases} > {MAX_ALIASES})")
-        data = yaml.safe_load(text)
+        data = _parse(text)
+        check_shape(data)
+    except ScenarioError as exc:
+        raise ScenarioError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ScenarioError(f"{path}{where}: invalid YAML ({problem})") from None
-    except RecursionError:
-        raise ScenarioError(f"{path}: YAML nested too deeply") from None
+        raise ScenarioError(f"{path}{where}: invalid YAML ({' '.join(str(problem).split())})") from None
+    except (RecursionError, MemoryError):
+        raise ScenarioError(f"{path}: YAML nested too deeply or too large") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -221,9 +329,12 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
         if not sep or not key or any(not part for part in key.split(".")):
             raise ConfigError(key or item, f"override {item!r} is not of the form key.path=value")
         try:
-            value = yaml.safe_load(text) if text.strip() else ""
-        except yaml.YAMLError:
-            value = text
+            value = _parse(text) if text.strip() else ""
+            check_shape(value)
+        except ScenarioError as exc:
+            raise ConfigError(key, f"override value: {exc}") from None
+        except (yaml.YAMLError, RecursionError):
+            value = text  # not YAML: keep the plain string (the field's type check reports it)
         node = out
         parts = key.split(".")
         for part in parts[:-1]:
@@ -235,7 +346,7 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
                 node[part] = nxt
             node = nxt
         last = parts[-1]
-        if last == "name" and isinstance(node, dict) and node.get("name") not in (None, value):
+        if len(parts) > 1 and last == "name" and node.get("name") not in (None, value):  # a new plugin
             dropped = [k for k in node if k != "name"]
             if dropped:
                 print(f"note: {key}={value} drops the old plugin's keys: {', '.join(dropped)}", file=sys.stderr)
@@ -261,7 +372,10 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
 
 def from_mapping(raw: Mapping[str, Any], source: str = "<scenario>") -> Scenario:
     try:
+        check_shape(raw)
         return config.build(Scenario, raw, "")
+    except ScenarioError as exc:
+        raise ScenarioError(f"{source}: {exc}") from None
     except ConfigError as exc:
         raise ScenarioError(f"{source}: {exc}") from None
     except RecursionError:

@@ -10,7 +10,7 @@ STREAMS: dict[str, int] = {
     "dataset": 1, "partition": 2, "local_split": 3, "participation": 4, "system": 5,
     "channel_down": 6, "channel_up": 7, "job": 8, "model_init": 9, "sampling": 10,
     "faults": 11, "system_job": 12, "probs": 13, "strategy": 14,
-    "hard_clients": 15,
+    "hard_clients": 15, "byzantine": 16, "eval_sample": 17,
 }
 
 
