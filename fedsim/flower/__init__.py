@@ -1,0 +1,1 @@
+"""Flower hosting: ServerApp, ClientApp and deployment helpers (the only place fedsim imports flwr)."""
