@@ -5,6 +5,7 @@ Examples:
   fedsim run scenarios/quickstart.yaml strategy.server_lr=0.5 engine.rounds=20 --out runs/try
   fedsim validate scenarios/*.yaml
   fedsim list strategies
+  fedsim deploy --help
 """
 
 from __future__ import annotations
@@ -126,6 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="list a plugin family")
     p.add_argument("family", help="strategies|datasets|partitions|models|participation|probs|compute|executors")
     p.set_defaults(func=cmd_list)
+
+    from fedsim.flower.cli import add_parser as add_deploy  # fedsim deploy {certs,server,client}
+
+    add_deploy(sub)
     return parser
 
 

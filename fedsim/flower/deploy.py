@@ -389,7 +389,7 @@ def write_app(app_dir: Path, run_config: Mapping[str, object], server_app: str =
     return app_dir
 
 
-def flwr_run(home: Path, app_dir: Path, log: Path, timeout: float) -> Proc:
+def flwr_run(home: Path, app_dir: Path, log: Path) -> Proc:
     """Start `flwr run APP fedsim --stream` (returns when the run ends)."""
     argv = [str(bin_dir() / "flwr"), "run", str(app_dir), FEDERATION, "--stream"]
     return spawn("flwr run", argv, flower_env(home), log, cwd=app_dir)
