@@ -20,11 +20,12 @@ from typing import Callable, Sequence
 
 from fedsim.flower import deploy as d
 
-# run-config keys the ServerApp / ClientApp read in a deployment
-RC_SCENARIO = "fedsim-scenario"  # resolved scenario YAML text
-RC_OUT = "fedsim-out"  # absolute results folder on the server machine
-RC_CLIENT_TIMEOUT = "fedsim-client-timeout"  # seconds a job may take before it counts as failed
-RC_WAIT_CLIENTS = "fedsim-wait-clients"  # seconds to wait for every client to connect
+# run-config keys the deployment ServerApp (fedsim.flower.server_app:app) reads
+RC_SCENARIO = "scenario"  # path of the resolved scenario YAML on the server machine
+RC_OUT = "out"  # absolute results folder on the server machine
+RC_NODES = "num-nodes"  # SuperNodes to wait for (one per client)
+RC_JOB_TIMEOUT = "job-timeout"  # seconds a job may take before it counts as failed
+RC_CONNECT_TIMEOUT = "connect-timeout"  # seconds to wait for every client to connect
 # node-config keys a SuperNode passes to its ClientApp
 NC_CLIENT = "partition-id"  # the fedsim client id (Flower's conventional key)
 NC_DATA = "fedsim-data"  # path of the client's own .npz, "" = the scenario's partition
@@ -106,9 +107,11 @@ def serve(scenario, out: Path, opts: ServerOptions, log: Callable[[str], None] =
         for key in opts.node_keys:
             node = d.register_node(home, key)
             log(f"registered {key.name} (node {node})")
+        resolved = home / "scenario.yaml"
+        resolved.write_text(scenario_mod.to_yaml(scenario), encoding="utf-8")
         app = d.write_app(home / "app", {
-            RC_SCENARIO: scenario_mod.to_yaml(scenario), RC_OUT: str(out),
-            RC_CLIENT_TIMEOUT: float(opts.client_timeout), RC_WAIT_CLIENTS: float(opts.wait_clients),
+            RC_SCENARIO: str(resolved), RC_OUT: str(out), RC_NODES: int(scenario.data.num_clients),
+            RC_JOB_TIMEOUT: float(opts.client_timeout), RC_CONNECT_TIMEOUT: float(opts.wait_clients),
         })
         log(f"waiting for {scenario.data.num_clients} clients, then running {scenario.name!r}; "
             f"results: {out}")
