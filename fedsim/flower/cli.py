@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -20,6 +21,14 @@ client, gRPC between them, TLS and node authentication (docs/how-to-deploy.md).
 def _err(msg: str) -> int:
     print(f"error: {msg}", file=sys.stderr)
     return EXIT_BAD_INPUT
+
+
+class Terminated(Exception):
+    """SIGTERM arrived."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated()
 
 
 def cmd_certs(args: argparse.Namespace) -> int:
@@ -65,10 +74,11 @@ def cmd_server(args: argparse.Namespace) -> int:
             client_timeout=args.client_timeout, wait_clients=args.wait_clients, run_timeout=args.run_timeout)
         from fedsim.run import default_out
 
+        signal.signal(signal.SIGTERM, _terminate)  # run the cleanup (stop the SuperLink) on SIGTERM too
         out = serve.serve(sc, Path(args.out) if args.out else default_out(sc), opts)
     except d.DeployError as exc:
         return _err(f"deploy server: {exc}")
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Terminated):
         print("interrupted: SuperLink stopped; results written so far are kept", file=sys.stderr)
         return 130
     print(f"results: {out}")
@@ -84,10 +94,13 @@ def cmd_client(args: argparse.Namespace) -> int:
                                ca=Path(args.ca) if args.ca else None, key=Path(args.key) if args.key else None,
                                insecure=args.insecure, home=Path(args.home) if args.home else None,
                                fault=args.fault or "")
+    signal.signal(signal.SIGTERM, _terminate)  # stop the SuperNode on SIGTERM too
     try:
         return serve.run_client(opts)
     except d.DeployError as exc:
         return _err(f"deploy client: {exc}")
+    except Terminated:
+        return 143
 
 
 def add_parser(sub) -> None:

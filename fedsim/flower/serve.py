@@ -50,6 +50,10 @@ class ServerOptions:
     run_timeout: float | None = None
 
 
+def say(msg: str) -> None:
+    print(msg, flush=True)
+
+
 def tls_from_dir(folder: Path) -> d.ServerTls:
     """The files `fedsim deploy certs` writes: ca.crt, server.pem, server.key."""
     return d.ServerTls(folder / "ca.crt", folder / "server.pem", folder / "server.key").check()
@@ -72,8 +76,11 @@ def public_keys(items: Sequence[str | Path]) -> tuple[Path, ...]:
     return tuple(out)
 
 
-def serve(scenario, out: Path, opts: ServerOptions, log: Callable[[str], None] = print) -> Path:
-    """Run `scenario` against deployed clients; returns the results folder."""
+def serve(scenario, out: Path, opts: ServerOptions, log: Callable[[str], None] = say,
+          on_ready: Callable[[d.SuperLink], None] | None = None) -> Path:
+    """Run `scenario` against deployed clients; returns the results folder. `on_ready` is
+    called once the SuperLink listens and the client keys are registered (clients whose
+    keys are not registered yet are refused, so start them after this point)."""
     from fedsim import scenario as scenario_mod
 
     if opts.tls is None and not opts.insecure and opts.attach is None:
@@ -102,11 +109,14 @@ def serve(scenario, out: Path, opts: ServerOptions, log: Callable[[str], None] =
             d.write_connection(home, sl.control, opts.tls.ca if opts.tls else None)
             auth = (f"node authentication on ({len(opts.node_keys)} keys)" if opts.node_keys
                     else "node authentication OFF: any client may join")
-            log(f"SuperLink up: clients connect to {sl.fleet} (gRPC{', TLS' if opts.tls else ''}); {auth}; "
-                f"log {sl.proc.log if sl.proc else '-'}")
+            assert sl.proc is not None
+            log(f"SuperLink up (pid {sl.proc.pid}): clients connect to {sl.fleet} "
+                f"(gRPC{', TLS' if opts.tls else ''}); {auth}; log {sl.proc.log}")
         for key in opts.node_keys:
             node = d.register_node(home, key)
             log(f"registered {key.name} (node {node})")
+        if on_ready is not None:
+            on_ready(sl)
         resolved = home / "scenario.yaml"
         resolved.write_text(scenario_mod.to_yaml(scenario), encoding="utf-8")
         app = d.write_app(home / "app", {
@@ -155,7 +165,7 @@ def client_node_config(opts: ClientOptions) -> dict[str, object]:
     return cfg
 
 
-def start_client(opts: ClientOptions, log: Callable[[str], None] = print, **kwargs) -> d.Proc:
+def start_client(opts: ClientOptions, log: Callable[[str], None] = say, **kwargs) -> d.Proc:
     """Start a SuperNode for client `opts.client_id` (returns at once)."""
     d.split_address(opts.server)
     if opts.client_id < 0:
@@ -178,7 +188,7 @@ def start_client(opts: ClientOptions, log: Callable[[str], None] = print, **kwar
                              name=f"client {opts.client_id}", **kwargs)
 
 
-def run_client(opts: ClientOptions, log: Callable[[str], None] = print) -> int:
+def run_client(opts: ClientOptions, log: Callable[[str], None] = say) -> int:
     """`fedsim deploy client`: run a SuperNode in the foreground until it exits or Ctrl-C."""
     proc = start_client(opts, log)
     log(f"client {opts.client_id}: SuperNode pid {proc.pid} dialling {opts.server} over gRPC; log {proc.log}")
