@@ -80,8 +80,13 @@ def default_out(sc) -> Path:
 
 
 def run(sc, out: Path | None = None, on_progress: Callable[[int, dict], None] | None = None,
-        on_start: Callable[[Any], None] | None = None) -> RunResult:
-    """Run scenario `sc`, writing everything under `out`."""
+        on_start: Callable[[Any], None] | None = None, executor: Any = None) -> RunResult:
+    """Run scenario `sc`, writing everything under `out`.
+
+    `executor` replaces `sc.executor.create()` (a Flower ServerApp passes the executor
+    bound to its Grid). An executor with a `host(fn)` method runs the engine loop `fn`
+    itself (the `flower` executor calls it inside a Flower ServerApp) and returns its value.
+    """
     t0 = time.perf_counter()
     out = Path(out) if out is not None else default_out(sc)
     out.mkdir(parents=True, exist_ok=True)
@@ -107,7 +112,7 @@ def run(sc, out: Path | None = None, on_progress: Callable[[int, dict], None] | 
 
     from fedsim.executors import Setup
 
-    executor = sc.executor.create()
+    executor = sc.executor.create() if executor is None else executor
     history = History(out)
     try:
         executor.start(Setup(data, sc.model, sc.client, sc.strategy, sc.seed))
@@ -115,7 +120,8 @@ def run(sc, out: Path | None = None, on_progress: Callable[[int, dict], None] | 
             on_start(sc)
         engine = Engine(sc, data, executor, history, Evaluator(data, eval_model), params, process, system,
                         work, oracle, on_progress)
-        final_params = engine.run()
+        host = getattr(executor, "host", None)
+        final_params = host(engine.run) if host is not None else engine.run()
     finally:
         executor.close()
         history.close()
