@@ -74,7 +74,7 @@ def pack(tree: Any, extra_config: Mapping[str, Any] | None = None) -> RecordDict
     arrays: dict[str, np.ndarray] = {}
     meta = json.dumps(_pack(tree, arrays, "message"), allow_nan=True)
     config = ConfigRecord({META: meta, **(extra_config or {})})
-    record = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+    record = ArrayRecord({k: Array(np.asarray(v, order="C")) for k, v in arrays.items()})
     return RecordDict({ARRAYS: record, META: config})
 
 
