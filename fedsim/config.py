@@ -172,6 +172,10 @@ def build(cls: type, raw: Mapping[str, Any], path: str = "") -> Any:
             raise ConfigError(_join(path, str(key)), f"unknown key{_suggest(key, fields)}; "
                               f"valid keys: {', '.join(fields) or '(none)'}")
         f = fields[key]
+        if ("family" in f.metadata and isinstance(value, Mapping) and "name" not in value
+                and f.default_factory is not MISSING):
+            # `strategy: {server_lr: 0.5}` keeps the default plugin and sets one of its keys
+            value = {"name": plugin_name(f.metadata["family"], f.default_factory()), **value}
         kwargs[key] = coerce(hints[key], value, _join(path, key), f.metadata)
     for name, f in fields.items():
         if name not in kwargs and f.default is MISSING and f.default_factory is MISSING:

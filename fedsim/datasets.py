@@ -212,3 +212,9 @@ DATASETS: dict[str, type] = {
     "synthetic": Synthetic,
     "linear_regression": LinearRegression,
 }
+
+# Real datasets from local files live in fedsim.loaders (imported here, at the end, because
+# they build on `Pooled` above).
+from fedsim.loaders import CIFAR10, MNIST, HFDisk, Npz  # noqa: E402
+
+DATASETS.update({"mnist": MNIST, "cifar10": CIFAR10, "npz": Npz, "hf_disk": HFDisk})

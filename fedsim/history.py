@@ -9,16 +9,16 @@ from pathlib import Path
 from typing import Any, Mapping
 
 
-def _clean(value: Any) -> Any:
+def clean(value: Any) -> Any:
     """JSON has no NaN/Inf: write them as null."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
+        return {k: clean(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
+        return [clean(v) for v in value]
     if hasattr(value, "item") and not isinstance(value, (str, bytes)):
-        return _clean(value.item())
+        return clean(value.item())
     return value
 
 
@@ -34,7 +34,7 @@ class History:
 
     def _write(self, name: str, record: Mapping[str, Any], flush: bool = True) -> None:
         fh = self._fh[name]
-        fh.write(json.dumps(_clean(dict(record)), separators=(",", ":")) + "\n")
+        fh.write(json.dumps(clean(dict(record)), separators=(",", ":")) + "\n")
         if flush:
             fh.flush()
 

@@ -17,7 +17,7 @@ from fedsim import seeding
 from fedsim.config import plugin_name
 from fedsim.data import FederatedData, federate
 from fedsim.engine import Engine
-from fedsim.history import History
+from fedsim.history import History, clean
 from fedsim.metrics import Evaluator
 from fedsim.models import FlatModule, initial_params, resolve_device
 from fedsim.participation import Context
@@ -43,7 +43,8 @@ def build_data(sc) -> FederatedData:
         return federate(d.dataset, d.partition, d.num_clients, d.test_fraction,
                         lambda stream: seeding.seed_of(sc.seed, stream))
     except ValueError as exc:
-        raise RunError(f"data: {exc}") from None
+        msg = str(exc)
+        raise RunError(msg if msg.startswith("data.") else f"data: {msg}") from None
 
 
 def local_work(sc, data: FederatedData) -> np.ndarray:
@@ -80,8 +81,13 @@ def default_out(sc) -> Path:
 
 
 def run(sc, out: Path | None = None, on_progress: Callable[[int, dict], None] | None = None,
-        on_start: Callable[[Any], None] | None = None) -> RunResult:
-    """Run scenario `sc`, writing everything under `out`."""
+        on_start: Callable[[Any], None] | None = None, executor: Any = None) -> RunResult:
+    """Run scenario `sc`, writing everything under `out`.
+
+    `executor` replaces `sc.executor.create()` (a Flower ServerApp passes the executor
+    bound to its Grid). An executor with a `host(fn)` method runs the engine loop `fn`
+    itself (the `flower` executor calls it inside a Flower ServerApp) and returns its value.
+    """
     t0 = time.perf_counter()
     out = Path(out) if out is not None else default_out(sc)
     out.mkdir(parents=True, exist_ok=True)
@@ -107,7 +113,7 @@ def run(sc, out: Path | None = None, on_progress: Callable[[int, dict], None] | 
 
     from fedsim.executors import Setup
 
-    executor = sc.executor.create()
+    executor = sc.executor.create() if executor is None else executor
     history = History(out)
     try:
         executor.start(Setup(data, sc.model, sc.client, sc.strategy, sc.seed))
@@ -115,7 +121,8 @@ def run(sc, out: Path | None = None, on_progress: Callable[[int, dict], None] | 
             on_start(sc)
         engine = Engine(sc, data, executor, history, Evaluator(data, eval_model), params, process, system,
                         work, oracle, on_progress)
-        final_params = engine.run()
+        host = getattr(executor, "host", None)
+        final_params = host(engine.run) if host is not None else engine.run()
     finally:
         executor.close()
         history.close()
@@ -132,15 +139,5 @@ def run(sc, out: Path | None = None, on_progress: Callable[[int, dict], None] | 
         "versions": _versions(), "git_commit": _git_commit(),
         "num_clients": data.num_clients, "num_params": int(params.size),
     }
-    (out / "summary.json").write_text(json.dumps(_jsonable(summary), indent=2) + "\n", encoding="utf-8")
+    (out / "summary.json").write_text(json.dumps(clean(summary), indent=2) + "\n", encoding="utf-8")
     return RunResult(out, final_params, final, summary)
-
-
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, float) and not np.isfinite(v):
-        return None
-    if isinstance(v, dict):
-        return {k: _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    return v

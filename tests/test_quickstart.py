@@ -1,0 +1,24 @@
+"""The README's default scenario: >= 85% global test accuracy, results folder complete."""
+
+import json
+from pathlib import Path
+
+from fedsim.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_quickstart_end_to_end(tmp_path):
+    out = tmp_path / "qs"
+    assert main(["run", str(ROOT / "scenarios" / "quickstart.yaml"), "--out", str(out), "--quiet"]) == 0
+    for name in ("metrics.jsonl", "clients.jsonl", "events.jsonl", "summary.json",
+                 "scenario.resolved.yaml", "model.pt"):
+        assert (out / name).is_file(), name
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["final"]["test_accuracy"] >= 0.85
+    assert summary["versions"]["torch"].startswith("2.13")
+    last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    for key in ("round", "virtual_time", "wall_time", "test_accuracy", "test_loss", "client_accuracy_mean",
+                "client_accuracy_std", "client_accuracy_worst10", "client_accuracy_min", "jain_index",
+                "num_updates", "bytes_up", "bytes_down"):
+        assert key in last, key
