@@ -85,6 +85,8 @@ class EngineConfig:
     concurrency: async — jobs in flight.
     max_versions / max_time / max_updates: async stop conditions (first reached wins).
     slot: async — participation is redrawn every `slot` virtual seconds.
+    max_update_norm: an update whose delta has a larger L2 norm is dropped as absurd
+        (guards the global model against broken or malicious clients; null = no bound).
     """
 
     mode: Literal["sync", "async"] = "sync"
@@ -96,6 +98,7 @@ class EngineConfig:
     max_time: float | None = bounded(None, gt=0.0)
     max_updates: int | None = bounded(None, ge=1, le=1_000_000_000)
     slot: float = bounded(1.0, gt=0.0)
+    max_update_norm: float | None = bounded(1e6, gt=0.0)
 
 
 @dataclass(frozen=True, kw_only=True)

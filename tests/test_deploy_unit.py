@@ -129,3 +129,26 @@ def test_cli_certs(tmp_path, capsys):
     assert main(["deploy", "certs", str(tmp_path / "creds"), "--clients", "1"]) == 0
     assert {p.name for p in (tmp_path / "creds").iterdir()} == {"ca.crt", "ca.key", "server.pem", "server.key",
                                                                 "client_0", "client_0.pub"}
+
+
+def test_injected_faults_are_caught_by_the_engines_validation():
+    from fedsim.engine import validate_update
+    from fedsim.flower import faults
+    from fedsim.scenario import EngineConfig
+    from fedsim.types import ClientUpdate, JobResult
+
+    bound = EngineConfig().max_update_norm  # the default bound
+    ok = JobResult(7, 2, ClientUpdate(2, np.full(4, 0.5, np.float32), 10, 0), None)
+    assert validate_update(ok.update, 4, 2, bound) is None
+    expected = {"nan": "non-finite", "inf": "non-finite", "shape": "wrong shape", "norm": "exceeds bound"}
+    for kind, why in expected.items():
+        bad = faults.after(kind, ok, round_index=0)
+        assert why in validate_update(bad.update, 4, 2, bound)
+        assert validate_update(ok.update, 4, 2, bound) is None  # the original is untouched
+    assert faults.after("nan@3", ok, round_index=0) is ok  # only in round 3
+    assert "non-finite" in validate_update(faults.after("nan@3", ok, round_index=3).update, 4, 2, bound)
+    with pytest.raises(faults.InjectedFault):
+        faults.before("crash", 0)
+    faults.before("crash@1", 0)  # not this round: no effect
+    with pytest.raises(ValueError, match="kind must be one of"):
+        faults.parse("explode")

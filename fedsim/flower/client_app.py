@@ -32,6 +32,10 @@ SETUP_KEY = "fedsim.setup-key"
 SETUP_PATH = "fedsim.setup-path"
 SCENARIO = "fedsim.scenario"
 THREADS = "fedsim.threads"
+SHAPE = "fedsim.data-shape"  # deployment: JSON {num_clients, num_classes, input_shape} for --data clients
+# node config keys (`fedsim deploy client`): the client's own .npz, and a testing-only fault
+NODE_DATA = "fedsim-data"
+NODE_FAULT = "fedsim-fault"
 
 app = ClientApp()
 
@@ -39,8 +43,25 @@ _lock = threading.Lock()
 _cache: dict[str, Any] = {}  # setup key -> ClientRuntime (only the newest key is kept)
 
 
-def load_setup(config) -> Any:
-    """The run's `Setup`, from whichever source the server put in the message config."""
+def load_setup(config, data_path: str = "", client: int = -1) -> Any:
+    """The run's `Setup`, from whichever source the server put in the message config.
+    With `data_path` (a deployed client's own .npz), that file is client `client`'s data."""
+    if data_path:
+        import json
+
+        import yaml
+
+        from fedsim.executors import Setup
+        from fedsim.flower.local_data import load_npz
+        from fedsim.scenario import from_mapping
+
+        if SCENARIO not in config or SHAPE not in config:
+            raise ValueError("--data needs a deployment server (the message carries no scenario)")
+        sc = from_mapping(yaml.safe_load(str(config[SCENARIO])), "<scenario from server>")
+        shape = json.loads(str(config[SHAPE]))
+        data = load_npz(data_path, client, int(shape["num_clients"]), int(shape["num_classes"]),
+                        tuple(shape["input_shape"]))
+        return Setup(data, sc.model, sc.client, sc.strategy, sc.seed)
     if SETUP_PATH in config:
         with open(str(config[SETUP_PATH]), "rb") as fh:  # written by this run's own server process
             return pickle.load(fh)
@@ -56,15 +77,15 @@ def load_setup(config) -> Any:
     raise ValueError("message carries no fedsim setup (setup-path or scenario)")
 
 
-def runtime_for(config) -> Any:
+def runtime_for(config, data_path: str = "", client: int = -1) -> Any:
     """The resident ClientRuntime for this run (built on first use in this process)."""
-    key = str(config[SETUP_KEY])
+    key = f"{config[SETUP_KEY]}|{data_path}"
     with _lock:
         rt = _cache.get(key)
         if rt is None:
             from fedsim.client import ClientRuntime
 
-            s = load_setup(config)
+            s = load_setup(config, data_path, client)
             threads = int(config[THREADS]) if THREADS in config else 1
             rt = ClientRuntime(s.data, s.model, s.client, s.strategy, threads)
             _cache.clear()
@@ -89,10 +110,17 @@ def train(msg: Message, context: Context) -> Message:
         meta = _peek_ids(content)
         return Message(codec.encode_result(JobResult(meta[0], meta[1], None, None,
                                                      f"bad job message: {_error_text(exc)}")), reply_to=msg)
+    nc = context.node_config
+    fault = str(nc.get(NODE_FAULT, ""))  # testing only (fedsim.flower.faults); "" in real use
     try:
-        result = runtime_for(codec.config_of(content)).run(job)
+        result = runtime_for(codec.config_of(content), str(nc.get(NODE_DATA, "")), job.task.client).run(job)
     except Exception as exc:  # noqa: BLE001
         result = JobResult(job.id, job.task.client, None, job.client_state, f"client setup: {_error_text(exc)}")
+    if fault:
+        from fedsim.flower import faults
+
+        faults.before(fault, job.task.round)  # crash raises -> Flower error reply; hang never returns
+        result = faults.after(fault, result, job.task.round)
     return Message(codec.encode_result(result), reply_to=msg)
 
 

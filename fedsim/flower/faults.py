@@ -39,7 +39,7 @@ def parse(spec: str) -> tuple[str, int | None]:
 
 
 def before(spec: str, round_index: int) -> None:
-    """Faults that strike instead of training."""
+    """Faults that strike instead of replying (the ClientApp calls this after training)."""
     if not spec:
         return
     kind, rnd = parse(spec)
