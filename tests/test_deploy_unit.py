@@ -152,3 +152,36 @@ def test_injected_faults_are_caught_by_the_engines_validation():
     faults.before("crash@1", 0)  # not this round: no effect
     with pytest.raises(ValueError, match="kind must be one of"):
         faults.parse("explode")
+
+
+def test_client_app_trains_on_the_clients_own_npz(tmp_path):
+    """What a `--data` client's ClientApp does with the server's message config."""
+    import hashlib
+    import json
+
+    from conftest import TINY
+    from fedsim import scenario as scenario_mod
+    from fedsim.flower.client_app import SCENARIO, SETUP_KEY, SHAPE, runtime_for
+    from fedsim.models import initial_params
+    from fedsim.run import build_data
+    from fedsim.types import ClientTask, Job
+
+    sc = scenario_mod.from_mapping(TINY)
+    text = scenario_mod.to_yaml(sc)
+    data = build_data(sc)  # what the server sends (as in server_app.main)
+    config = {SETUP_KEY: hashlib.sha256(text.encode()).hexdigest(), SCENARIO: text,
+              SHAPE: json.dumps({"num_clients": data.num_clients, "num_classes": data.num_classes,
+                                 "input_shape": list(data.input_shape)})}
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, *data.input_shape)).astype(np.float32)
+    y = rng.integers(0, data.num_classes, 40)
+    path = _npz(tmp_path / "site.npz", x_train=x, y_train=y)
+    rt = runtime_for(config, str(path), 4)
+    assert rt.data.num_examples().tolist() == [0, 0, 0, 0, 40, 0]
+    params = initial_params(sc.model, data.input_shape, data.num_classes, 0)
+    res = rt.run(Job(0, ClientTask(4, params, 0, 0, 0, 123), None))
+    assert res.error is None and res.update.num_examples == 40 and res.update.delta.shape == params.shape
+    # a file that does not fit the model: a failed job naming client and file, not a crash
+    bad = _npz(tmp_path / "bad.npz", x_train=np.zeros((3, 7)), y_train=np.zeros(3, int))
+    with pytest.raises(ValueError, match=r"client 2 data .*bad.npz"):
+        runtime_for(config, str(bad), 2)

@@ -140,12 +140,14 @@ def query(msg: Message, context: Context) -> Message:
     resident runtime now when the query carries the setup (warm-up)."""
     cfg = msg.content.config_records.get("config", ConfigRecord())
     error = ""
-    if SETUP_KEY in cfg:
+    nc = context.node_config
+    # a client with its own data (`--data`) builds it at its first job: a bad file then fails
+    # that client's jobs only, and the scenario's dataset need not exist on that machine
+    if SETUP_KEY in cfg and not nc.get(NODE_DATA):
         try:
             runtime_for(cfg)
         except Exception as exc:  # noqa: BLE001
             error = _error_text(exc)
-    nc = context.node_config
     reply = ConfigRecord({"partition-id": int(nc.get("partition-id", -1)),
                           "num-partitions": int(nc.get("num-partitions", 0)), "error": error})
     return Message(RecordDict({"config": reply}), reply_to=msg)
