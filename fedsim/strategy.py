@@ -116,6 +116,42 @@ def sorted_updates(updates: Sequence[ClientUpdate]) -> list[ClientUpdate]:
     return sorted(updates, key=lambda u: (u.client, u.base_version))
 
 
+def least_squares_moments(trainer) -> tuple[np.ndarray, np.ndarray] | None:
+    """(A_k, b_k) of the local least-squares loss F_k(w) = 1/(2n_k)‖X̃_k w − y_k‖², with
+    A_k = X̃ᵀX̃/n_k and b_k = X̃ᵀy/n_k (X̃ = [X 1], the `linear` model's layout: weights then
+    bias). None when the client's model is not that linear regression (specs §9.2)."""
+    rt = trainer.rt
+    x = trainer.x
+    if not rt.regression or x.ndim != 2 or rt.model.flat.numel() != x.shape[1] + 1 or len(trainer.y) == 0:
+        return None
+    xa = np.concatenate([x.cpu().numpy().astype(np.float64), np.ones((x.shape[0], 1))], axis=1)
+    y = trainer.y.cpu().numpy().astype(np.float64)
+    n = float(len(y))
+    return xa.T @ xa / n, xa.T @ y / n
+
+
+def prox_solve(trainer, anchor: np.ndarray, rho: float, linear: np.ndarray | None = None,
+               start: np.ndarray | None = None) -> np.ndarray:
+    """argmin_w F_k(w) + ⟨linear, w⟩ + (ρ/2)‖w − anchor‖² (the ADMM local step, specs §9.3).
+
+    Closed form (A_k + ρI)^{-1}(b_k + ρ·anchor − linear) for the linear-regression model;
+    otherwise the client's local SGD (`local_steps`, `lr`) on the same objective from
+    `start` (default: `anchor`). Returns float64."""
+    lin = np.zeros(anchor.size) if linear is None else np.asarray(linear, dtype=np.float64)
+    moments = least_squares_moments(trainer)
+    if moments is not None:
+        a, b = moments
+        return np.linalg.solve(a + rho * np.eye(a.shape[0]), b + rho * anchor.astype(np.float64) - lin)
+    import torch  # only the SGD fallback needs torch
+
+    dev = trainer.rt.device
+    anc = torch.as_tensor(anchor.astype(np.float32), device=dev)
+    lt = torch.as_tensor(lin.astype(np.float32), device=dev)
+    x0 = anchor if start is None else start
+    new, _ = trainer.sgd(np.asarray(x0, dtype=np.float32), extra_grad=lambda w: lt + rho * (w - anc))
+    return new.astype(np.float64)
+
+
 __all__ = [
     "ArrivalInfo",
     "ClientUpdate",
@@ -123,6 +159,8 @@ __all__ = [
     "Strategy",
     "apply_delta",
     "example_weights",
+    "least_squares_moments",
+    "prox_solve",
     "modes",
     "sorted_updates",
     "staleness_weight",

@@ -1,0 +1,58 @@
+"""FedProx (Li et al., MLSys 2020): local SGD on a proximally regularised objective.
+
+Update rule (specs §3 server; FedProx client):
+    client:  min_w F_i(w) + (μ/2)‖w − w_t‖², run as `local_steps` SGD steps from w_t whose
+             gradient is ∇ℓ(w; ξ) + μ(w − w_t);
+    server:  x_{t+1} = x_t + η · Σ_{i∈S_t} a_i Δ_i  (FedAvg's rule and weights).
+With μ = 0 this is exactly FedAvg. Empty round: no change.
+
+Example:
+    strategy: {name: fedprox, mu: 0.01}
+
+References:
+    Li, Sahu, Zaheer, Sanjabi, Talwalkar, Smith, "Federated Optimization in Heterogeneous
+    Networks", MLSys 2020. https://arxiv.org/abs/1812.06127
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal, Sequence
+
+import torch
+
+from fedsim.config import bounded
+from fedsim.strategy import apply_delta, example_weights, sorted_updates, weighted_sum
+from fedsim.types import ClientTask, ClientUpdate, Params, RoundInfo
+
+
+@dataclass(frozen=True, kw_only=True)
+class FedProx:
+    """FedAvg with a proximal term on the client.
+
+    Args:
+        mu: μ, weight of the proximal term (μ/2)‖w − w_t‖².
+        server_lr: η, the server learning rate.
+        weighting: `examples` (a_i ∝ n_i) or `uniform` (a_i = 1/|S_t|).
+    """
+
+    mu: float = bounded(0.01, ge=0.0)
+    server_lr: float = bounded(1.0, gt=0.0)
+    weighting: Literal["examples", "uniform"] = "examples"
+
+    def init(self, params: Params, num_clients: int) -> None:
+        return None
+
+    def client_update(self, task: ClientTask, trainer, state: Any) -> tuple[ClientUpdate, Any]:
+        anchor = torch.as_tensor(task.params, device=trainer.rt.device)  # w_t as received
+        mu = self.mu
+        new, loss = trainer.sgd(task.params, extra_grad=lambda w: mu * (w - anchor))  # ∇ + μ(w − w_t)
+        return trainer.make_update(new, loss), state
+
+    def aggregate(self, state: None, params: Params, updates: Sequence[ClientUpdate],
+                  info: RoundInfo) -> tuple[None, Params]:
+        if not updates:
+            return state, params
+        ups = sorted_updates(updates)
+        a = example_weights(ups, self.weighting)
+        return state, apply_delta(params, weighted_sum([u.delta for u in ups], a), self.server_lr)

@@ -1,0 +1,79 @@
+"""SCAFFOLD (Karimireddy et al., ICML 2020) with control variates, option II.
+
+Update rule:
+    client i (K local steps, lr η_l, from x = w_t):
+        y ← y − η_l (g_i(y) − c_i + c)                        (Alg. 1 line 10)
+        c_i⁺ = c_i − c + (x − y_K) / (K η_l)                   (line 12, option II)
+        sends Δy_i = y_K − x and Δc_i = c_i⁺ − c_i             (line 13)
+    server:
+        x_{t+1} = x_t + η_g · (1/|S|) Σ_{i∈S} Δy_i              (line 16)
+        c ← c + (1/N) Σ_{i∈S} Δc_i                             (line 17, |S|/N · mean)
+`c` lives in the strategy state and goes down with the model (task.config["c"]);
+`c_i` is per-client state kept by the engine; Δc_i travels in `ClientUpdate.payload`.
+Channel noise is applied by the engine to the model delta only, not to c or Δc.
+Empty round: no change.
+
+Example:
+    strategy: {name: scaffold, server_lr: 1.0}
+
+References:
+    Karimireddy, Kale, Mohri, Reddi, Stich, Suresh, "SCAFFOLD: Stochastic Controlled
+    Averaging for Federated Learning", ICML 2020. https://arxiv.org/abs/1910.06378
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from fedsim.config import bounded
+from fedsim.strategy import apply_delta, sorted_updates, weighted_sum
+from fedsim.types import ClientTask, ClientUpdate, Params, RoundInfo
+
+
+@dataclass(frozen=True)
+class ScaffoldState:
+    c: np.ndarray  # server control variate (float64)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Scaffold:
+    """Stochastic controlled averaging.
+
+    Args:
+        server_lr: η_g, the global step size.
+    """
+
+    server_lr: float = bounded(1.0, gt=0.0)
+
+    def init(self, params: Params, num_clients: int) -> ScaffoldState:
+        return ScaffoldState(np.zeros(params.size, dtype=np.float64))
+
+    def configure(self, state: ScaffoldState, client: int, info: RoundInfo) -> dict[str, Any]:
+        return {"c": state.c.astype(np.float32)}  # a copy: the client can never alias server state
+
+    def client_update(self, task: ClientTask, trainer, state: Any) -> tuple[ClientUpdate, Any]:
+        d = task.params.size
+        c = np.asarray(task.config.get("c", np.zeros(d)), dtype=np.float32)
+        c_i = np.zeros(d, dtype=np.float32) if state is None else np.asarray(state, dtype=np.float32)
+        corr = torch.as_tensor(c - c_i, device=trainer.rt.device)  # −c_i + c, constant over the job
+        new, loss = trainer.sgd(task.params, extra_grad=lambda w: corr)
+        steps, lr = trainer.steps, trainer.lr
+        x = task.params.astype(np.float64)
+        c_new = c_i.astype(np.float64) - c + (x - new.astype(np.float64)) / (steps * lr)  # option II
+        update = trainer.make_update(new, loss)
+        update = replace(update, payload={"delta_c": (c_new - c_i).astype(np.float32)})
+        return update, c_new.astype(np.float32)
+
+    def aggregate(self, state: ScaffoldState, params: Params, updates: Sequence[ClientUpdate],
+                  info: RoundInfo) -> tuple[ScaffoldState, Params]:
+        if not updates:
+            return state, params
+        ups = sorted_updates(updates)
+        m = len(ups)
+        step = weighted_sum([u.delta for u in ups], np.full(m, 1.0 / m))  # mean Δy
+        dc = weighted_sum([u.payload["delta_c"] for u in ups], np.full(m, 1.0 / info.num_clients))
+        return ScaffoldState(state.c + dc), apply_delta(params, step, self.server_lr)
