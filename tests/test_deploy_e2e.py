@@ -218,3 +218,29 @@ def test_unregistered_client_refused_and_faulty_client_excluded(cluster):
     assert np.all(np.isfinite(params))
     assert rows[-1]["test_accuracy"] > rows[0]["test_accuracy"]
 
+
+
+def _has_fedbuff() -> bool:
+    from strategies import STRATEGIES
+
+    return "fedbuff" in STRATEGIES
+
+
+@pytest.mark.skipif(not _has_fedbuff(), reason="FedBuff and the async engine come with the async branch")
+def test_fedbuff_deployed_equals_flower_simulation(cluster):
+    """A short async FedBuff run deployed (3 TLS + node-auth clients) and simulated."""
+    sc = dict(SCENARIO, name="deploy-fedbuff", engine={"mode": "async", "concurrency": 3, "max_versions": 4},
+              strategy={"name": "fedbuff", "buffer_size": 2})
+    out, creds, fleet = deploy(cluster, sc)
+    deployed = read_metrics(out)
+    assert [r["version"] for r in deployed] == [0, 1, 2, 3, 4]
+    final = deployed[-1]
+    assert final["num_failed"] == 0 and final["test_accuracy"] > deployed[0]["test_accuracy"] + 0.2
+    print(f"deployed FedBuff final test_accuracy={final['test_accuracy']:.4f}")
+    sim = cluster.tmp / "sim"
+    res = subprocess.run([sys.executable, "-m", "fedsim", "run", "scenario.yaml", "executor.name=flower",
+                          "--out", str(sim), "--quiet"], cwd=cluster.tmp, capture_output=True, text=True,
+                         timeout=600, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert read_metrics(sim) == deployed
+    assert events(sim) == events(out)
