@@ -123,6 +123,12 @@ def test_cli_refuses_plaintext_without_flag(tmp_path, capsys):
     assert main(["deploy", "server", "scenarios/quickstart.yaml", "--insecure",
                  "--client-keys", str(tmp_path / "missing.pub")]) == 2
     assert "does not exist" in capsys.readouterr().err
+    # attaching to a running SuperLink takes only its CA
+    assert main(["deploy", "server", "scenarios/quickstart.yaml", "--superlink", "127.0.0.1:9093",
+                 "--cert", "x.pem"]) == 2
+    assert "give only --ca" in capsys.readouterr().err
+    assert main(["deploy", "server", "scenarios/quickstart.yaml", "--superlink", "127.0.0.1:9093"]) == 2
+    assert "--superlink needs --ca" in capsys.readouterr().err
 
 
 def test_cli_certs(tmp_path, capsys):

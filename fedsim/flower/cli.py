@@ -60,7 +60,16 @@ def cmd_server(args: argparse.Namespace) -> int:
         return _err(str(exc))
     try:
         tls = None
-        if args.tls_dir:
+        attach_ca = None
+        if args.superlink:  # attach: only the CA that signed the running SuperLink's certificate
+            if args.cert or args.key:
+                return _err("deploy server: --superlink attaches to a running SuperLink; give only --ca")
+            attach_ca = Path(args.tls_dir) / "ca.crt" if args.tls_dir else (Path(args.ca) if args.ca else None)
+            if attach_ca is not None and not attach_ca.is_file():
+                return _err(f"deploy server: CA certificate {attach_ca} does not exist")
+            if attach_ca is None and not args.insecure:
+                return _err("deploy server: --superlink needs --ca (its CA certificate) or --insecure")
+        elif args.tls_dir:
             tls = serve.tls_from_dir(Path(args.tls_dir))
         elif args.ca or args.cert or args.key:
             if not (args.ca and args.cert and args.key):
@@ -70,7 +79,7 @@ def cmd_server(args: argparse.Namespace) -> int:
             return _err("deploy server: --insecure and TLS files exclude each other")
         opts = serve.ServerOptions(
             host=args.host, port=args.port, fleet=args.fleet_address, tls=tls, insecure=args.insecure,
-            node_keys=serve.public_keys(args.client_keys), attach=args.superlink,
+            node_keys=serve.public_keys(args.client_keys), attach=args.superlink, attach_ca=attach_ca,
             client_timeout=args.client_timeout, wait_clients=args.wait_clients, run_timeout=args.run_timeout)
         from fedsim.run import default_out
 

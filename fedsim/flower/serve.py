@@ -86,6 +86,8 @@ def serve(scenario, out: Path, opts: ServerOptions, log: Callable[[str], None] =
     if opts.tls is None and not opts.insecure and opts.attach is None:
         raise d.DeployError("no TLS files: pass --tls-dir DIR (see `fedsim deploy certs`) or "
                             "--ca/--cert/--key, or --insecure for an unencrypted trial")
+    if opts.attach is not None:
+        d.split_address(opts.attach)
     if opts.insecure and opts.node_keys:
         raise d.DeployError("--client-keys needs TLS (Flower refuses node authentication with --insecure)")
     if opts.insecure:
