@@ -176,7 +176,10 @@ def test_fedavg_deployed_equals_flower_simulation(cluster):
     out, creds, fleet = deploy(cluster, SCENARIO)
     deployed = read_metrics(out)
     assert [r["round"] for r in deployed] == [0, 1, 2, 3]
-    final = json.loads((out / "summary.json").read_text())["final"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["executor"] == "deploy"
+    assert summary["deploy"]["tls"] and summary["deploy"]["node_auth"] and summary["deploy"]["transport"] == "grpc-rere"
+    final = summary["final"]
     assert final["num_updates"] == 9 and final["num_failed"] == 0
     assert final["test_accuracy"] > deployed[0]["test_accuracy"] + 0.2  # it learned
     print(f"deployed FedAvg final test_accuracy={final['test_accuracy']:.4f}")

@@ -138,6 +138,7 @@ def serve(scenario, out: Path, opts: ServerOptions, log: Callable[[str], None] =
             tail = " | ".join(run_proc.log_text().strip().splitlines()[-4:])
             raise d.DeployError(f"the run ended without results (exit {run_proc.popen.returncode}; "
                                 f"log {run_proc.log}): {tail}")
+        _note_deployment(out / "summary.json", sl, opts)
         return out
     finally:
         if run_proc is not None:
@@ -145,6 +146,20 @@ def serve(scenario, out: Path, opts: ServerOptions, log: Callable[[str], None] =
         if sl is not None:
             sl.stop()
         shutil.rmtree(home / "apps", ignore_errors=True)
+
+
+def _note_deployment(path: Path, sl: d.SuperLink, opts: ServerOptions) -> None:
+    """Say in summary.json that this run was deployed, and how (the scenario's `executor`
+    block was not used: the jobs went to real clients)."""
+    import json
+
+    summary = json.loads(path.read_text(encoding="utf-8"))
+    summary["executor"] = "deploy"
+    summary["deploy"] = {"fleet_api": sl.fleet or None, "transport": "grpc-rere",
+                         "tls": opts.tls is not None or (opts.attach is not None and not opts.insecure),
+                         "node_auth": bool(opts.node_keys), "registered_keys": [p.name for p in opts.node_keys],
+                         "attached": opts.attach is not None, "job_timeout": opts.client_timeout}
+    path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
 
 
 @dataclass(frozen=True)
