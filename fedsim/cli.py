@@ -5,6 +5,9 @@ Examples:
   fedsim run scenarios/quickstart.yaml strategy.server_lr=0.5 engine.rounds=20 --out runs/try
   fedsim validate scenarios/*.yaml
   fedsim list strategies
+  fedsim sweep scenarios/quickstart.yaml --seeds 0..2 --set strategy.weighting=examples,uniform --out runs/sw
+  fedsim plot runs/sw --kind all
+  fedsim compare runs/sw
   fedsim deploy --help
 """
 
@@ -105,6 +108,61 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plot(args: argparse.Namespace) -> int:
+    from fedsim.plots import plot
+    from fedsim.rundata import RunDataError
+
+    try:
+        for path in plot(args.runs, args.kind, args.output, args.weight_key, args.contribution_key):
+            print(f"wrote {path}")
+    except RunDataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from fedsim import compare
+    from fedsim.plots import default_out_dir
+    from fedsim.rundata import RunDataError, find_runs
+
+    try:
+        table = compare.compare(args.runs, args.target, args.per_run)
+        out = Path(args.output) if args.output else default_out_dir(find_runs(args.runs)).parent / "compare"
+        compare.print_table(table)
+        md, csv = compare.write(table, out)
+    except RunDataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(f"wrote {md} and {csv}")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from fedsim.scenario import ScenarioError
+    from fedsim.sweep import SweepError, parse_seeds, sweep
+
+    extra, fixed = _split_overrides(args.overrides)
+    if extra:
+        print(f"error: unexpected argument(s) {' '.join(extra)} (overrides look like key.path=value)",
+              file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        seeds = parse_seeds(args.seeds) if args.seeds is not None else None
+        res = sweep(args.scenario, args.sets, seeds, fixed, args.out, args.jobs, args.force,
+                    on_event=lambda name, status: print(f"{status:<6} {name}", file=sys.stderr))
+    except (SweepError, ScenarioError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted: finished runs are kept; run the same command to resume", file=sys.stderr)
+        return 130
+    print(f"results: {res.out} ({len(res.ran)} ran, {len(res.skipped)} already done, {len(res.failed)} failed)")
+    for name, why in res.failed:
+        print(f"failed: {name}: {why}", file=sys.stderr)
+    return 1 if res.failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedsim", description="Deterministic federated-learning simulator.",
                                      epilog=__doc__.split("Examples:", 1)[1] if __doc__ else None,
@@ -127,6 +185,34 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="list a plugin family")
     p.add_argument("family", help="strategies|datasets|partitions|models|participation|probs|compute|executors")
     p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("plot", help="draw figures from run folders (or folders of runs)")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("-o", "--output", help="figure file; .png/.svg/.pdf (default RUN_DIR/plots/KIND.png)")
+    p.add_argument("--kind", default="all",
+                   choices=["convergence", "fairness", "participation", "async", "contributions", "all"])
+    p.add_argument("--weight-key", default="fedau_weight", help="clients.jsonl column of weight estimates")
+    p.add_argument("--contribution-key", default="fedce_contribution",
+                   help="clients.jsonl column of contribution estimates")
+    p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("compare", help="table of final/fairness/time-to-target numbers across runs")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("-o", "--output", help="writes OUTPUT.md and OUTPUT.csv (default beside the runs)")
+    p.add_argument("--target", type=float, help="target accuracy (or distance/loss for regression)")
+    p.add_argument("--per-run", action="store_true", help="one row per run instead of per scenario")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("sweep", help="run a grid of overrides x seeds into one folder")
+    p.add_argument("scenario")
+    p.add_argument("overrides", nargs="*", help="key.path=value overrides applied to every run")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=V1,V2",
+                   help="a grid axis (repeatable)")
+    p.add_argument("--seeds", help="0..4 or 0,1,5 (default: the scenario's seed)")
+    p.add_argument("--out", help="sweep folder (default runs/<name>/sweep-<timestamp>)")
+    p.add_argument("--jobs", type=int, default=1, help="parallel runs (inline executor only)")
+    p.add_argument("--force", action="store_true", help="rerun combinations that already finished")
+    p.set_defaults(func=cmd_sweep)
 
     from fedsim.flower.cli import add_parser as add_deploy  # fedsim deploy {certs,server,client}
 

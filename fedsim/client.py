@@ -107,6 +107,11 @@ class LocalTrainer:
         n = len(self.y)
         self.steps = cfg.local_epochs * -(-n // cfg.batch_size) if cfg.local_epochs else cfg.local_steps
 
+    def tensor(self, array: np.ndarray) -> torch.Tensor:
+        """A float32 tensor on the training device (for `extra_grad` closures), so that
+        strategy files need no torch import of their own."""
+        return torch.as_tensor(np.asarray(array, dtype=np.float32), device=self.rt.device)
+
     @property
     def num_examples(self) -> int:
         return int(len(self.y))

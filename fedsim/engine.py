@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
 from fedsim import channel, seeding
 from fedsim.history import History
-from fedsim.metrics import Evaluator
 from fedsim.system import SystemModel
 from fedsim.types import ClientTask, ClientUpdate, Job, JobResult, Oracle, RoundInfo
+
+if TYPE_CHECKING:  # keeps the engine importable without torch (async event-order tests)
+    from fedsim.metrics import Evaluator
 
 
 @dataclass
@@ -44,9 +46,11 @@ class Counters:
     dispatches: int = 0
 
 
-def validate_update(update: ClientUpdate | None, size: int, client: int, max_norm: float | None = None) -> str | None:
+def validate_update(update: ClientUpdate | None, size: int, client: int, max_norm: float | None = None,
+                    payload_keys: tuple[str, ...] = ()) -> str | None:
     """Why an update must be rejected, or None. Guards the global model against broken or
-    malicious clients (shape, non-finite values, absurd norm)."""
+    malicious clients (shape, non-finite values, absurd norm, missing or malformed payload
+    vectors that the strategy declares in `payload_keys`)."""
     if update is None:
         return "no update"
     if update.client != client:
@@ -60,6 +64,12 @@ def validate_update(update: ClientUpdate | None, size: int, client: int, max_nor
         return f"update norm {float(np.linalg.norm(d)):.3g} exceeds bound {max_norm:g}"
     if update.num_examples < 0:
         return "negative num_examples"
+    for key in payload_keys:
+        v = update.payload.get(key) if isinstance(update.payload, dict) or hasattr(update.payload, "get") else None
+        if not isinstance(v, np.ndarray) or v.shape != (size,):
+            return f"payload {key!r} missing or of wrong shape"
+        if not np.all(np.isfinite(v)):
+            return f"non-finite values in payload {key!r}"
     return None
 
 
@@ -120,7 +130,8 @@ class Engine:
             return self.reject(p, f"client error: {result.error}", p.arrive)
         if channel.lost(self.sc.channel, self.root, p.client, p.job.id):
             return self.reject(p, "lost in channel", p.arrive)
-        why = validate_update(result.update, self.params.size, p.client, self.sc.engine.max_update_norm)
+        why = validate_update(result.update, self.params.size, p.client, self.sc.engine.max_update_norm,
+                              payload_keys=getattr(self.strategy, "payload_keys", ()))
         if why is not None:
             return self.reject(p, why, p.arrive)
         update = result.update
@@ -179,7 +190,7 @@ class Engine:
 
     def run_sync(self) -> np.ndarray:
         eng = self.sc.engine
-        every = self.sc.metrics.eval_every
+        every = self.sc.metrics.eval_every or 1
         self.evaluate(0)
         for r in range(eng.rounds):
             online = np.flatnonzero(self.participation.online(r, self.now))
@@ -229,4 +240,8 @@ class Engine:
     def run(self) -> np.ndarray:
         if self.sc.engine.mode == "sync":
             return self.run_sync()
+        if self.sc.engine.mode == "async":
+            from fedsim.engine_async import run_async
+
+            return run_async(self)
         raise ValueError(f"engine.mode {self.sc.engine.mode!r} is not available in this build")

@@ -107,6 +107,10 @@ def run(sc, out: Path | None = None, on_progress: Callable[[int, dict], None] | 
     except ValueError as exc:
         raise RunError(f"participation: {exc}") from None
     probs = process.probs
+    # The true p_n, for plots only (FedAU estimates vs 1/p); the server never reads this file.
+    (out / "participation.json").write_text(json.dumps(
+        {"participation": plugin_name("participation", sc.participation),
+         "probs": None if probs is None else [float(p) for p in np.asarray(probs)]}) + "\n", encoding="utf-8")
     system = SystemModel(sc.system, data.num_clients, params.nbytes, seeding.rng(sc.seed, "system"))
     work = local_work(sc, data)
     oracle = Oracle(None if probs is None else np.asarray(probs), system.mean_durations(work), data.num_examples())
@@ -119,10 +123,18 @@ def run(sc, out: Path | None = None, on_progress: Callable[[int, dict], None] | 
         executor.start(Setup(data, sc.model, sc.client, sc.strategy, sc.seed))
         if on_start:
             on_start(sc)
-        engine = Engine(sc, data, executor, history, Evaluator(data, eval_model), params, process, system,
-                        work, oracle, on_progress)
-        host = getattr(executor, "host", None)
-        final_params = host(engine.run) if host is not None else engine.run()
+        try:
+            engine = Engine(sc, data, executor, history, Evaluator(data, eval_model), params, process, system,
+                            work, oracle, on_progress)
+        except ValueError as exc:  # a strategy that cannot start with this scenario
+            raise RunError(f"strategy: {exc}") from None
+        from fedsim.engine_async import Stalled
+
+        host = getattr(executor, "host", None)  # the flower executor runs the loop inside its ServerApp
+        try:
+            final_params = host(engine.run) if host is not None else engine.run()
+        except Stalled as exc:
+            raise RunError(f"engine: {exc}") from None
     finally:
         executor.close()
         history.close()

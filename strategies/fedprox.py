@@ -19,7 +19,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal, Sequence
 
-import torch
 
 from fedsim.config import bounded
 from fedsim.strategy import apply_delta, example_weights, sorted_updates, weighted_sum
@@ -44,7 +43,7 @@ class FedProx:
         return None
 
     def client_update(self, task: ClientTask, trainer, state: Any) -> tuple[ClientUpdate, Any]:
-        anchor = torch.as_tensor(task.params, device=trainer.rt.device)  # w_t as received
+        anchor = trainer.tensor(task.params)  # w_t as received
         mu = self.mu
         new, loss = trainer.sgd(task.params, extra_grad=lambda w: mu * (w - anchor))  # ∇ + μ(w − w_t)
         return trainer.make_update(new, loss), state

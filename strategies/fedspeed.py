@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
-import torch
 
 from fedsim.config import bounded
 from fedsim.strategy import sorted_updates, weighted_sum
@@ -62,7 +61,7 @@ class FedSpeed:
     def client_update(self, task: ClientTask, trainer, state: Any) -> tuple[ClientUpdate, Any]:
         d = task.params.size
         h = np.zeros(d, dtype=np.float32) if state is None else np.asarray(state, dtype=np.float32)
-        corr = torch.as_tensor(self.lamb * (h - task.params), device=trainer.rt.device)  # λ(h_i − w_t)
+        corr = trainer.tensor(self.lamb * (h - task.params))  # λ(h_i − w_t)
         new, loss = trainer.sgd(task.params, extra_grad=lambda w: corr, sam_rho=self.rho,
                                 clip_norm=self.clip_norm, weight_decay=self.weight_decay + self.lamb)
         update = trainer.make_update(new, loss)

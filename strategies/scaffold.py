@@ -27,7 +27,6 @@ from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
 import numpy as np
-import torch
 
 from fedsim.config import bounded
 from fedsim.strategy import apply_delta, sorted_updates, weighted_sum
@@ -48,6 +47,7 @@ class Scaffold:
     """
 
     server_lr: float = bounded(1.0, gt=0.0)
+    payload_keys = ("delta_c",)  # the engine rejects updates without a finite (d,) Δc
 
     def init(self, params: Params, num_clients: int) -> ScaffoldState:
         return ScaffoldState(np.zeros(params.size, dtype=np.float64))
@@ -59,7 +59,7 @@ class Scaffold:
         d = task.params.size
         c = np.asarray(task.config.get("c", np.zeros(d)), dtype=np.float32)
         c_i = np.zeros(d, dtype=np.float32) if state is None else np.asarray(state, dtype=np.float32)
-        corr = torch.as_tensor(c - c_i, device=trainer.rt.device)  # −c_i + c, constant over the job
+        corr = trainer.tensor(c - c_i)  # −c_i + c, constant over the job
         new, loss = trainer.sgd(task.params, extra_grad=lambda w: corr)
         steps, lr = trainer.steps, trainer.lr
         x = task.params.astype(np.float64)

@@ -102,3 +102,10 @@ def test_thread_pool_executor_gives_identical_history(tmp_path):
     run_raw(merge(raw, executor={"name": "inline", "workers": 2}), tmp_path / "pool")
     assert read_metrics(tmp_path / "serial") == read_metrics(tmp_path / "pool")
     assert events(tmp_path / "serial") == events(tmp_path / "pool")
+
+
+def test_validate_update_checks_declared_payload():
+    up = ClientUpdate(0, np.ones(4, np.float32), 3, 0, payload={"delta_c": np.ones(3, np.float32)})
+    assert "payload 'delta_c' missing or of wrong shape" == validate_update(up, 4, 0, payload_keys=("delta_c",))
+    up = ClientUpdate(0, np.ones(4, np.float32), 3, 0, payload={"delta_c": np.full(4, np.inf, np.float32)})
+    assert "non-finite values in payload 'delta_c'" == validate_update(up, 4, 0, payload_keys=("delta_c",))
