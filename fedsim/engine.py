@@ -130,7 +130,8 @@ class Engine:
             return self.reject(p, f"client error: {result.error}", p.arrive)
         if channel.lost(self.sc.channel, self.root, p.client, p.job.id):
             return self.reject(p, "lost in channel", p.arrive)
-        why = validate_update(result.update, self.params.size, p.client, self.sc.engine.max_update_norm,
+        why = validate_update(result.update, self.params.size, p.client,
+                              getattr(self.sc.engine, "max_update_norm", None),
                               payload_keys=getattr(self.strategy, "payload_keys", ()))
         if why is not None:
             return self.reject(p, why, p.arrive)
