@@ -223,13 +223,6 @@ def test_unregistered_client_refused_and_faulty_client_excluded(cluster):
 
 
 
-def _has_fedbuff() -> bool:
-    from strategies import STRATEGIES
-
-    return "fedbuff" in STRATEGIES
-
-
-@pytest.mark.skipif(not _has_fedbuff(), reason="FedBuff and the async engine come with the async branch")
 def test_fedbuff_deployed_equals_flower_simulation(cluster):
     """A short async FedBuff run deployed (3 TLS + node-auth clients) and simulated."""
     sc = dict(SCENARIO, name="deploy-fedbuff", engine={"mode": "async", "concurrency": 3, "max_versions": 4},
