@@ -8,6 +8,7 @@ Examples:
   fedsim sweep scenarios/quickstart.yaml --seeds 0..2 --set strategy.weighting=examples,uniform --out runs/sw
   fedsim plot runs/sw --kind all
   fedsim compare runs/sw
+  fedsim deploy --help
 """
 
 from __future__ import annotations
@@ -223,6 +224,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=1, help="parallel runs (inline executor only)")
     p.add_argument("--force", action="store_true", help="rerun combinations that already finished")
     p.set_defaults(func=cmd_sweep)
+
+    from fedsim.flower.cli import add_parser as add_deploy  # fedsim deploy {certs,server,client}
+
+    add_deploy(sub)
     return parser
 
 

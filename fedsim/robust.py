@@ -37,11 +37,12 @@ from fedsim.types import ClientUpdate
 @dataclass(frozen=True, kw_only=True)
 class ValidationConfig:
     """Args:
-    max_norm: reject updates whose delta has L2 norm above this (unset = no bound).
+    max_norm: reject updates whose delta has L2 norm above this (null = no bound). The default
+        1e6 is far above any honest update and stops absurd ones from corrupting the model.
         Shapes and finiteness are always checked.
     """
 
-    max_norm: float | None = bounded(None, gt=0.0)
+    max_norm: float | None = bounded(1e6, gt=0.0)
 
 
 def coordinate_median(stack: np.ndarray) -> np.ndarray:

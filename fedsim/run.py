@@ -138,9 +138,15 @@ def default_out(sc) -> Path:
 
 
 def run(sc, out: Path | None = None, on_progress: Callable[[int, dict], None] | None = None,
-        on_start: Callable[[Any], None] | None = None, resume: bool = False) -> RunResult:
+        on_start: Callable[[Any], None] | None = None, resume: bool = False,
+        executor: Any = None) -> RunResult:
     """Run scenario `sc`, writing everything under `out`; with `resume`, continue the run in
-    `out` from its checkpoint (fedsim.checkpoint)."""
+    `out` from its checkpoint (fedsim.checkpoint).
+
+    `executor` replaces `sc.executor.create()` (a Flower ServerApp passes the executor
+    bound to its Grid). An executor with a `host(fn)` method runs the engine loop `fn`
+    itself (the `flower` executor calls it inside a Flower ServerApp) and returns its value.
+    """
     t0 = time.perf_counter()
     out = Path(out) if out is not None else default_out(sc)
     snap = None
@@ -178,7 +184,7 @@ def run(sc, out: Path | None = None, on_progress: Callable[[int, dict], None] | 
 
     from fedsim.executors import Setup
 
-    executor = sc.executor.create()
+    executor = sc.executor.create() if executor is None else executor
     history = History(out, append=resume)
     try:
         executor.start(Setup(data, sc.model, sc.client, sc.strategy, sc.seed))
@@ -193,8 +199,9 @@ def run(sc, out: Path | None = None, on_progress: Callable[[int, dict], None] | 
             engine.start_round = checkpoint.restore(engine, snap)
         from fedsim.engine_async import Stalled
 
+        host = getattr(executor, "host", None)  # the flower executor runs the loop inside its ServerApp
         try:
-            final_params = engine.run()
+            final_params = host(engine.run) if host is not None else engine.run()
         except Stalled as exc:
             raise RunError(f"engine: {exc}") from None
     finally:

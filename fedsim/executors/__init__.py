@@ -10,7 +10,9 @@ from typing import Any, Protocol, Sequence
 
 from fedsim.client import ClientConfig
 from fedsim.data import FederatedData
+from fedsim.executors.flower import Flower
 from fedsim.executors.inline import Inline
+from fedsim.executors.ray_executor import Ray
 from fedsim.types import Job, JobResult
 
 
@@ -34,6 +36,8 @@ class Executor(Protocol):
 
 EXECUTORS: dict[str, type] = {
     "inline": Inline,
+    "ray": Ray,
+    "flower": Flower,
 }
 
 __all__ = ["EXECUTORS", "Executor", "Setup"]

@@ -1,0 +1,58 @@
+"""fedsim's Flower `ServerApp`s: the fedsim engine runs inside the ServerApp main function,
+and its executor is a `GridExecutor` over the ServerApp's Grid.
+
+- `hosting_app(body)`: a ServerApp whose main calls `body(grid, context)`; the `flower`
+  executor uses it to run the engine of an ordinary `fedsim run` on Flower's simulation
+  engine.
+- `app`: the deployment entry point (`flwr run`), configured by run config keys:
+  `scenario` (path to a scenario YAML on the server), `overrides` (space-separated
+  `key.path=value`), `out` (results folder), `num-nodes` (SuperNodes to wait for),
+  `job-timeout` / `connect-timeout` (wall seconds; set by `fedsim deploy server`).
+  Clients rebuild the federation from the resolved scenario sent with each message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Callable
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from fedsim.flower.client_app import SCENARIO, SETUP_KEY, SHAPE
+from fedsim.flower.grid import GridExecutor
+
+
+def hosting_app(body: Callable[[Grid, Context], None]) -> ServerApp:
+    server = ServerApp()
+
+    @server.main()
+    def main(grid: Grid, context: Context) -> None:
+        body(grid, context)
+
+    return server
+
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    from fedsim import scenario as scenario_mod
+    from fedsim.run import build_data, run
+
+    cfg = context.run_config
+    sc = scenario_mod.load(str(cfg["scenario"]), str(cfg.get("overrides", "")).split())
+    text = scenario_mod.to_yaml(sc)
+    setup_config = {SETUP_KEY: hashlib.sha256(text.encode()).hexdigest(), SCENARIO: text}
+    # shapes for clients that train on their own .npz (`fedsim deploy client --data`)
+    data = build_data(sc)
+    setup_config[SHAPE] = json.dumps({"num_clients": data.num_clients, "num_classes": data.num_classes,
+                                      "input_shape": list(data.input_shape)})
+    executor = GridExecutor(grid, setup_config, int(cfg.get("num-nodes", 1)),
+                            job_timeout=float(cfg.get("job-timeout", 3600.0)),
+                            connect_timeout=float(cfg.get("connect-timeout", 600.0)))
+    out = Path(str(cfg["out"])) if "out" in cfg else None
+    run(sc, out, executor=executor)

@@ -1,0 +1,135 @@
+"""The `flower` executor: fedsim's engine inside a Flower ServerApp, client jobs in Flower
+ClientApps on Flower's simulation engine (Ray backend), via `flwr.simulation.run_simulation`.
+
+`host(fn)` starts the simulation; the ServerApp main attaches a `GridExecutor` to its Grid
+and calls `fn` (the engine's run loop) in the ServerApp thread. One virtual SuperNode per
+fedsim client by default (`nodes:` caps it; client c then runs on node c mod nodes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import pickle
+import shutil
+import tempfile
+import threading
+import warnings
+from typing import Any, Callable, Sequence
+
+from fedsim.executors.ray_executor import quiet_ray_env, verbose
+from fedsim.types import Job, JobResult
+
+
+class FlowerSimulation:
+    def __init__(self, cfg: Any):
+        self.cfg = cfg
+        self.setup: Any = None
+        self._dir: str | None = None
+        self._setup_config: dict[str, Any] = {}
+        self._grid_exec: Any = None
+        self._abort = threading.Event()
+
+    def start(self, setup: Any) -> None:
+        from fedsim.flower.client_app import SETUP_KEY, SETUP_PATH, THREADS
+        from fedsim.run import RunError
+
+        if self.cfg.num_gpus > 0 and self.cfg.address is None:
+            import torch
+
+            if not torch.cuda.is_available():
+                raise RunError(f"executor.num_gpus={self.cfg.num_gpus:g} but no GPU is visible "
+                               "(CUDA not available); use num_gpus: 0")
+        self.setup = setup
+        blob = pickle.dumps(setup, protocol=pickle.HIGHEST_PROTOCOL)
+        self._dir = tempfile.mkdtemp(prefix="fedsim-flower-")
+        path = os.path.join(self._dir, "setup.pkl")
+        with open(path, "wb") as fh:
+            fh.write(blob)
+        self._setup_config = {SETUP_KEY: hashlib.sha256(blob).hexdigest(), SETUP_PATH: path,
+                              THREADS: int(self.cfg.threads)}
+
+    def num_nodes(self) -> int:
+        n = self.setup.data.num_clients
+        return n if self.cfg.nodes is None else min(n, self.cfg.nodes)
+
+    def backend_config(self) -> dict[str, Any]:
+        init: dict[str, Any] = {"include_dashboard": False}
+        if self.cfg.address is not None:
+            init["address"] = self.cfg.address
+        elif os.environ.get("RAY_ADDRESS") is None:
+            init["num_cpus"] = os.cpu_count() or 1
+            init["num_gpus"] = _num_gpus()
+        if not verbose():
+            init.update(log_to_driver=False, logging_level="ERROR")
+        return {"client_resources": {"num_cpus": self.cfg.num_cpus, "num_gpus": self.cfg.num_gpus},
+                "init_args": init}
+
+    def host(self, fn: Callable[[], Any]) -> Any:
+        """Run `fn` (the engine loop) inside a Flower ServerApp on the simulation engine."""
+        from fedsim.flower import client_app
+        from fedsim.flower.grid import GridExecutor
+        from fedsim.flower.server_app import hosting_app
+        from fedsim.run import RunError
+
+        out: dict[str, Any] = {}
+
+        def body(grid, context) -> None:
+            self._grid_exec = GridExecutor(grid, self._setup_config, self.num_nodes(),
+                                           job_timeout=self.cfg.job_timeout, abort=self._abort)
+            self._grid_exec.connect()
+            out["value"] = fn()
+
+        quiet_ray_env()
+        from flwr.simulation import run_simulation
+
+        logger = logging.getLogger("flwr")
+        level = logger.level
+        if not verbose():
+            logger.setLevel(logging.ERROR)
+        try:
+            with warnings.catch_warnings():
+                if not verbose():
+                    warnings.simplefilter("ignore")
+                run_simulation(server_app=hosting_app(body), client_app=client_app.app,
+                               num_supernodes=self.num_nodes(), backend_config=self.backend_config(),
+                               verbose_logging=verbose())
+        except RunError:
+            raise
+        except RuntimeError as exc:
+            self._abort.set()  # unblock the ServerApp thread if the backend died under it
+            cause = exc.__cause__ or exc
+            raise RunError(f"executor flower: the simulation backend failed: {_one_line(cause)}") from None
+        finally:
+            self._abort.set()
+            logger.setLevel(level)
+        if "value" not in out:
+            raise RunError("executor flower: the ServerApp ended without finishing the run")
+        return out["value"]
+
+    def submit(self, jobs: Sequence[Job]) -> None:
+        self._grid_exec.submit(jobs)
+
+    def next_result(self) -> JobResult:
+        return self._grid_exec.next_result()
+
+    def close(self) -> None:
+        self._abort.set()
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+
+
+def _num_gpus() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count()
+    except Exception:  # noqa: BLE001
+        return 0
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"

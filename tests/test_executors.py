@@ -1,0 +1,204 @@
+"""The ray and flower executors: same metrics as inline, client failures recorded, Ray cluster.
+
+Slow tests share one Ray cluster started with `ray start --head` on 127.0.0.1 (free ports,
+private temp dir) and stopped by PID at the end of the module.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import TINY, merge, read_metrics, run_raw
+from fedsim.client import default_client_update
+from fedsim.types import ClientTask, ClientUpdate, Job, JobResult
+from strategies.fedavg import FedAvg
+
+RAY_BIN = Path(sys.executable).parent / "ray"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Stateful:
+    """Test strategy: FedAvg whose client keeps per-client state between its jobs (a
+    tuple with a numpy counter, to exercise the codec) that changes its local step size,
+    so a lost or misrouted state changes the metrics; client `fail` raises."""
+
+    fail: int = -1
+
+    def init(self, params, num_clients):
+        return FedAvg().init(params, num_clients)
+
+    def aggregate(self, state, params, updates, info):
+        return FedAvg().aggregate(state, params, updates, info)
+
+    def client_update(self, task: ClientTask, trainer, client_state):
+        if task.client == self.fail:
+            raise ValueError(f"client {task.client} is broken on purpose")
+        count = 0 if client_state is None else int(client_state[1][0])
+        new, loss = trainer.sgd(task.params, lr=trainer.lr / (1 + count))
+        return trainer.make_update(new, loss, calls=float(count)), ("calls", np.array([count + 1]))
+
+
+@pytest.fixture
+def stateful(monkeypatch):
+    import strategies
+
+    monkeypatch.setitem(strategies.STRATEGIES, "stateful", Stateful)
+
+
+SYNC = merge(TINY, participation={"name": "uniform", "k": 4}, engine={"rounds": 4},
+             strategy={"name": "stateful"}, metrics={"eval_every": 2})
+
+
+# -- fast: codec ------------------------------------------------------------------------------
+
+def test_codec_round_trips_jobs_and_results_exactly():
+    codec = pytest.importorskip("fedsim.flower.codec")
+    params = np.random.default_rng(0).normal(size=7).astype(np.float32)
+    state = {"c": np.arange(3.0), "t": (1, np.float32(0.1), "x"), 5: [None, True, 1e-310, float("nan")]}
+    job = Job(3, ClientTask(2, params, 1, 1, 3, 2**63 + 5, {"mu": 0.25, "k": np.int64(4)}), state, 1.5)
+    back = codec.decode_job(codec.encode_job(job))
+    assert back.id == 3 and back.task.seed == 2**63 + 5 and back.finish_time == 1.5
+    assert back.task.params.dtype == np.float32 and np.array_equal(back.task.params, params)
+    assert back.task.config["k"] == 4 and type(back.task.config["k"]) is np.int64
+    s = back.client_state
+    assert set(s) == {"c", "t", 5} and np.array_equal(s["c"], np.arange(3.0)) and s["c"].dtype == np.float64
+    assert s["t"][0] == 1 and s["t"][1] == np.float32(0.1) and type(s["t"][1]) is np.float32 and s["t"][2] == "x"
+    assert s[5][:3] == [None, True, 1e-310] and np.isnan(s[5][3])
+    up = ClientUpdate(2, params * 2, 11, 1, {"train_loss": 0.5}, {"c": params})
+    res = codec.decode_result(codec.encode_result(JobResult(3, 2, up, state, None, 0.01)))
+    assert np.array_equal(res.update.delta, params * 2) and res.update.num_examples == 11
+    assert np.array_equal(res.update.payload["c"], params) and res.update.metrics == {"train_loss": 0.5}
+    failed = codec.decode_result(codec.encode_result(JobResult(4, 1, None, None, "boom", 0.0)))
+    assert failed.update is None and failed.error == "boom"
+    with pytest.raises(TypeError, match="client_state"):
+        codec.encode_job(Job(1, job.task, object()))
+
+
+def test_stateful_client_state_changes_results(tmp_path, stateful):
+    # Guard for the cross-executor test below: the state really matters to the metrics.
+    run_raw(SYNC, tmp_path / "a")
+    run_raw(merge(SYNC, strategy={"name": "fedavg"}), tmp_path / "b")
+    assert read_metrics(tmp_path / "a") != read_metrics(tmp_path / "b")
+
+
+# -- slow: Ray cluster and executors ----------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _pids_using(marker: str) -> list[int]:
+    """PIDs of processes whose command line mentions `marker` (our cluster's temp dir)."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit() and int(d.name) != os.getpid():
+            try:
+                if marker in (d / "cmdline").read_bytes().decode(errors="replace"):
+                    pids.append(int(d.name))
+            except OSError:
+                pass
+    return pids
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """`ray start --head` on loopback with free ports and a private temp dir; yields its
+    address; stops exactly the processes it started."""
+    tmp = tempfile.mkdtemp(prefix="fsray", dir="/tmp")  # short: Ray puts unix sockets there
+    env = {**os.environ, "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    port = _free_port()
+    cmd = [str(RAY_BIN), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
+           f"--temp-dir={tmp}", "--num-cpus=2", "--num-gpus=0", "--include-dashboard=false",
+           "--disable-usage-stats", f"--node-manager-port={_free_port()}",
+           f"--object-manager-port={_free_port()}", f"--ray-client-server-port={_free_port()}",
+           f"--min-worker-port={_free_port()}", "--max-worker-port=0",
+           f"--dashboard-agent-listen-port={_free_port()}", f"--metrics-export-port={_free_port()}",
+           f"--runtime-env-agent-port={_free_port()}"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    if proc.returncode != 0:
+        _stop(tmp)
+        pytest.fail(f"ray start failed: {proc.stderr[-2000:]}")
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        _stop(tmp)
+
+
+def _stop(marker: str) -> None:
+    for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+        pids = _pids_using(marker)
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        end = time.monotonic() + wait
+        while _pids_using(marker) and time.monotonic() < end:
+            time.sleep(0.2)
+    assert not _pids_using(marker), "Ray processes of the test cluster survived"
+    shutil.rmtree(marker, ignore_errors=True)
+
+
+def _rows(out: Path, name: str) -> list[dict]:
+    return [json.loads(x) for x in (out / name).read_text().splitlines() if x]
+
+
+def _same_run(a: Path, b: Path) -> None:
+    assert read_metrics(a) == read_metrics(b)
+    assert _rows(a, "clients.jsonl") == _rows(b, "clients.jsonl")
+    assert _rows(a, "events.jsonl") == _rows(b, "events.jsonl")
+
+
+@pytest.mark.slow
+def test_sync_identical_on_inline_ray_and_flower(tmp_path, stateful, ray_cluster):
+    run_raw(SYNC, tmp_path / "inline")
+    run_raw(merge(SYNC, executor={"name": "ray", "address": ray_cluster}), tmp_path / "ray")
+    run_raw(merge(SYNC, executor={"name": "flower", "address": ray_cluster}), tmp_path / "flower")
+    _same_run(tmp_path / "inline", tmp_path / "ray")
+    _same_run(tmp_path / "inline", tmp_path / "flower")
+    assert read_metrics(tmp_path / "inline")[-1]["num_updates"] == 16
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("executor", ["ray", "flower"])
+def test_client_exception_is_a_recorded_drop(tmp_path, stateful, ray_cluster, executor):
+    raw = merge(SYNC, strategy={"name": "stateful", "fail": 1}, participation={"name": "full"},
+                engine={"rounds": 2}, executor={"name": executor, "address": ray_cluster})
+    run_raw(raw, tmp_path)
+    last = read_metrics(tmp_path)[-1]
+    assert last["round"] == 2 and last["num_failed"] == 2 and last["num_updates"] == 10
+    drops = [e for e in _rows(tmp_path, "events.jsonl") if e["kind"] == "drop"]
+    assert [d["client"] for d in drops] == [1, 1]
+    assert all("broken on purpose" in d["reason"] for d in drops)
+
+
+@pytest.mark.slow
+def test_ray_local_cluster_cli_starts_and_stops(tmp_path):
+    # No address: the executor starts a private local cluster and shuts it down at close.
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    scenario = tmp_path / "s.yaml"
+    import yaml
+
+    scenario.write_text(yaml.safe_dump(merge(TINY, executor={"name": "ray", "actors": 2}, engine={"rounds": 2})))
+    proc = subprocess.run([sys.executable, "-m", "fedsim", "run", str(scenario), "--quiet", "--out",
+                           str(tmp_path / "out")], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.strip() == ""  # Ray is silent by default
+    assert read_metrics(tmp_path / "out")[-1]["round"] == 2
