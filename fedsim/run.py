@@ -80,19 +80,8 @@ def default_out(sc) -> Path:
     return Path("runs") / sc.name / time.strftime("%Y%m%d-%H%M%S")
 
 
-def run(sc, out: Path | None = None, on_progress: Callable[[int, dict], None] | None = None,
-        on_start: Callable[[Any], None] | None = None, executor: Any = None) -> RunResult:
-    """Run scenario `sc`, writing everything under `out`.
-
-    `executor` replaces `sc.executor.create()` (a Flower ServerApp passes the executor
-    bound to its Grid). An executor with a `host(fn)` method runs the engine loop `fn`
-    itself (the `flower` executor calls it inside a Flower ServerApp) and returns its value.
-    """
-    t0 = time.perf_counter()
-    out = Path(out) if out is not None else default_out(sc)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "scenario.resolved.yaml").write_text(scenario_mod.to_yaml(sc), encoding="utf-8")
-
+def _prepare(sc):
+    """Data, initial model, participation process, system model, local work, oracle."""
     data = build_data(sc)
     try:
         device = resolve_device(getattr(sc.model, "device", "cpu"))
@@ -110,10 +99,31 @@ def run(sc, out: Path | None = None, on_progress: Callable[[int, dict], None] | 
     system = SystemModel(sc.system, data.num_clients, params.nbytes, seeding.rng(sc.seed, "system"))
     work = local_work(sc, data)
     oracle = Oracle(None if probs is None else np.asarray(probs), system.mean_durations(work), data.num_examples())
+    return data, params, eval_model, process, system, work, oracle
+
+
+def run(sc, out: Path | None = None, on_progress: Callable[[int, dict], None] | None = None,
+        on_start: Callable[[Any], None] | None = None, executor: Any = None) -> RunResult:
+    """Run scenario `sc`, writing everything under `out`.
+
+    `executor` replaces `sc.executor.create()` (a Flower ServerApp passes the executor
+    bound to its Grid). An executor with a `host(fn)` method runs the engine loop `fn`
+    itself (the `flower` executor calls it inside a Flower ServerApp) and returns its value.
+    """
+    t0 = time.perf_counter()
+    out = Path(out) if out is not None else default_out(sc)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "scenario.resolved.yaml").write_text(scenario_mod.to_yaml(sc), encoding="utf-8")
+
+    executor = sc.executor.create() if executor is None else executor  # may start booting (ray)
+    try:
+        data, params, eval_model, process, system, work, oracle = _prepare(sc)
+    except BaseException:
+        executor.close()
+        raise
 
     from fedsim.executors import Setup
 
-    executor = sc.executor.create() if executor is None else executor
     history = History(out)
     try:
         executor.start(Setup(data, sc.model, sc.client, sc.strategy, sc.seed))

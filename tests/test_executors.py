@@ -103,15 +103,23 @@ def _free_port() -> int:
 
 
 def _pids_using(marker: str) -> list[int]:
-    """PIDs of processes whose command line mentions `marker` (our cluster's temp dir)."""
+    """PIDs of live processes whose command line or open files mention `marker` (our
+    cluster's temp dir). Ray's agents rename themselves (`ray::DashboardAgent`), so the
+    command line alone misses them; their log files give them away."""
     pids = []
     for d in Path("/proc").iterdir():
-        if d.name.isdigit() and int(d.name) != os.getpid():
-            try:
-                if marker in (d / "cmdline").read_bytes().decode(errors="replace"):
-                    pids.append(int(d.name))
-            except OSError:
-                pass
+        if not d.name.isdigit() or int(d.name) == os.getpid():
+            continue
+        try:
+            if (d / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                continue  # a zombie has exited already
+            hit = marker in (d / "cmdline").read_bytes().decode(errors="replace")
+            if not hit:
+                hit = any(os.readlink(f).startswith(marker) for f in (d / "fd").iterdir())
+        except OSError:
+            continue
+        if hit:
+            pids.append(int(d.name))
     return pids
 
 

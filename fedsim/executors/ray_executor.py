@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import os
 import sys
+import threading
 import warnings
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -63,12 +64,18 @@ class Ray:
 class _Worker:
     """Actor body: one resident ClientRuntime serving any client."""
 
-    def __init__(self, setup: Any, threads: int):
+    def __init__(self, threads: int):
+        import torch  # noqa: F401 — the slow import happens while the driver builds the data
+
+        import fedsim.client  # noqa: F401
+
+        self.threads = threads
+        self.rt: Any = None
+
+    def load(self, setup: Any) -> bool:
         from fedsim.client import ClientRuntime
 
-        self.rt = ClientRuntime(setup.data, setup.model, setup.client, setup.strategy, threads)
-
-    def ready(self) -> bool:
+        self.rt = ClientRuntime(setup.data, setup.model, setup.client, setup.strategy, self.threads)
         return True
 
     def run(self, job: Job, params: np.ndarray) -> JobResult:
@@ -78,6 +85,9 @@ class _Worker:
 
 
 class RayExecutor:
+    """Boots in a background thread from construction (Ray start and actor imports overlap
+    the driver's data loading); `start(setup)` waits for it and loads the setup."""
+
     def __init__(self, cfg: Ray):
         self.cfg = cfg
         self.ray: Any = None
@@ -88,10 +98,25 @@ class RayExecutor:
         self._futures: dict[Any, tuple[int, Job]] = {}  # ObjectRef -> (actor index, job)
         self._params: list[tuple[np.ndarray, Any]] = []  # recent (params array, ObjectRef)
         self._setup_ref: Any = None
+        self._boot_error: BaseException | None = None
+        self._booted, self._release = threading.Event(), threading.Event()
+        self._boot = threading.Thread(target=self._boot_safely, name="fedsim-ray-boot", daemon=True)
+        self._boot.start()
 
     # -- lifecycle ----------------------------------------------------------------------------
 
-    def start(self, setup: Any) -> None:
+    def _boot_safely(self) -> None:
+        try:
+            self._start_ray()
+        except BaseException as exc:  # noqa: BLE001 — re-raised in start()
+            self._boot_error = exc
+        finally:
+            self._booted.set()
+        # Ray ties the processes it starts to the life of the *thread* that started them
+        # (parent-death signal), so this thread lives until close() has shut Ray down.
+        self._release.wait()
+
+    def _start_ray(self) -> None:
         from fedsim.run import RunError
 
         quiet_ray_env()
@@ -100,13 +125,14 @@ class RayExecutor:
         self.ray = ray
         address = self.cfg.address or os.environ.get("RAY_ADDRESS")
         if not ray.is_initialized():
-            kwargs: dict[str, Any] = {"include_dashboard": False,
-                                      "runtime_env": {"env_vars": {"PYTHONPATH": os.pathsep.join(sys.path)}}}
+            kwargs: dict[str, Any] = {"include_dashboard": False}
             if not verbose():
                 kwargs.update(log_to_driver=False, logging_level="ERROR")
-            if address:
-                kwargs["address"] = address
-            else:
+            path = os.pathsep.join(p for p in sys.path if p)
+            if address:  # workers elsewhere do not inherit this process's environment
+                kwargs.update(address=address, runtime_env={"env_vars": {"PYTHONPATH": path}})
+            else:  # a local cluster's workers inherit it (cheaper than a runtime_env)
+                os.environ["PYTHONPATH"] = path
                 kwargs["num_cpus"] = os.cpu_count() or 1
             try:
                 ray.init(**kwargs)
@@ -114,14 +140,23 @@ class RayExecutor:
                 where = f"the Ray cluster at {address}" if address else "a local Ray cluster"
                 raise RunError(f"executor ray: cannot start or reach {where}: {_one_line(exc)}") from None
             self._owns_cluster = True
-        resources = ray.cluster_resources()
-        n = self._pool_size(resources)
-        self._setup_ref = ray.put(setup)
+        n = self._pool_size(ray.cluster_resources())
         remote = ray.remote(_Worker).options(num_cpus=self.cfg.num_cpus, num_gpus=self.cfg.num_gpus)
-        self._actors = [remote.remote(self._setup_ref, self.cfg.threads) for _ in range(n)]
+        self._actors = [remote.remote(self.cfg.threads) for _ in range(n)]
         self._load = [0] * n
+
+    def start(self, setup: Any) -> None:
+        from fedsim.run import RunError
+
+        self._booted.wait()
+        if self._boot_error is not None:
+            err, self._boot_error = self._boot_error, None
+            self.close()
+            raise err
+        ray = self.ray
+        self._setup_ref = ray.put(setup)
         try:
-            ray.get([a.ready.remote() for a in self._actors])
+            ray.get([a.load.remote(self._setup_ref) for a in self._actors])
         except Exception as exc:  # noqa: BLE001
             self.close()
             raise RunError(f"executor ray: actors failed to start: {_one_line(exc)}") from None
@@ -131,7 +166,6 @@ class RayExecutor:
 
         cpus, gpus = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
         if self.cfg.num_gpus > 0 and gpus < self.cfg.num_gpus:
-            self.close()
             raise RunError(f"executor.num_gpus={self.cfg.num_gpus:g} but the Ray cluster has "
                            f"{gpus:g} GPU(s); use num_gpus: 0 or a cluster with GPUs")
         cap = int(cpus // self.cfg.num_cpus) if self.cfg.num_cpus > 0 else 1_000_000
@@ -139,12 +173,19 @@ class RayExecutor:
             cap = min(cap, int(round(gpus / self.cfg.num_gpus, 6)))
         n = self.cfg.actors if self.cfg.actors is not None else cap
         if n < 1 or n > max(cap, 0):
-            self.close()
             raise RunError(f"executor ray: {n} actor(s) of {self.cfg.num_cpus:g} CPU / {self.cfg.num_gpus:g} GPU "
                            f"do not fit the cluster ({cpus:g} CPU, {gpus:g} GPU)")
         return n
 
     def close(self) -> None:
+        self._booted.wait()
+        try:
+            self._shutdown()
+        finally:
+            self._release.set()
+            self._boot.join()
+
+    def _shutdown(self) -> None:
         ray = self.ray
         if ray is None:
             return
@@ -207,7 +248,8 @@ class RayExecutor:
 
     def _replace(self, i: int) -> None:
         remote = self.ray.remote(_Worker).options(num_cpus=self.cfg.num_cpus, num_gpus=self.cfg.num_gpus)
-        self._actors[i] = remote.remote(self._setup_ref, self.cfg.threads)
+        self._actors[i] = remote.remote(self.cfg.threads)
+        self._actors[i].load.remote(self._setup_ref)  # runs before any job later sent to it
 
 
 def _one_line(exc: BaseException) -> str:
