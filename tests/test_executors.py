@@ -176,9 +176,12 @@ def _same_run(a: Path, b: Path) -> None:
 @pytest.mark.slow
 def test_sync_identical_on_inline_ray_and_flower(tmp_path, stateful, ray_cluster):
     run_raw(SYNC, tmp_path / "inline")
-    run_raw(merge(SYNC, executor={"name": "ray", "address": ray_cluster}), tmp_path / "ray")
+    # warmup_inline off: every job runs on an actor; on: the driver takes jobs until they are up
+    run_raw(merge(SYNC, executor={"name": "ray", "address": ray_cluster, "warmup_inline": False}), tmp_path / "ray")
+    run_raw(merge(SYNC, executor={"name": "ray", "address": ray_cluster}), tmp_path / "ray_warm")
     run_raw(merge(SYNC, executor={"name": "flower", "address": ray_cluster}), tmp_path / "flower")
     _same_run(tmp_path / "inline", tmp_path / "ray")
+    _same_run(tmp_path / "inline", tmp_path / "ray_warm")
     _same_run(tmp_path / "inline", tmp_path / "flower")
     assert read_metrics(tmp_path / "inline")[-1]["num_updates"] == 16
 
@@ -188,6 +191,8 @@ def test_sync_identical_on_inline_ray_and_flower(tmp_path, stateful, ray_cluster
 def test_client_exception_is_a_recorded_drop(tmp_path, stateful, ray_cluster, executor):
     raw = merge(SYNC, strategy={"name": "stateful", "fail": 1}, participation={"name": "full"},
                 engine={"rounds": 2}, executor={"name": executor, "address": ray_cluster})
+    if executor == "ray":
+        raw["executor"]["warmup_inline"] = False  # the failure must cross the actor boundary
     run_raw(raw, tmp_path)
     last = read_metrics(tmp_path)[-1]
     assert last["round"] == 2 and last["num_failed"] == 2 and last["num_updates"] == 10

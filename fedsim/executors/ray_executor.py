@@ -48,6 +48,8 @@ class Ray:
         num_gpus: GPU share per actor; 0.25 packs 4 clients on one GPU.
         threads: torch intra-op threads per actor (1 keeps results identical to inline).
         inflight: jobs queued per actor, to hide the round trip between jobs.
+        warmup_inline: run jobs in the driver until the actors are ready (hides Ray's
+            start-up; results are identical either way).
     """
 
     address: str | None = None
@@ -56,6 +58,7 @@ class Ray:
     num_gpus: float = bounded(0.0, ge=0.0, le=64)
     threads: int = bounded(1, ge=1, le=256)
     inflight: int = bounded(2, ge=1, le=64)
+    warmup_inline: bool = True
 
     def create(self) -> "RayExecutor":
         return RayExecutor(self)
@@ -85,8 +88,10 @@ class _Worker:
 
 
 class RayExecutor:
-    """Boots in a background thread from construction (Ray start and actor imports overlap
-    the driver's data loading); `start(setup)` waits for it and loads the setup."""
+    """Ray starts in a background thread as soon as the executor is created, so its start-up
+    overlaps the driver's data loading. With `warmup_inline`, the driver runs queued jobs
+    itself until the actors have loaded the setup, so Ray's start-up costs no waiting;
+    results are the same whoever runs a job (same seeds, one torch thread each)."""
 
     def __init__(self, cfg: Ray):
         self.cfg = cfg
@@ -94,10 +99,15 @@ class RayExecutor:
         self._owns_cluster = False
         self._actors: list[Any] = []
         self._load: list[int] = []  # jobs queued per actor
+        self._loaded: list[bool] = []  # actor has built its runtime
+        self._loading: dict[Any, int] = {}  # load ObjectRef -> actor index
         self._queue: collections.deque[Job] = collections.deque()
         self._futures: dict[Any, tuple[int, Job]] = {}  # ObjectRef -> (actor index, job)
         self._params: list[tuple[np.ndarray, Any]] = []  # recent (params array, ObjectRef)
+        self._setup: Any = None
         self._setup_ref: Any = None
+        self._local: Any = None  # the driver's own ClientRuntime (warm-up)
+        self._active = False
         self._boot_error: BaseException | None = None
         self._booted, self._release = threading.Event(), threading.Event()
         self._boot = threading.Thread(target=self._boot_safely, name="fedsim-ray-boot", daemon=True)
@@ -108,7 +118,7 @@ class RayExecutor:
     def _boot_safely(self) -> None:
         try:
             self._start_ray()
-        except BaseException as exc:  # noqa: BLE001 — re-raised in start()
+        except BaseException as exc:  # noqa: BLE001 — re-raised in the driver thread
             self._boot_error = exc
         finally:
             self._booted.set()
@@ -144,22 +154,54 @@ class RayExecutor:
         remote = ray.remote(_Worker).options(num_cpus=self.cfg.num_cpus, num_gpus=self.cfg.num_gpus)
         self._actors = [remote.remote(self.cfg.threads) for _ in range(n)]
         self._load = [0] * n
+        self._loaded = [False] * n
 
     def start(self, setup: Any) -> None:
         from fedsim.run import RunError
 
-        self._booted.wait()
+        if self.cfg.num_gpus > 0 and not (self.cfg.address or os.environ.get("RAY_ADDRESS")):
+            import torch
+
+            if not torch.cuda.is_available():
+                self.close()
+                raise RunError(f"executor.num_gpus={self.cfg.num_gpus:g} but no GPU is visible "
+                               "(CUDA not available); use num_gpus: 0")
+        self._setup = setup
+        if not self.cfg.warmup_inline:
+            self._booted.wait()
+            self._activate()
+            try:
+                self.ray.get(list(self._loading))
+            except Exception as exc:  # noqa: BLE001
+                self.close()
+                raise RunError(f"executor ray: actors failed to start: {_one_line(exc)}") from None
+            self._loaded = [True] * len(self._actors)
+            self._loading = {}
+
+    def _activate(self) -> None:
+        """Once Ray is up: share the setup, have every actor build its runtime."""
+        if self._active or not self._booted.is_set():
+            return
         if self._boot_error is not None:
             err, self._boot_error = self._boot_error, None
-            self.close()
             raise err
-        ray = self.ray
-        self._setup_ref = ray.put(setup)
-        try:
-            ray.get([a.load.remote(self._setup_ref) for a in self._actors])
-        except Exception as exc:  # noqa: BLE001
-            self.close()
-            raise RunError(f"executor ray: actors failed to start: {_one_line(exc)}") from None
+        self._setup_ref = self.ray.put(self._setup)
+        self._loading = {a.load.remote(self._setup_ref): i for i, a in enumerate(self._actors)}
+        self._active = True
+
+    def _poll_loading(self) -> None:
+        if not self._loading:
+            return
+        done, _ = self.ray.wait(list(self._loading), num_returns=len(self._loading), timeout=0)
+        for ref in done:
+            i = self._loading.pop(ref)
+            try:
+                self.ray.get(ref)
+                self._loaded[i] = True
+            except Exception as exc:  # noqa: BLE001
+                from fedsim.run import RunError
+
+                raise RunError(f"executor ray: actor {i} failed to start: {_one_line(exc)}") from None
 
     def _pool_size(self, resources: dict[str, float]) -> int:
         from fedsim.run import RunError
@@ -194,7 +236,7 @@ class RayExecutor:
                 ray.kill(a)
             except Exception:  # noqa: BLE001
                 pass
-        self._actors, self._futures, self._params = [], {}, []
+        self._actors, self._futures, self._params, self._loading = [], {}, [], {}
         if self._owns_cluster and ray.is_initialized():
             ray.shutdown()  # stops a local cluster we started; only disconnects from a remote one
         self._owns_cluster = False
@@ -213,11 +255,14 @@ class RayExecutor:
 
     def submit(self, jobs: Sequence[Job]) -> None:
         self._queue.extend(jobs)
+        self._activate()
+        self._poll_loading()
         self._fill()
 
     def _fill(self) -> None:
-        while self._queue:
-            i = min(range(len(self._actors)), key=lambda k: (self._load[k], k))
+        ready = [i for i, ok in enumerate(self._loaded) if ok]
+        while self._queue and ready:
+            i = min(ready, key=lambda k: (self._load[k], k))
             if self._load[i] >= self.cfg.inflight:
                 return
             job = self._queue.popleft()
@@ -229,10 +274,39 @@ class RayExecutor:
             self._load[i] += 1
 
     def next_result(self) -> JobResult:
-        if not self._futures:
+        if not self._futures and not self._queue:
             raise RuntimeError("next_result() with no job in flight")
+        while True:
+            self._activate()
+            self._poll_loading()
+            self._fill()
+            warming = not self._active or bool(self._loading)
+            if self._futures:
+                wait_on = list(self._futures) + (list(self._loading) if warming else [])
+                timeout = 0 if (warming and self._queue) else (0.05 if not self._active else None)
+                done, _ = self.ray.wait(wait_on, num_returns=1, timeout=timeout)
+                if done and done[0] in self._futures:
+                    return self._collect(done[0])
+                if done:
+                    continue  # an actor finished loading: give it work
+            if self._queue and warming:
+                return self._run_here(self._queue.popleft())
+            if not self._futures and not self._queue:
+                raise RuntimeError("next_result() with no job in flight")
+            if not self._active:
+                self._booted.wait(0.05)
+
+    def _run_here(self, job: Job) -> JobResult:
+        """Run a job in the driver while the actors warm up."""
+        if self._local is None:
+            from fedsim.client import ClientRuntime
+
+            s = self._setup
+            self._local = ClientRuntime(s.data, s.model, s.client, s.strategy, self.cfg.threads)
+        return self._local.run(job)
+
+    def _collect(self, done: Any) -> JobResult:
         ray = self.ray
-        (done,), _ = ray.wait(list(self._futures), num_returns=1)
         i, job = self._futures.pop(done)
         self._load[i] -= 1
         try:
