@@ -129,10 +129,18 @@ def run(sc, out: Path | None = None, on_progress: Callable[[int, dict], None] | 
         executor.start(Setup(data, sc.model, sc.client, sc.strategy, sc.seed))
         if on_start:
             on_start(sc)
-        engine = Engine(sc, data, executor, history, Evaluator(data, eval_model), params, process, system,
-                        work, oracle, on_progress)
+        try:
+            engine = Engine(sc, data, executor, history, Evaluator(data, eval_model), params, process, system,
+                            work, oracle, on_progress)
+        except ValueError as exc:  # a strategy that cannot start with this scenario
+            raise RunError(f"strategy: {exc}") from None
+        from fedsim.engine_async import Stalled
+
         host = getattr(executor, "host", None)
-        final_params = host(engine.run) if host is not None else engine.run()
+        try:
+            final_params = host(engine.run) if host is not None else engine.run()
+        except Stalled as exc:
+            raise RunError(f"engine: {exc}") from None
     finally:
         executor.close()
         history.close()

@@ -85,6 +85,11 @@ class EngineConfig:
     concurrency: async — jobs in flight.
     max_versions / max_time / max_updates: async stop conditions (first reached wins).
     slot: async — participation is redrawn every `slot` virtual seconds.
+    redispatch: async — `sample`: a freed slot goes at once to a uniformly drawn online idle
+        client; `on_commit`: a client whose update arrived restarts from the next committed
+        model (Fraboni et al.'s schedules). See docs/explanation-virtual-clock.md.
+    drop_offline: async — a job whose client goes offline before its upload arrives is dropped
+        (at the slot boundary where it goes offline).
     """
 
     mode: Literal["sync", "async"] = "sync"
@@ -96,17 +101,26 @@ class EngineConfig:
     max_time: float | None = bounded(None, gt=0.0)
     max_updates: int | None = bounded(None, ge=1, le=1_000_000_000)
     slot: float = bounded(1.0, gt=0.0)
+    redispatch: Literal["sample", "on_commit"] = "sample"
+    drop_offline: bool = False
+
+    def validate(self) -> None:
+        if self.mode == "async" and self.max_versions is None and self.max_time is None \
+                and self.max_updates is None:
+            raise ConfigError("max_versions", "async mode needs a stop condition: set max_versions, "
+                              "max_time or max_updates")
 
 
 @dataclass(frozen=True, kw_only=True)
 class MetricsConfig:
     """Args:
-    eval_every: evaluate every this many rounds (sync) or versions (async).
-    eval_every_time: async — also evaluate every this many virtual seconds.
+    eval_every: evaluate every this many rounds (sync) or versions (async); unset = every
+        round / version, except in async runs that set eval_every_time.
+    eval_every_time: async — evaluate every this many virtual seconds.
     client_metrics: write per-client rows to clients.jsonl at each evaluation.
     """
 
-    eval_every: int = bounded(1, ge=1, le=1_000_000_000)
+    eval_every: int | None = bounded(None, ge=1, le=1_000_000_000)
     eval_every_time: float | None = bounded(None, gt=0.0)
     client_metrics: bool = True
 

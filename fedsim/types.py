@@ -68,6 +68,7 @@ class ArrivalInfo:
     virtual_time: float
     num_clients: int
     staleness: int = 0
+    base_params: Params | None = None  # the server model the client started from (arrivals only)
 
 
 @dataclass(frozen=True)

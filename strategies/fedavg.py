@@ -4,8 +4,8 @@ Update rule (specs §3):  x_{t+1} = x_t + η · Σ_{i∈S_t} a_i Δ_i
 with a_i = n_i / Σ_j n_j (`weighting: examples`) or a_i = 1/|S_t| (`weighting: uniform`).
 Clients run plain local SGD (fedsim.client). Empty round: no change.
 
-In async mode every arrival is applied at once with the same rule over a cohort of one
-(i.e. x ← x + η Δ): use `async_fedavg` for the FedAsync mixing rule with staleness decay.
+Sync mode only. For asynchronous runs use `async_fedavg` (every arrival applied at once, with
+mixing weight and staleness decay), `fedbuff` or `fedfix`.
 
 Example:
     strategy: {name: fedavg, server_lr: 1.0, weighting: examples}

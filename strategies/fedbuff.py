@@ -1,0 +1,125 @@
+"""FedBuff (Nguyen et al., AISTATS 2022): buffered asynchronous aggregation.
+
+Update rule (specs §6.3), per arrival of Δ_i with staleness τ = v − v_start:
+    drop it if τ > max_staleness (specs §6.5), or if `one_per_client` and client i is
+    already in the buffer;
+    w = e_i · s(τ);   B ← B + w Δ_i;   k ← k + 1
+    when k = K:  g = B (`buffer_reduction: sum`, FLSim) or B / Σ e (`mean`, the paper's
+    average);  m ← μ m + g;  x ← x + η m;  B ← 0, k ← 0   (one new server version)
+Example weight e_i: `equal` (1), `examples` (n_i), or `fraboni`: d_i = P_i / f̂_i with
+P_i = 1/N and f̂_i the running fraction of server steps that contain client i (Fraboni
+et al.'s FedBuff-c "weight" variant, specs §5.3, estimated online instead of from the
+precomputed schedule). Staleness weight s(τ): fedsim.strategy.staleness_weight.
+Sign: fedsim's Δ = local − start (specs §1), so the server moves along +Δ. A partially
+filled buffer is not flushed at the end of a run.
+
+Invariants (specs §6.4): K = 1, μ = 0 is FedAsync with the delta rule (`async_fedavg`);
+K = N, no staleness, `sum` with η/K (or `mean` with η) is one round of sync FedAvg.
+
+Args:
+    buffer_size: K, updates per server step.
+    server_lr: η.  server_momentum: μ (0 = plain SGD step; FedAvgM when > 0).
+    buffer_reduction: `mean` (divide by Σ e) or `sum` (FLSim's default).
+    weighting: `equal`, `examples` or `fraboni` (see above).
+    staleness: constant | polynomial | hinge | threshold (specs §6.3, §10 T8).
+    staleness_exponent: a in ((1+τ̄)/(1+τ))^a (0.5 = the paper's 1/√(1+τ)); slope of `hinge`.
+    staleness_cutoff: τ up to which `hinge`/`threshold` do not discount.
+    stale_value: weight of updates past the cutoff for `threshold`.
+    avg_staleness: τ̄, normalising staleness of `polynomial` (s(τ̄) = 1).
+    max_staleness: discard updates staler than this (unset = keep all).
+    one_per_client: a client contributes at most once per buffer (later ones are discarded).
+
+Example:
+    strategy: {name: fedbuff, buffer_size: 10, server_lr: 1.0, staleness: polynomial}
+
+References:
+    Nguyen et al., "Federated Learning with Buffered Asynchronous Aggregation", AISTATS 2022.
+    https://arxiv.org/abs/2106.06639
+    Fraboni, Vidal, Kameni, Lorenzi, "A General Theory for Federated Optimization with
+    Asynchronous and Heterogeneous Clients Updates", JMLR 2023. https://arxiv.org/abs/2206.10189
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from fedsim.config import bounded
+from fedsim.strategy import apply_delta, staleness_weight
+from fedsim.types import ArrivalInfo, ClientUpdate, Params
+
+
+@dataclass(frozen=True)
+class FedBuffState:
+    buffer: np.ndarray  # B = Σ w Δ (float64)
+    count: int  # k
+    example_sum: float  # Σ e over the buffer
+    members: frozenset[int]  # clients in the buffer
+    momentum: np.ndarray | None  # m
+    steps: int  # server steps taken so far
+    contributions: np.ndarray  # per client: server steps it took part in (for `fraboni`)
+    discarded: int  # updates dropped for staleness or one_per_client
+
+
+@dataclass(frozen=True, kw_only=True)
+class FedBuff:
+    """Buffered async aggregation: a server step every K arrivals, with staleness weights."""
+
+    buffer_size: int = bounded(10, ge=1, le=1_000_000)
+    server_lr: float = bounded(1.0, gt=0.0, le=1e6)
+    server_momentum: float = bounded(0.0, ge=0.0, lt=1.0)
+    buffer_reduction: Literal["mean", "sum"] = "mean"
+    weighting: Literal["equal", "examples", "fraboni"] = "equal"
+    staleness: Literal["constant", "polynomial", "hinge", "threshold"] = "constant"
+    staleness_exponent: float = bounded(0.5, ge=0.0, le=100.0)
+    staleness_cutoff: int = bounded(0, ge=0, le=1_000_000_000)
+    stale_value: float = bounded(0.0, ge=0.0, le=1.0)
+    avg_staleness: float = bounded(0.0, ge=0.0, le=1e9)
+    max_staleness: int | None = bounded(None, ge=0, le=1_000_000_000)
+    one_per_client: bool = False
+
+    def init(self, params: Params, num_clients: int) -> FedBuffState:
+        if self.one_per_client and self.buffer_size > num_clients:
+            raise ValueError(f"buffer_size ({self.buffer_size}) > number of clients ({num_clients}) "
+                             "with one_per_client: the buffer could never fill")
+        return FedBuffState(np.zeros(params.size), 0, 0.0, frozenset(), None, 0,
+                            np.zeros(num_clients, dtype=np.int64), 0)
+
+    def _example_weight(self, state: FedBuffState, update: ClientUpdate, num_clients: int) -> float:
+        if self.weighting == "equal":
+            return 1.0
+        if self.weighting == "examples":
+            return float(update.num_examples)
+        # fraboni: d_i = P_i / f̂_i, f̂_i = (steps with i, counting this one) / (steps + 1)  (specs §5.3)
+        freq = (state.contributions[update.client] + 1) / (state.steps + 1)
+        return (1.0 / num_clients) / freq
+
+    def receive(self, state: FedBuffState, params: Params, update: ClientUpdate,
+                info: ArrivalInfo) -> tuple[FedBuffState, Params | None]:
+        if self.max_staleness is not None and info.staleness > self.max_staleness:  # specs §6.3 step 1
+            return dataclasses.replace(state, discarded=state.discarded + 1), None
+        if self.one_per_client and update.client in state.members:  # specs §6.5
+            return dataclasses.replace(state, discarded=state.discarded + 1), None
+        e = self._example_weight(state, update, info.num_clients)
+        s = staleness_weight(info.staleness, self.staleness, self.staleness_exponent,
+                             self.staleness_cutoff, self.stale_value, self.avg_staleness)
+        buffer = state.buffer + (e * s) * update.delta.astype(np.float64)  # B ← B + w Δ  (step 3)
+        count, esum = state.count + 1, state.example_sum + e
+        members = state.members | {update.client}
+        if count < self.buffer_size:
+            return dataclasses.replace(state, buffer=buffer, count=count, example_sum=esum,
+                                       members=members), None
+        g = buffer if self.buffer_reduction == "sum" else buffer / esum  # step 4
+        m = g if self.server_momentum == 0 or state.momentum is None else self.server_momentum * state.momentum + g
+        contributions = state.contributions.copy()
+        contributions[sorted(members)] += 1
+        new = apply_delta(params, m, self.server_lr)  # x ← x + η m
+        return FedBuffState(np.zeros_like(buffer), 0, 0.0, frozenset(),
+                            m if self.server_momentum > 0 else None, state.steps + 1, contributions,
+                            state.discarded), new
+
+    def client_report(self, state: FedBuffState) -> dict[int, dict[str, float]]:
+        return {k: {"server_steps": int(c)} for k, c in enumerate(state.contributions)}
