@@ -58,6 +58,9 @@ def stateful(monkeypatch):
     monkeypatch.setitem(strategies.STRATEGIES, "stateful", Stateful)
 
 
+ASYNC = merge(TINY, engine={"mode": "async", "concurrency": 3, "max_versions": 8},
+              strategy={"name": "fedbuff", "buffer_size": 2}, metrics={"eval_every": 2},
+              system={"compute": {"name": "lognormal", "mean": 0.1, "sigma": 1.0}})
 SYNC = merge(TINY, participation={"name": "uniform", "k": 4}, engine={"rounds": 4},
              strategy={"name": "stateful"}, metrics={"eval_every": 2})
 
@@ -184,6 +187,17 @@ def test_sync_identical_on_inline_ray_and_flower(tmp_path, stateful, ray_cluster
     _same_run(tmp_path / "inline", tmp_path / "ray_warm")
     _same_run(tmp_path / "inline", tmp_path / "flower")
     assert read_metrics(tmp_path / "inline")[-1]["num_updates"] == 16
+
+
+@pytest.mark.slow
+def test_async_identical_on_inline_ray_and_flower(tmp_path, ray_cluster):
+    # Jobs overlap and come back in any order; the engine commits them in virtual time.
+    run_raw(ASYNC, tmp_path / "inline")
+    run_raw(merge(ASYNC, executor={"name": "ray", "address": ray_cluster, "warmup_inline": False}), tmp_path / "ray")
+    run_raw(merge(ASYNC, executor={"name": "flower", "address": ray_cluster}), tmp_path / "flower")
+    _same_run(tmp_path / "inline", tmp_path / "ray")
+    _same_run(tmp_path / "inline", tmp_path / "flower")
+    assert read_metrics(tmp_path / "inline")[-1]["version"] == 8
 
 
 @pytest.mark.slow
