@@ -76,10 +76,17 @@ class FlowerSimulation:
         out: dict[str, Any] = {}
 
         def body(grid, context) -> None:
-            self._grid_exec = GridExecutor(grid, self._setup_config, self.num_nodes(),
-                                           job_timeout=self.cfg.job_timeout, abort=self._abort)
-            self._grid_exec.connect()
-            out["value"] = fn()
+            try:
+                self._grid_exec = GridExecutor(grid, self._setup_config, self.num_nodes(),
+                                               job_timeout=self.cfg.job_timeout, abort=self._abort)
+                try:
+                    self._grid_exec.connect()
+                except (RuntimeError, TimeoutError) as exc:
+                    raise RunError(f"executor flower: {exc}") from None
+                out["value"] = fn()
+            except BaseException as exc:  # the engine's own errors reach the caller unchanged
+                out["error"] = exc
+                raise
 
         quiet_ray_env()
         from flwr.simulation import run_simulation
@@ -95,12 +102,14 @@ class FlowerSimulation:
                 run_simulation(server_app=hosting_app(body), client_app=client_app.app,
                                num_supernodes=self.num_nodes(), backend_config=self.backend_config(),
                                verbose_logging=verbose())
-        except RunError:
-            raise
-        except RuntimeError as exc:
+        except BaseException as exc:
             self._abort.set()  # unblock the ServerApp thread if the backend died under it
-            cause = exc.__cause__ or exc
-            raise RunError(f"executor flower: the simulation backend failed: {_one_line(cause)}") from None
+            if "error" in out:
+                raise out["error"] from None
+            if isinstance(exc, RuntimeError):
+                cause = exc.__cause__ or exc
+                raise RunError(f"executor flower: the simulation backend failed: {_one_line(cause)}") from None
+            raise
         finally:
             self._abort.set()
             logger.setLevel(level)
