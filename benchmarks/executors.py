@@ -101,7 +101,7 @@ def _train(torch, model, x, y, steps: int, bs: int, lr: float, seed: int) -> flo
         loss = F.cross_entropy(model(x[idx]), y[idx])
         loss.backward()
         opt.step()
-    return float(loss)
+    return float(loss.detach())
 
 
 def run_plain_torch(workload: str, device: str) -> dict:

@@ -229,3 +229,14 @@ def test_ray_local_cluster_cli_starts_and_stops(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.strip() == ""  # Ray is silent by default
     assert read_metrics(tmp_path / "out")[-1]["round"] == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("executor", ["ray", "flower"])
+def test_backend_that_cannot_start_is_one_line(tmp_path, executor):
+    # More GPUs per client than any machine has: the run stops with one line, no hang.
+    from fedsim.run import RunError
+
+    with pytest.raises(RunError) as err:
+        run_raw(merge(TINY, executor={"name": executor, "num_gpus": 64}), tmp_path)
+    assert "\n" not in str(err.value) and "GPU" in str(err.value)

@@ -94,6 +94,8 @@ class RayExecutor:
     results are the same whoever runs a job (same seeds, one torch thread each)."""
 
     def __init__(self, cfg: Ray):
+        from fedsim.run import RunError
+
         self.cfg = cfg
         self.ray: Any = None
         self._owns_cluster = False
@@ -109,6 +111,13 @@ class RayExecutor:
         self._local: Any = None  # the driver's own ClientRuntime (warm-up)
         self._active = False
         self._boot_error: BaseException | None = None
+        if cfg.num_gpus > 0 and not (cfg.address or os.environ.get("RAY_ADDRESS")):
+            import torch
+
+            visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            if visible < cfg.num_gpus:  # say so before starting a local cluster for nothing
+                raise RunError(f"executor.num_gpus={cfg.num_gpus:g} per client but {visible} GPU(s) "
+                               "visible here; use num_gpus: 0 (CPU) or at most the number of GPUs")
         self._booted, self._release = threading.Event(), threading.Event()
         self._boot = threading.Thread(target=self._boot_safely, name="fedsim-ray-boot", daemon=True)
         self._boot.start()
@@ -159,13 +168,6 @@ class RayExecutor:
     def start(self, setup: Any) -> None:
         from fedsim.run import RunError
 
-        if self.cfg.num_gpus > 0 and not (self.cfg.address or os.environ.get("RAY_ADDRESS")):
-            import torch
-
-            if not torch.cuda.is_available():
-                self.close()
-                raise RunError(f"executor.num_gpus={self.cfg.num_gpus:g} but no GPU is visible "
-                               "(CUDA not available); use num_gpus: 0")
         self._setup = setup
         if not self.cfg.warmup_inline:
             self._booted.wait()

@@ -35,12 +35,11 @@ class FlowerSimulation:
         from fedsim.flower.client_app import SETUP_KEY, SETUP_PATH, THREADS
         from fedsim.run import RunError
 
-        if self.cfg.num_gpus > 0 and self.cfg.address is None:
-            import torch
-
-            if not torch.cuda.is_available():
-                raise RunError(f"executor.num_gpus={self.cfg.num_gpus:g} but no GPU is visible "
-                               "(CUDA not available); use num_gpus: 0")
+        if self.cfg.num_gpus > 0 and self.cfg.address is None and os.environ.get("RAY_ADDRESS") is None:
+            visible = _num_gpus()
+            if visible < self.cfg.num_gpus:  # Flower would wait on an empty actor pool
+                raise RunError(f"executor.num_gpus={self.cfg.num_gpus:g} per client but {visible} GPU(s) "
+                               "visible here; use num_gpus: 0 (CPU) or at most the number of GPUs")
         self.setup = setup
         blob = pickle.dumps(setup, protocol=pickle.HIGHEST_PROTOCOL)
         self._dir = tempfile.mkdtemp(prefix="fedsim-flower-")
