@@ -137,6 +137,23 @@ def default_out(sc) -> Path:
     return Path("runs") / sc.name / time.strftime("%Y%m%d-%H%M%S")
 
 
+def _prepare(sc):
+    """Data, initial model, participation process, system model, local work, oracle."""
+    data = build_data(sc)
+    params, eval_model = build_model(sc, data)
+    ctx = Context(data.num_clients, seeding.rng(sc.seed, "participation"), seeding.rng(sc.seed, "probs"),
+                  data.label_histograms)
+    try:
+        process = sc.participation.process(ctx)
+    except ValueError as exc:
+        raise RunError(f"participation: {exc}") from None
+    probs = process.probs
+    system = SystemModel(sc.system, data.num_clients, params.nbytes, seeding.rng(sc.seed, "system"))
+    work = local_work(sc, data)
+    oracle = Oracle(None if probs is None else np.asarray(probs), system.mean_durations(work), data.num_examples())
+    return data, params, eval_model, process, system, work, oracle
+
+
 def run(sc, out: Path | None = None, on_progress: Callable[[int, dict], None] | None = None,
         on_start: Callable[[Any], None] | None = None, resume: bool = False,
         executor: Any = None) -> RunResult:
@@ -165,26 +182,20 @@ def run(sc, out: Path | None = None, on_progress: Callable[[int, dict], None] | 
     except OSError as exc:
         raise RunError(f"cannot write results to {out}: {exc.strerror or exc}") from None
 
-    data = build_data(sc)
-    params, eval_model = build_model(sc, data)
-    ctx = Context(data.num_clients, seeding.rng(sc.seed, "participation"), seeding.rng(sc.seed, "probs"),
-                  data.label_histograms)
+    executor = sc.executor.create() if executor is None else executor  # may start booting (ray)
     try:
-        process = sc.participation.process(ctx)
-    except ValueError as exc:
-        raise RunError(f"participation: {exc}") from None
+        data, params, eval_model, process, system, work, oracle = _prepare(sc)
+    except BaseException:
+        executor.close()
+        raise
     probs = process.probs
     # The true p_n, for plots only (FedAU estimates vs 1/p); the server never reads this file.
     (out / "participation.json").write_text(json.dumps(
         {"participation": plugin_name("participation", sc.participation),
          "probs": None if probs is None else [float(p) for p in np.asarray(probs)]}) + "\n", encoding="utf-8")
-    system = SystemModel(sc.system, data.num_clients, params.nbytes, seeding.rng(sc.seed, "system"))
-    work = local_work(sc, data)
-    oracle = Oracle(None if probs is None else np.asarray(probs), system.mean_durations(work), data.num_examples())
 
     from fedsim.executors import Setup
 
-    executor = sc.executor.create() if executor is None else executor
     history = History(out, append=resume)
     try:
         executor.start(Setup(data, sc.model, sc.client, sc.strategy, sc.seed))

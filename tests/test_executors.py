@@ -58,6 +58,9 @@ def stateful(monkeypatch):
     monkeypatch.setitem(strategies.STRATEGIES, "stateful", Stateful)
 
 
+ASYNC = merge(TINY, engine={"mode": "async", "concurrency": 3, "max_versions": 8},
+              strategy={"name": "fedbuff", "buffer_size": 2}, metrics={"eval_every": 2},
+              system={"compute": {"name": "lognormal", "mean": 0.1, "sigma": 1.0}})
 SYNC = merge(TINY, participation={"name": "uniform", "k": 4}, engine={"rounds": 4},
              strategy={"name": "stateful"}, metrics={"eval_every": 2})
 
@@ -103,15 +106,23 @@ def _free_port() -> int:
 
 
 def _pids_using(marker: str) -> list[int]:
-    """PIDs of processes whose command line mentions `marker` (our cluster's temp dir)."""
+    """PIDs of live processes whose command line or open files mention `marker` (our
+    cluster's temp dir). Ray's agents rename themselves (`ray::DashboardAgent`), so the
+    command line alone misses them; their log files give them away."""
     pids = []
     for d in Path("/proc").iterdir():
-        if d.name.isdigit() and int(d.name) != os.getpid():
-            try:
-                if marker in (d / "cmdline").read_bytes().decode(errors="replace"):
-                    pids.append(int(d.name))
-            except OSError:
-                pass
+        if not d.name.isdigit() or int(d.name) == os.getpid():
+            continue
+        try:
+            if (d / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                continue  # a zombie has exited already
+            hit = marker in (d / "cmdline").read_bytes().decode(errors="replace")
+            if not hit:
+                hit = any(os.readlink(f).startswith(marker) for f in (d / "fd").iterdir())
+        except OSError:
+            continue
+        if hit:
+            pids.append(int(d.name))
     return pids
 
 
@@ -168,11 +179,25 @@ def _same_run(a: Path, b: Path) -> None:
 @pytest.mark.slow
 def test_sync_identical_on_inline_ray_and_flower(tmp_path, stateful, ray_cluster):
     run_raw(SYNC, tmp_path / "inline")
-    run_raw(merge(SYNC, executor={"name": "ray", "address": ray_cluster}), tmp_path / "ray")
+    # warmup_inline off: every job runs on an actor; on: the driver takes jobs until they are up
+    run_raw(merge(SYNC, executor={"name": "ray", "address": ray_cluster, "warmup_inline": False}), tmp_path / "ray")
+    run_raw(merge(SYNC, executor={"name": "ray", "address": ray_cluster}), tmp_path / "ray_warm")
     run_raw(merge(SYNC, executor={"name": "flower", "address": ray_cluster}), tmp_path / "flower")
     _same_run(tmp_path / "inline", tmp_path / "ray")
+    _same_run(tmp_path / "inline", tmp_path / "ray_warm")
     _same_run(tmp_path / "inline", tmp_path / "flower")
     assert read_metrics(tmp_path / "inline")[-1]["num_updates"] == 16
+
+
+@pytest.mark.slow
+def test_async_identical_on_inline_ray_and_flower(tmp_path, ray_cluster):
+    # Jobs overlap and come back in any order; the engine commits them in virtual time.
+    run_raw(ASYNC, tmp_path / "inline")
+    run_raw(merge(ASYNC, executor={"name": "ray", "address": ray_cluster, "warmup_inline": False}), tmp_path / "ray")
+    run_raw(merge(ASYNC, executor={"name": "flower", "address": ray_cluster}), tmp_path / "flower")
+    _same_run(tmp_path / "inline", tmp_path / "ray")
+    _same_run(tmp_path / "inline", tmp_path / "flower")
+    assert read_metrics(tmp_path / "inline")[-1]["version"] == 8
 
 
 @pytest.mark.slow
@@ -180,6 +205,8 @@ def test_sync_identical_on_inline_ray_and_flower(tmp_path, stateful, ray_cluster
 def test_client_exception_is_a_recorded_drop(tmp_path, stateful, ray_cluster, executor):
     raw = merge(SYNC, strategy={"name": "stateful", "fail": 1}, participation={"name": "full"},
                 engine={"rounds": 2}, executor={"name": executor, "address": ray_cluster})
+    if executor == "ray":
+        raw["executor"]["warmup_inline"] = False  # the failure must cross the actor boundary
     run_raw(raw, tmp_path)
     last = read_metrics(tmp_path)[-1]
     assert last["round"] == 2 and last["num_failed"] == 2 and last["num_updates"] == 10
@@ -202,3 +229,14 @@ def test_ray_local_cluster_cli_starts_and_stops(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.strip() == ""  # Ray is silent by default
     assert read_metrics(tmp_path / "out")[-1]["round"] == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("executor", ["ray", "flower"])
+def test_backend_that_cannot_start_is_one_line(tmp_path, executor):
+    # More GPUs per client than any machine has: the run stops with one line, no hang.
+    from fedsim.run import RunError
+
+    with pytest.raises(RunError) as err:
+        run_raw(merge(TINY, executor={"name": executor, "num_gpus": 64}), tmp_path)
+    assert "\n" not in str(err.value) and "GPU" in str(err.value)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import os
 import sys
+import threading
 import warnings
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -47,6 +48,8 @@ class Ray:
         num_gpus: GPU share per actor; 0.25 packs 4 clients on one GPU.
         threads: torch intra-op threads per actor (1 keeps results identical to inline).
         inflight: jobs queued per actor, to hide the round trip between jobs.
+        warmup_inline: run jobs in the driver until the actors are ready (hides Ray's
+            start-up; results are identical either way).
     """
 
     address: str | None = None
@@ -55,6 +58,7 @@ class Ray:
     num_gpus: float = bounded(0.0, ge=0.0, le=64)
     threads: int = bounded(1, ge=1, le=256)
     inflight: int = bounded(2, ge=1, le=64)
+    warmup_inline: bool = True
 
     def create(self) -> "RayExecutor":
         return RayExecutor(self)
@@ -63,12 +67,18 @@ class Ray:
 class _Worker:
     """Actor body: one resident ClientRuntime serving any client."""
 
-    def __init__(self, setup: Any, threads: int):
+    def __init__(self, threads: int):
+        import torch  # noqa: F401 — the slow import happens while the driver builds the data
+
+        import fedsim.client  # noqa: F401
+
+        self.threads = threads
+        self.rt: Any = None
+
+    def load(self, setup: Any) -> bool:
         from fedsim.client import ClientRuntime
 
-        self.rt = ClientRuntime(setup.data, setup.model, setup.client, setup.strategy, threads)
-
-    def ready(self) -> bool:
+        self.rt = ClientRuntime(setup.data, setup.model, setup.client, setup.strategy, self.threads)
         return True
 
     def run(self, job: Job, params: np.ndarray) -> JobResult:
@@ -78,20 +88,54 @@ class _Worker:
 
 
 class RayExecutor:
+    """Ray starts in a background thread as soon as the executor is created, so its start-up
+    overlaps the driver's data loading. With `warmup_inline`, the driver runs queued jobs
+    itself until the actors have loaded the setup, so Ray's start-up costs no waiting;
+    results are the same whoever runs a job (same seeds, one torch thread each)."""
+
     def __init__(self, cfg: Ray):
+        from fedsim.run import RunError
+
         self.cfg = cfg
         self.ray: Any = None
         self._owns_cluster = False
         self._actors: list[Any] = []
         self._load: list[int] = []  # jobs queued per actor
+        self._loaded: list[bool] = []  # actor has built its runtime
+        self._loading: dict[Any, int] = {}  # load ObjectRef -> actor index
         self._queue: collections.deque[Job] = collections.deque()
         self._futures: dict[Any, tuple[int, Job]] = {}  # ObjectRef -> (actor index, job)
         self._params: list[tuple[np.ndarray, Any]] = []  # recent (params array, ObjectRef)
+        self._setup: Any = None
         self._setup_ref: Any = None
+        self._local: Any = None  # the driver's own ClientRuntime (warm-up)
+        self._active = False
+        self._boot_error: BaseException | None = None
+        if cfg.num_gpus > 0 and not (cfg.address or os.environ.get("RAY_ADDRESS")):
+            import torch
+
+            visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            if visible < cfg.num_gpus:  # say so before starting a local cluster for nothing
+                raise RunError(f"executor.num_gpus={cfg.num_gpus:g} per client but {visible} GPU(s) "
+                               "visible here; use num_gpus: 0 (CPU) or at most the number of GPUs")
+        self._booted, self._release = threading.Event(), threading.Event()
+        self._boot = threading.Thread(target=self._boot_safely, name="fedsim-ray-boot", daemon=True)
+        self._boot.start()
 
     # -- lifecycle ----------------------------------------------------------------------------
 
-    def start(self, setup: Any) -> None:
+    def _boot_safely(self) -> None:
+        try:
+            self._start_ray()
+        except BaseException as exc:  # noqa: BLE001 — re-raised in the driver thread
+            self._boot_error = exc
+        finally:
+            self._booted.set()
+        # Ray ties the processes it starts to the life of the *thread* that started them
+        # (parent-death signal), so this thread lives until close() has shut Ray down.
+        self._release.wait()
+
+    def _start_ray(self) -> None:
         from fedsim.run import RunError
 
         quiet_ray_env()
@@ -100,13 +144,14 @@ class RayExecutor:
         self.ray = ray
         address = self.cfg.address or os.environ.get("RAY_ADDRESS")
         if not ray.is_initialized():
-            kwargs: dict[str, Any] = {"include_dashboard": False,
-                                      "runtime_env": {"env_vars": {"PYTHONPATH": os.pathsep.join(sys.path)}}}
+            kwargs: dict[str, Any] = {"include_dashboard": False}
             if not verbose():
                 kwargs.update(log_to_driver=False, logging_level="ERROR")
-            if address:
-                kwargs["address"] = address
-            else:
+            path = os.pathsep.join(p for p in sys.path if p)
+            if address:  # workers elsewhere do not inherit this process's environment
+                kwargs.update(address=address, runtime_env={"env_vars": {"PYTHONPATH": path}})
+            else:  # a local cluster's workers inherit it (cheaper than a runtime_env)
+                os.environ["PYTHONPATH"] = path
                 kwargs["num_cpus"] = os.cpu_count() or 1
             try:
                 ray.init(**kwargs)
@@ -114,24 +159,57 @@ class RayExecutor:
                 where = f"the Ray cluster at {address}" if address else "a local Ray cluster"
                 raise RunError(f"executor ray: cannot start or reach {where}: {_one_line(exc)}") from None
             self._owns_cluster = True
-        resources = ray.cluster_resources()
-        n = self._pool_size(resources)
-        self._setup_ref = ray.put(setup)
+        n = self._pool_size(ray.cluster_resources())
         remote = ray.remote(_Worker).options(num_cpus=self.cfg.num_cpus, num_gpus=self.cfg.num_gpus)
-        self._actors = [remote.remote(self._setup_ref, self.cfg.threads) for _ in range(n)]
+        self._actors = [remote.remote(self.cfg.threads) for _ in range(n)]
         self._load = [0] * n
-        try:
-            ray.get([a.ready.remote() for a in self._actors])
-        except Exception as exc:  # noqa: BLE001
-            self.close()
-            raise RunError(f"executor ray: actors failed to start: {_one_line(exc)}") from None
+        self._loaded = [False] * n
+
+    def start(self, setup: Any) -> None:
+        from fedsim.run import RunError
+
+        self._setup = setup
+        if not self.cfg.warmup_inline:
+            self._booted.wait()
+            self._activate()
+            try:
+                self.ray.get(list(self._loading))
+            except Exception as exc:  # noqa: BLE001
+                self.close()
+                raise RunError(f"executor ray: actors failed to start: {_one_line(exc)}") from None
+            self._loaded = [True] * len(self._actors)
+            self._loading = {}
+
+    def _activate(self) -> None:
+        """Once Ray is up: share the setup, have every actor build its runtime."""
+        if self._active or not self._booted.is_set():
+            return
+        if self._boot_error is not None:
+            err, self._boot_error = self._boot_error, None
+            raise err
+        self._setup_ref = self.ray.put(self._setup)
+        self._loading = {a.load.remote(self._setup_ref): i for i, a in enumerate(self._actors)}
+        self._active = True
+
+    def _poll_loading(self) -> None:
+        if not self._loading:
+            return
+        done, _ = self.ray.wait(list(self._loading), num_returns=len(self._loading), timeout=0)
+        for ref in done:
+            i = self._loading.pop(ref)
+            try:
+                self.ray.get(ref)
+                self._loaded[i] = True
+            except Exception as exc:  # noqa: BLE001
+                from fedsim.run import RunError
+
+                raise RunError(f"executor ray: actor {i} failed to start: {_one_line(exc)}") from None
 
     def _pool_size(self, resources: dict[str, float]) -> int:
         from fedsim.run import RunError
 
         cpus, gpus = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
         if self.cfg.num_gpus > 0 and gpus < self.cfg.num_gpus:
-            self.close()
             raise RunError(f"executor.num_gpus={self.cfg.num_gpus:g} but the Ray cluster has "
                            f"{gpus:g} GPU(s); use num_gpus: 0 or a cluster with GPUs")
         cap = int(cpus // self.cfg.num_cpus) if self.cfg.num_cpus > 0 else 1_000_000
@@ -139,12 +217,19 @@ class RayExecutor:
             cap = min(cap, int(round(gpus / self.cfg.num_gpus, 6)))
         n = self.cfg.actors if self.cfg.actors is not None else cap
         if n < 1 or n > max(cap, 0):
-            self.close()
             raise RunError(f"executor ray: {n} actor(s) of {self.cfg.num_cpus:g} CPU / {self.cfg.num_gpus:g} GPU "
                            f"do not fit the cluster ({cpus:g} CPU, {gpus:g} GPU)")
         return n
 
     def close(self) -> None:
+        self._booted.wait()
+        try:
+            self._shutdown()
+        finally:
+            self._release.set()
+            self._boot.join()
+
+    def _shutdown(self) -> None:
         ray = self.ray
         if ray is None:
             return
@@ -153,7 +238,7 @@ class RayExecutor:
                 ray.kill(a)
             except Exception:  # noqa: BLE001
                 pass
-        self._actors, self._futures, self._params = [], {}, []
+        self._actors, self._futures, self._params, self._loading = [], {}, [], {}
         if self._owns_cluster and ray.is_initialized():
             ray.shutdown()  # stops a local cluster we started; only disconnects from a remote one
         self._owns_cluster = False
@@ -172,11 +257,14 @@ class RayExecutor:
 
     def submit(self, jobs: Sequence[Job]) -> None:
         self._queue.extend(jobs)
+        self._activate()
+        self._poll_loading()
         self._fill()
 
     def _fill(self) -> None:
-        while self._queue:
-            i = min(range(len(self._actors)), key=lambda k: (self._load[k], k))
+        ready = [i for i, ok in enumerate(self._loaded) if ok]
+        while self._queue and ready:
+            i = min(ready, key=lambda k: (self._load[k], k))
             if self._load[i] >= self.cfg.inflight:
                 return
             job = self._queue.popleft()
@@ -188,10 +276,39 @@ class RayExecutor:
             self._load[i] += 1
 
     def next_result(self) -> JobResult:
-        if not self._futures:
+        if not self._futures and not self._queue:
             raise RuntimeError("next_result() with no job in flight")
+        while True:
+            self._activate()
+            self._poll_loading()
+            self._fill()
+            warming = not self._active or bool(self._loading)
+            if self._futures:
+                wait_on = list(self._futures) + (list(self._loading) if warming else [])
+                timeout = 0 if (warming and self._queue) else (0.05 if not self._active else None)
+                done, _ = self.ray.wait(wait_on, num_returns=1, timeout=timeout)
+                if done and done[0] in self._futures:
+                    return self._collect(done[0])
+                if done:
+                    continue  # an actor finished loading: give it work
+            if self._queue and warming:
+                return self._run_here(self._queue.popleft())
+            if not self._futures and not self._queue:
+                raise RuntimeError("next_result() with no job in flight")
+            if not self._active:
+                self._booted.wait(0.05)
+
+    def _run_here(self, job: Job) -> JobResult:
+        """Run a job in the driver while the actors warm up."""
+        if self._local is None:
+            from fedsim.client import ClientRuntime
+
+            s = self._setup
+            self._local = ClientRuntime(s.data, s.model, s.client, s.strategy, self.cfg.threads)
+        return self._local.run(job)
+
+    def _collect(self, done: Any) -> JobResult:
         ray = self.ray
-        (done,), _ = ray.wait(list(self._futures), num_returns=1)
         i, job = self._futures.pop(done)
         self._load[i] -= 1
         try:
@@ -207,7 +324,8 @@ class RayExecutor:
 
     def _replace(self, i: int) -> None:
         remote = self.ray.remote(_Worker).options(num_cpus=self.cfg.num_cpus, num_gpus=self.cfg.num_gpus)
-        self._actors[i] = remote.remote(self._setup_ref, self.cfg.threads)
+        self._actors[i] = remote.remote(self.cfg.threads)
+        self._actors[i].load.remote(self._setup_ref)  # runs before any job later sent to it
 
 
 def _one_line(exc: BaseException) -> str:

@@ -35,12 +35,11 @@ class FlowerSimulation:
         from fedsim.flower.client_app import SETUP_KEY, SETUP_PATH, THREADS
         from fedsim.run import RunError
 
-        if self.cfg.num_gpus > 0 and self.cfg.address is None:
-            import torch
-
-            if not torch.cuda.is_available():
-                raise RunError(f"executor.num_gpus={self.cfg.num_gpus:g} but no GPU is visible "
-                               "(CUDA not available); use num_gpus: 0")
+        if self.cfg.num_gpus > 0 and self.cfg.address is None and os.environ.get("RAY_ADDRESS") is None:
+            visible = _num_gpus()
+            if visible < self.cfg.num_gpus:  # Flower would wait on an empty actor pool
+                raise RunError(f"executor.num_gpus={self.cfg.num_gpus:g} per client but {visible} GPU(s) "
+                               "visible here; use num_gpus: 0 (CPU) or at most the number of GPUs")
         self.setup = setup
         blob = pickle.dumps(setup, protocol=pickle.HIGHEST_PROTOCOL)
         self._dir = tempfile.mkdtemp(prefix="fedsim-flower-")
@@ -76,10 +75,17 @@ class FlowerSimulation:
         out: dict[str, Any] = {}
 
         def body(grid, context) -> None:
-            self._grid_exec = GridExecutor(grid, self._setup_config, self.num_nodes(),
-                                           job_timeout=self.cfg.job_timeout, abort=self._abort)
-            self._grid_exec.connect()
-            out["value"] = fn()
+            try:
+                self._grid_exec = GridExecutor(grid, self._setup_config, self.num_nodes(),
+                                               job_timeout=self.cfg.job_timeout, abort=self._abort)
+                try:
+                    self._grid_exec.connect()
+                except (RuntimeError, TimeoutError) as exc:
+                    raise RunError(f"executor flower: {exc}") from None
+                out["value"] = fn()
+            except BaseException as exc:  # the engine's own errors reach the caller unchanged
+                out["error"] = exc
+                raise
 
         quiet_ray_env()
         from flwr.simulation import run_simulation
@@ -95,12 +101,14 @@ class FlowerSimulation:
                 run_simulation(server_app=hosting_app(body), client_app=client_app.app,
                                num_supernodes=self.num_nodes(), backend_config=self.backend_config(),
                                verbose_logging=verbose())
-        except RunError:
-            raise
-        except RuntimeError as exc:
+        except BaseException as exc:
             self._abort.set()  # unblock the ServerApp thread if the backend died under it
-            cause = exc.__cause__ or exc
-            raise RunError(f"executor flower: the simulation backend failed: {_one_line(cause)}") from None
+            if "error" in out:
+                raise out["error"] from None
+            if isinstance(exc, RuntimeError):
+                cause = exc.__cause__ or exc
+                raise RunError(f"executor flower: the simulation backend failed: {_one_line(cause)}") from None
+            raise
         finally:
             self._abort.set()
             logger.setLevel(level)
