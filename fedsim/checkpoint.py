@@ -1,11 +1,13 @@
 """Checkpoint and resume: the engine's whole mutable state in one file, written atomically.
 
-`checkpoint: {every: N}` saves after every N-th round (sync) to `<out>/checkpoint/state.pkl`:
-virtual clock, model version and parameters, strategy state, every client's stored
-state, participation counts, the participation process (with its random generator),
-counters, the last metrics and the byte offsets of metrics/clients/events.jsonl. All
-other randomness is keyed by (client, dispatch index), which the counters carry, so
-nothing else needs saving. The file is written to a temporary name, fsynced and moved
+`checkpoint: {every: N}` saves after every N-th round (sync) or every N-th committed
+version (async) to `<out>/checkpoint/state.pkl`: virtual clock, model version and
+parameters, strategy state, every client's stored state, participation counts, the
+participation process (with its random generator), counters, the last metrics and the
+byte offsets of metrics/clients/events.jsonl; in async mode also the event loop's state
+(`loop`: event heap, in-flight jobs, busy/waiting clients, cached participation masks,
+timers — fedsim.engine_async). All other randomness is keyed by (client, dispatch
+index), which the counters carry, so nothing else needs saving. The file is written to a temporary name, fsynced and moved
 into place with os.replace: a crash leaves either the old or the new checkpoint.
 
 `fedsim run --resume RUN_DIR` rebuilds the run from RUN_DIR/scenario.resolved.yaml,
@@ -33,14 +35,16 @@ FILE = Path("checkpoint") / "state.pkl"
 @dataclass(frozen=True, kw_only=True)
 class CheckpointConfig:
     """Args:
-    every: save the engine state after every this many rounds (unset = never).
+    every: save the engine state after every this many rounds (sync) or committed model
+        versions (async); unset = never.
     """
 
     every: int | None = bounded(None, ge=1, le=1_000_000_000)
 
 
-def snapshot(engine, next_round: int) -> dict[str, Any]:
-    """Everything needed to continue `engine` at round `next_round`."""
+def snapshot(engine, next_round: int, loop: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Everything needed to continue `engine` at round `next_round` (async: at version
+    `next_round`, with the event loop's state `loop`)."""
     engine.history.flush()
     return {
         "format": FORMAT, "mode": engine.sc.engine.mode, "next_round": next_round,
@@ -48,17 +52,17 @@ def snapshot(engine, next_round: int) -> dict[str, Any]:
         "state": engine.state, "client_states": engine.client_states,
         "participations": engine.participations, "counters": asdict(engine.counters),
         "participation": engine.participation, "last_metrics": engine.history.last_metrics,
-        "offsets": engine.history.offsets(),
+        "offsets": engine.history.offsets(), "loop": loop,
     }
 
 
-def save(engine, next_round: int) -> Path:
+def save(engine, next_round: int, loop: dict[str, Any] | None = None) -> Path:
     """Write the snapshot atomically (temp file + fsync + os.replace)."""
     path = engine.history.out / FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     with tmp.open("wb") as fh:
-        pickle.dump(snapshot(engine, next_round), fh, protocol=pickle.HIGHEST_PROTOCOL)
+        pickle.dump(snapshot(engine, next_round, loop), fh, protocol=pickle.HIGHEST_PROTOCOL)
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
@@ -98,4 +102,5 @@ def restore(engine, snap: dict[str, Any]) -> int:
     engine.counters = Counters(**snap["counters"])
     engine.participation = snap["participation"]
     engine.history.last_metrics = dict(snap["last_metrics"])
+    engine.resume_loop = snap.get("loop")  # async: fedsim.engine_async.AsyncLoop.load_state
     return int(snap["next_round"])

@@ -114,6 +114,7 @@ class Engine:
         self.robust = getattr(scenario, "robust", None) or NoRobust()  # cohort wrapper before aggregate
         self.checkpoint_every = getattr(getattr(scenario, "checkpoint", None), "every", None)
         self.start_round = 0  # > 0 when resumed from a checkpoint (fedsim.checkpoint.restore)
+        self.resume_loop: dict | None = None  # async: the event loop's checkpointed state
         if getattr(self.strategy, "uses_oracle", False):
             self.state = self.strategy.init(self.params, self.n, oracle=oracle)
         else:

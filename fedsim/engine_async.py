@@ -22,6 +22,13 @@ Dispatch policy (`engine.redispatch`):
 Staleness = server version when the update arrives − version the client downloaded.
 Only model versions still referenced by in-flight jobs are kept (each job holds its
 start model).
+
+Checkpoints (`checkpoint.every: N`, fedsim.checkpoint): at the end of the event that made
+the version cross a multiple of N — after its dispatches were submitted — the loop's own
+state (event heap, in-flight jobs with their start models, busy/waiting clients, the
+cached participation masks, timers) is saved with the engine's. Results the executor had
+already returned are not saved: on resume every in-flight job is submitted again, and
+since a job's result is a deterministic function of the job, the run continues exactly.
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from fedsim import seeding
+from fedsim import checkpoint, seeding
 from fedsim.types import ArrivalInfo, JobResult
 
 # event priorities at equal virtual time
@@ -124,18 +131,24 @@ class AsyncLoop:
         if not callable(getattr(self.strategy, "receive", None)):
             raise ValueError("async mode needs a strategy with receive(); "
                              f"{type(self.strategy).__name__} has none")
+        self.checkpoint_every = getattr(eng, "checkpoint_every", None)
+        self.saved_version = eng.version  # the version of the last checkpoint (or of the start)
 
     # -- the loop -------------------------------------------------------------------------
 
     def run(self) -> np.ndarray:
         eng, cfg = self.eng, self.cfg
-        self.evaluate()
-        if self.interval is not None:
-            self.push(self.interval, TICK, 1)
-        if self.eval_every_time is not None:
-            self.push(self.eval_every_time, EVAL, 1)
-        self.refill()
-        self.flush()
+        resumed = getattr(eng, "resume_loop", None)
+        if resumed is not None:  # continue from a checkpoint (fedsim.checkpoint.restore)
+            self.load_state(resumed)
+        else:
+            self.evaluate()
+            if self.interval is not None:
+                self.push(self.interval, TICK, 1)
+            if self.eval_every_time is not None:
+                self.push(self.eval_every_time, EVAL, 1)
+            self.refill()
+            self.flush()
         while not self.finished() and self.heap:
             t, prio, key = heapq.heappop(self.heap)
             if cfg.max_time is not None and t > cfg.max_time:
@@ -159,6 +172,7 @@ class AsyncLoop:
                 self.check_stall()
             self.flush()
             self.avail.forget_before(eng.now)
+            self.maybe_checkpoint()
         if not self.heap and not self.finished() and cfg.max_time is not None:
             eng.now = max(eng.now, cfg.max_time)  # nothing left to happen before the deadline
         if self.last_eval != (eng.version, eng.now):
@@ -166,6 +180,46 @@ class AsyncLoop:
             if eng.on_progress:
                 eng.on_progress(eng.version, record)
         return eng.params
+
+    # -- checkpoints ------------------------------------------------------------------------
+
+    def maybe_checkpoint(self) -> None:
+        """Save after every `checkpoint.every`-th version, at the end of an event: every
+        dispatch of that event has been submitted, nothing is half done."""
+        ck, v = self.checkpoint_every, self.eng.version
+        if ck and v // ck > self.saved_version // ck and not self.finished():
+            self.saved_version = v
+            checkpoint.save(self.eng, v, loop=self.state())
+
+    def state(self) -> dict[str, Any]:
+        """The loop's mutable state (pickled together with the engine's by fedsim.checkpoint;
+        in-flight jobs share their start models, and pickle keeps that sharing)."""
+        return {
+            "heap": list(self.heap), "flights": dict(self.flights), "busy": self.busy.copy(),
+            "waiting": list(self.waiting), "masks": dict(self.avail.masks),
+            "next_step": self.avail.next_step, "oldest": self.avail.oldest,
+            "wake_slot": self.wake_slot, "idle_slots": self.idle_slots,
+            "since_commit": self.since_commit, "last_eval": self.last_eval,
+            "saved_version": self.saved_version,
+        }
+
+    def load_state(self, s: dict[str, Any]) -> None:
+        """Restore `state()` into this fresh loop and submit every in-flight job again (the
+        executor is new; its results are deterministic functions of the jobs)."""
+        self.heap = list(s["heap"])
+        heapq.heapify(self.heap)
+        self.flights = dict(s["flights"])
+        self.busy = np.asarray(s["busy"], dtype=bool).copy()
+        self.waiting = list(s["waiting"])
+        self.avail.process = self.eng.participation  # restored from the same snapshot
+        self.avail.masks, self.avail.next_step = dict(s["masks"]), int(s["next_step"])
+        self.avail.oldest = int(s["oldest"])
+        self.wake_slot, self.idle_slots = s["wake_slot"], int(s["idle_slots"])
+        self.since_commit, self.last_eval = int(s["since_commit"]), s["last_eval"]
+        self.saved_version = int(s["saved_version"])
+        self.results = {}
+        self.to_submit = [f.pending.job for _, f in sorted(self.flights.items()) if f.pending.dropped is None]
+        self.flush()
 
     def check_stall(self) -> None:
         """Raise when every slot is held by a client waiting for a commit that nothing can trigger

@@ -177,8 +177,6 @@ class Scenario:
                 or len(self.name) > 200:
             raise ConfigError("name", f"{self.name!r} cannot name a results folder (no '/', '\\', "
                               "leading '.', at most 200 characters)")
-        if self.engine.mode == "async" and self.checkpoint.every is not None:
-            raise ConfigError("checkpoint.every", "checkpoints are implemented for engine.mode sync only")
         if self.engine.mode == "async" and config.plugin_name("robust", self.robust) != "none":
             raise ConfigError("robust.name", "robust aggregation needs a cohort (engine.mode: sync)")
         supported = modes(self.strategy)

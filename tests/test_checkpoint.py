@@ -109,3 +109,82 @@ def test_checkpoint_write_is_atomic(tmp_path):
     snap = checkpoint.load(tmp_path)
     assert snap["next_round"] == 4 and snap["counters"]["dispatches"] == 16  # 4 rounds x k=4
     assert set(snap["offsets"]) == {"metrics", "clients", "events"}
+
+
+# Async: FedBuff with random speeds, a random (Markov) participation process whose masks
+# the loop caches ahead, several jobs in flight at every checkpoint, crashes.
+ASYNC = merge(TINY, name="ckpt_async", data={"num_clients": 8},
+              participation={"name": "markov", "probs": {"name": "constant", "p": 0.6}, "a": 0.3},
+              system={"compute": {"name": "lognormal", "mean": 1.0, "sigma": 0.5}},
+              strategy={"name": "fedbuff", "buffer_size": 3}, faults={"client_crash_prob": 0.1},
+              engine={"mode": "async", "concurrency": 3, "redispatch": "sample", "max_versions": 100},
+              metrics={"eval_every": 5}, checkpoint={"every": 10})
+
+
+def _kill_after_checkpoint(scenario: Path, out: Path, at_least: int) -> None:
+    """Run the CLI in a subprocess and SIGKILL it a little after the checkpoint `at_least`."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "fedsim", "run", str(scenario), "--quiet", "--out", str(out)],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:
+            path = out / checkpoint.FILE
+            if path.is_file() and checkpoint.load(out)["next_round"] >= at_least:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "the run finished before it could be killed"
+        time.sleep(0.2)  # let it write a few rows past the checkpoint
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+
+
+def test_async_sigkill_mid_run_then_resume_matches_uninterrupted(tmp_path):
+    ref = tmp_path / "ref"
+    run_raw(ASYNC, ref)
+    n_rows = len(_rows(ref / "metrics.jsonl"))
+
+    scenario = tmp_path / "ckpt_async.yaml"
+    scenario.write_text(yaml.safe_dump(ASYNC), encoding="utf-8")
+    out = tmp_path / "killed"
+    _kill_after_checkpoint(scenario, out, at_least=30)
+    assert len(_rows(out / "metrics.jsonl")) < n_rows  # really interrupted
+    assert not (out / "summary.json").exists()
+    snap = checkpoint.load(out)
+    assert snap["mode"] == "async" and snap["version"] == snap["next_round"] and snap["next_round"] % 10 == 0
+
+    assert cli.main(["run", "--resume", str(out), "--quiet"]) == 0
+    _same_run(ref, out)
+    assert json.loads((out / "summary.json").read_text())["final"]["version"] == 100
+
+
+def test_async_resume_from_checkpoint_in_process(tmp_path):
+    import shutil
+
+    raw = merge(ASYNC, engine={"max_versions": 40}, checkpoint={"every": 7})
+    run_raw(raw, tmp_path / "ref")
+    snap = checkpoint.load(tmp_path / "ref")
+    # the last checkpoint (version 35) holds the loop mid-flight: jobs running, events queued,
+    # participation masks drawn ahead of the clock
+    assert snap["next_round"] == 35 and snap["loop"]["flights"] and snap["loop"]["heap"]
+    assert snap["loop"]["next_step"] > snap["loop"]["oldest"]
+    assert snap["counters"]["dispatches"] > snap["counters"]["num_updates"]
+    shutil.copytree(tmp_path / "ref", tmp_path / "again")
+    (tmp_path / "again" / "summary.json").unlink()
+    assert cli.main(["run", "--resume", str(tmp_path / "again"), "--quiet"]) == 0
+    _same_run(tmp_path / "ref", tmp_path / "again")
+
+    # on_commit dispatch with timed evaluation: clients waiting for a commit are restored too
+    raw = merge(ASYNC, strategy={"name": "async_fedavg"}, metrics={"eval_every": None, "eval_every_time": 3.0},
+                engine={"redispatch": "on_commit", "drop_offline": True, "max_versions": 30},
+                checkpoint={"every": 4})
+    run_raw(raw, tmp_path / "ref2")
+    assert checkpoint.load(tmp_path / "ref2")["next_round"] == 28
+    shutil.copytree(tmp_path / "ref2", tmp_path / "again2")
+    assert cli.main(["run", "--resume", str(tmp_path / "again2"), "--quiet"]) == 0
+    _same_run(tmp_path / "ref2", tmp_path / "again2")
