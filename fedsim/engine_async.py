@@ -322,8 +322,13 @@ class AsyncLoop:
         if update is None:
             self.release(p.client, arrived=False)
             return
+        self.deliver(f, update)
+
+    def deliver(self, f: Flight, update: Any) -> None:
+        """Hand an accepted update to the strategy at the current time (both clocks)."""
+        eng, p = self.eng, f.pending
         staleness = eng.version - p.job.task.version  # specs §5.1: n − ρ_i(n)
-        eng.event("arrive", client=p.client, job=job, virtual_time=p.arrive, version=eng.version,
+        eng.event("arrive", client=p.client, job=p.job.id, virtual_time=p.arrive, version=eng.version,
                   staleness=staleness)
         eng.counters.num_updates += 1
         self.since_commit += 1
@@ -379,4 +384,8 @@ class AsyncLoop:
 
 def run_async(eng: Any) -> np.ndarray:
     """Run `eng` (a fedsim.engine.Engine) in async mode; returns the final parameters."""
+    if getattr(eng.sc.engine, "clock", "virtual") == "wall":
+        from fedsim.engine_wall import WallLoop
+
+        return WallLoop(eng).run()
     return AsyncLoop(eng).run()

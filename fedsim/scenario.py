@@ -101,6 +101,9 @@ class EngineConfig:
         model (Fraboni et al.'s schedules). See docs/explanation-virtual-clock.md.
     drop_offline: async — a job whose client goes offline before its upload arrives is dropped
         (at the slot boundary where it goes offline).
+    clock: async — `virtual`: the system model fixes when each update arrives (reproducible);
+        `wall`: updates are committed in the order real clients return them, times are wall
+        seconds since the start (`fedsim deploy server` sets it; see docs/how-to-deploy.md).
     """
 
     mode: Literal["sync", "async"] = "sync"
@@ -115,8 +118,11 @@ class EngineConfig:
     client_state: Literal["float32", "float16"] = "float32"
     redispatch: Literal["sample", "on_commit"] = "sample"
     drop_offline: bool = False
+    clock: Literal["virtual", "wall"] = "virtual"
 
     def validate(self) -> None:
+        if self.clock == "wall" and self.mode != "async":
+            raise ConfigError("clock", "the wall clock is implemented for engine.mode async only")
         if self.mode == "async" and self.max_versions is None and self.max_time is None \
                 and self.max_updates is None:
             raise ConfigError("max_versions", "async mode needs a stop condition: set max_versions, "

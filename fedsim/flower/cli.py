@@ -80,7 +80,8 @@ def cmd_server(args: argparse.Namespace) -> int:
         opts = serve.ServerOptions(
             host=args.host, port=args.port, fleet=args.fleet_address, tls=tls, insecure=args.insecure,
             node_keys=serve.public_keys(args.client_keys), attach=args.superlink, attach_ca=attach_ca,
-            client_timeout=args.client_timeout, wait_clients=args.wait_clients, run_timeout=args.run_timeout)
+            client_timeout=args.client_timeout, wait_clients=args.wait_clients, run_timeout=args.run_timeout,
+            clock=args.clock)
         from fedsim.run import default_out
 
         signal.signal(signal.SIGTERM, _terminate)  # run the cleanup (stop the SuperLink) on SIGTERM too
@@ -149,6 +150,9 @@ def add_parser(sub) -> None:
     s.add_argument("--wait-clients", type=float, default=600.0,
                    help="seconds to wait for every client to connect before the first round")
     s.add_argument("--run-timeout", type=float, help="give up after this many seconds")
+    s.add_argument("--clock", choices=["wall", "virtual"], default="wall",
+                   help="async scenarios: commit updates in the order clients really return them, with "
+                        "wall-clock times (wall, default), or in the simulated order of the virtual clock")
     s.set_defaults(func=cmd_server)
 
     k = dsub.add_parser("client", help="start a SuperNode that trains this client's partition")

@@ -2,8 +2,9 @@
 
 submit -> `Grid.push_messages` (one TRAIN message per job, routed to the node that hosts
 the job's client); next_result -> `Grid.pull_messages`, returning replies as they come
-back, in any order (the engine commits in virtual-time order). The same adapter serves
-sync rounds and async arrivals, in simulation (InMemoryGrid) and deployment.
+back, in any order (the engine commits in virtual-time order, or on the wall clock in
+the order they come back; `poll(timeout)` lets that loop wake for its timers). The same
+adapter serves sync rounds and async arrivals, in simulation (InMemoryGrid) and deployment.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ class GridExecutor:
         self.grid = grid
         self.setup_config = dict(setup_config)
         self.num_nodes = num_nodes
-        self.poll = poll
+        self.poll_interval = poll
         self.job_timeout = job_timeout
         self.connect_timeout = connect_timeout
         self.abort = abort or threading.Event()
@@ -72,6 +73,14 @@ class GridExecutor:
                                              "Flower refused the message (node unavailable)"))
 
     def next_result(self) -> JobResult:
+        result = self.poll(None)
+        assert result is not None
+        return result
+
+    def poll(self, timeout: float | None) -> JobResult | None:
+        """The next result as it comes back, or None if none does within `timeout` seconds
+        (None = wait for one). The wall-clock async loop uses it to wake for its timers."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         while not self._ready:
             if not self._inflight:
                 raise RuntimeError("next_result() with no job in flight")
@@ -80,7 +89,9 @@ class GridExecutor:
             if not got:
                 self._expire()
                 if not self._ready:
-                    time.sleep(self.poll)
+                    if deadline is not None and time.monotonic() >= deadline:
+                        return None
+                    time.sleep(self.poll_interval)
         return self._ready.popleft()
 
     def close(self) -> None:
@@ -129,7 +140,7 @@ class GridExecutor:
             if not replies:
                 if time.monotonic() > deadline:
                     raise TimeoutError("Flower nodes did not answer the setup query")
-                time.sleep(self.poll)
+                time.sleep(self.poll_interval)
         self.nodes = [by_partition[p] for p in sorted(by_partition)]
 
     def _pull(self) -> int:

@@ -48,6 +48,7 @@ class ServerOptions:
     client_timeout: float = 600.0
     wait_clients: float = 600.0
     run_timeout: float | None = None
+    clock: str = "wall"  # async scenarios: engine.clock of the deployed run (real arrival order)
 
 
 def say(msg: str) -> None:
@@ -76,6 +77,18 @@ def public_keys(items: Sequence[str | Path]) -> tuple[Path, ...]:
     return tuple(out)
 
 
+def with_clock(scenario, clock: str):
+    """`scenario` with `engine.clock` set for an async run (sync rounds keep the virtual clock:
+    a round waits for every participant, so arrival order does not change the result)."""
+    from dataclasses import replace
+
+    if clock not in ("wall", "virtual"):
+        raise d.DeployError(f"--clock must be wall or virtual, got {clock!r}")
+    if scenario.engine.mode != "async" or scenario.engine.clock == clock:
+        return scenario
+    return replace(scenario, engine=replace(scenario.engine, clock=clock))
+
+
 def serve(scenario, out: Path, opts: ServerOptions, log: Callable[[str], None] = say,
           on_ready: Callable[[d.SuperLink], None] | None = None) -> Path:
     """Run `scenario` against deployed clients; returns the results folder. `on_ready` is
@@ -83,6 +96,7 @@ def serve(scenario, out: Path, opts: ServerOptions, log: Callable[[str], None] =
     keys are not registered yet are refused, so start them after this point)."""
     from fedsim import scenario as scenario_mod
 
+    scenario = with_clock(scenario, opts.clock)
     if opts.tls is None and not opts.insecure and opts.attach is None:
         raise d.DeployError("no TLS files: pass --tls-dir DIR (see `fedsim deploy certs`) or "
                             "--ca/--cert/--key, or --insecure for an unencrypted trial")
