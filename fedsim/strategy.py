@@ -24,7 +24,7 @@ Strategies must never mutate `params`, `state` or the updates passed in.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Protocol, Sequence, runtime_checkable
+from typing import Any, Iterable, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
@@ -174,12 +174,31 @@ def replace_rows(table: np.ndarray | None, updates: Sequence[ClientUpdate], num_
     return out
 
 
+def consensus_average(last: Mapping[int, np.ndarray], updates: Sequence[ClientUpdate],
+                      memory: bool) -> tuple[dict[int, np.ndarray], np.ndarray]:
+    """Consensus-ADMM server step z = mean of the messages (specs §9.3 / §9.4).
+
+    The message is carried in `update.delta`. Without memory, the mean runs over this
+    round's messages; with memory, over every client's last message (`last`, returned
+    updated). Callers handle the empty round.
+    """
+    ups = sorted_updates(updates)
+    if not memory:
+        msgs = [u.delta for u in ups]
+        return dict(last), weighted_sum(msgs, np.full(len(msgs), 1.0 / len(msgs))).astype(np.float32)
+    new = dict(last)
+    new.update({u.client: u.delta.copy() for u in ups})
+    msgs = [new[k] for k in sorted(new)]
+    return new, weighted_sum(msgs, np.full(len(msgs), 1.0 / len(msgs))).astype(np.float32)
+
+
 __all__ = [
     "ArrivalInfo",
     "ClientUpdate",
     "RoundInfo",
     "Strategy",
     "apply_delta",
+    "consensus_average",
     "example_weights",
     "least_squares_moments",
     "prox_solve",

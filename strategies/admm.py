@@ -41,7 +41,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from fedsim.config import bounded
-from fedsim.strategy import prox_solve, sorted_updates, weighted_sum
+from fedsim.strategy import consensus_average, prox_solve
 from fedsim.types import ClientTask, ClientUpdate, Params, RoundInfo
 
 
@@ -101,11 +101,5 @@ class Admm:
                   info: RoundInfo) -> tuple[AdmmServer, Params]:
         if not updates:
             return state, params  # empty schedule: z unchanged (specs §9.6)
-        ups = sorted_updates(updates)
-        if not self.server_memory:
-            msgs = [u.delta for u in ups]
-            return state, weighted_sum(msgs, np.full(len(msgs), 1.0 / len(msgs))).astype(np.float32)
-        last = dict(state.last)
-        last.update({u.client: u.delta.copy() for u in ups})
-        msgs = [last[k] for k in sorted(last)]
-        return AdmmServer(last), weighted_sum(msgs, np.full(len(msgs), 1.0 / len(msgs))).astype(np.float32)
+        last, z = consensus_average(state.last, updates, self.server_memory)
+        return AdmmServer(last if self.server_memory else state.last), z

@@ -31,7 +31,7 @@ from typing import Any, Literal, Mapping, Sequence
 import numpy as np
 
 from fedsim.config import bounded
-from fedsim.strategy import prox_solve, sorted_updates, weighted_sum
+from fedsim.strategy import consensus_average, prox_solve
 from fedsim.types import ClientTask, ClientUpdate, Params, RoundInfo
 
 
@@ -81,11 +81,5 @@ class AdmmStandard:
                   info: RoundInfo) -> tuple[AdmmStandardServer, Params]:
         if not updates:
             return state, params
-        ups = sorted_updates(updates)
-        if not self.server_memory:
-            msgs = [u.delta for u in ups]
-            return state, weighted_sum(msgs, np.full(len(msgs), 1.0 / len(msgs))).astype(np.float32)
-        last = dict(state.last)
-        last.update({u.client: u.delta.copy() for u in ups})
-        msgs = [last[k] for k in sorted(last)]
-        return AdmmStandardServer(last), weighted_sum(msgs, np.full(len(msgs), 1.0 / len(msgs))).astype(np.float32)
+        last, z = consensus_average(state.last, updates, self.server_memory)
+        return AdmmStandardServer(last if self.server_memory else state.last), z
