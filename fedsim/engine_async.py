@@ -142,13 +142,7 @@ class AsyncLoop:
         if resumed is not None:  # continue from a checkpoint (fedsim.checkpoint.restore)
             self.load_state(resumed)
         else:
-            self.evaluate()
-            if self.interval is not None:
-                self.push(self.interval, TICK, 1)
-            if self.eval_every_time is not None:
-                self.push(self.eval_every_time, EVAL, 1)
-            self.refill()
-            self.flush()
+            self.begin()
         while not self.finished() and self.heap:
             t, prio, key = heapq.heappop(self.heap)
             if cfg.max_time is not None and t > cfg.max_time:
@@ -219,6 +213,17 @@ class AsyncLoop:
         self.saved_version = int(s["saved_version"])
         self.results = {}
         self.to_submit = [f.pending.job for _, f in sorted(self.flights.items()) if f.pending.dropped is None]
+        self.flush()
+
+    def begin(self) -> None:
+        """Evaluate the initial model, schedule the first tick and timed evaluation, and fill
+        the in-flight capacity (shared by the virtual and the wall-clock loops)."""
+        self.evaluate()
+        if self.interval is not None:
+            self.push(self.interval, TICK, 1)
+        if self.eval_every_time is not None:
+            self.push(self.eval_every_time, EVAL, 1)
+        self.refill()
         self.flush()
 
     def check_stall(self) -> None:

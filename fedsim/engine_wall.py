@@ -52,13 +52,7 @@ class WallLoop(AsyncLoop):
         eng, cfg = self.eng, self.cfg
         self.t0 = self._clock()
         eng.now = 0.0
-        self.evaluate()
-        if self.interval is not None:
-            self.push(self.interval, TICK, 1)
-        if self.eval_every_time is not None:
-            self.push(self.eval_every_time, EVAL, 1)
-        self.refill()
-        self.flush()
+        self.begin()
         while not self.finished():
             limit = self.heap[0][0] if self.heap else None
             if cfg.max_time is not None:

@@ -49,26 +49,7 @@ def test_sigkill_mid_run_then_resume_matches_uninterrupted(tmp_path):
     scenario = tmp_path / "ckpt.yaml"
     scenario.write_text(yaml.safe_dump(RAW), encoding="utf-8")
     out = tmp_path / "killed"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "fedsim", "run", str(scenario), "--quiet", "--out", str(out)],
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 300
-        # wait for the 2nd checkpoint (round 20): most of the run is still ahead, so the kill
-        # lands mid-way even on a fast machine
-        while time.monotonic() < deadline and proc.poll() is None:
-            path = out / checkpoint.FILE
-            if path.is_file() and checkpoint.load(out)["next_round"] >= 20:
-                break
-            time.sleep(0.05)
-        assert proc.poll() is None, "the run finished before it could be killed"
-        time.sleep(0.05)  # let it write a row or two past the checkpoint
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == -signal.SIGKILL
+    _kill_after_checkpoint(scenario, out, at_least=20)
     assert len(_rows(out / "metrics.jsonl")) < n_rows  # really interrupted
     assert not (out / "summary.json").exists()
 
