@@ -20,3 +20,11 @@ def test_paper_scenario_loads_and_runs(file, tmp_path):
     res = run(sc, tmp_path)
     assert res.params.size > 0
     assert (tmp_path / "metrics.jsonl").exists()
+
+
+@pytest.mark.parametrize("overrides", [["strategy.name=fedprox", "strategy.mu=0.01"], ["strategy.name=scaffold"]])
+def test_fedspeed_scenario_runs_its_baselines(tmp_path, overrides):
+    # The FedSpeed paper's drift-correcting baselines, as listed in the scenario header.
+    sc = load(Path("scenarios") / "fedspeed_iclr2023.yaml", overrides + ["engine.rounds=2"])
+    res = run(sc, tmp_path)
+    assert res.final["num_failed"] == 0 and res.final["round"] == 2
