@@ -65,6 +65,23 @@ SYNC = merge(TINY, participation={"name": "uniform", "k": 4}, engine={"rounds": 
              strategy={"name": "stateful"}, metrics={"eval_every": 2})
 
 
+# -- fast: scheduling -------------------------------------------------------------------------
+
+def test_longest_first_orders_by_examples_pushed_through_the_model():
+    from fedsim.client import ClientConfig
+    from fedsim.executors import Setup, longest_first
+
+    # Clients with 3, 40, 10, 0 and 20 training rows (train_offsets), batch 16, 5 steps:
+    # work = 5 * min(16, n) = 15, 80, 50, 5 (an empty client still costs its steps), 80.
+    data = type("D", (), {"train_offsets": np.array([0, 3, 43, 53, 53, 73])})()
+    setup = Setup(data, None, ClientConfig(local_steps=5, batch_size=16), None, 0)
+    assert [setup.work(c) for c in range(5)] == [15, 80, 50, 5, 80]
+    epochs = Setup(data, None, ClientConfig(local_epochs=2, batch_size=16), None, 0)
+    assert [epochs.work(c) for c in range(5)] == [6, 80, 20, 2, 40]  # 2 passes over n rows
+    jobs = [Job(i, ClientTask(c, None, 0, 0, i, 0, {}), None) for i, c in enumerate([0, 1, 2, 3, 4])]
+    assert [j.task.client for j in longest_first(jobs, setup)] == [1, 4, 2, 0, 3]  # ties: submission order
+
+
 # -- fast: codec ------------------------------------------------------------------------------
 
 def test_codec_round_trips_jobs_and_results_exactly():
@@ -223,12 +240,40 @@ def test_ray_local_cluster_cli_starts_and_stops(tmp_path):
     scenario = tmp_path / "s.yaml"
     import yaml
 
-    scenario.write_text(yaml.safe_dump(merge(TINY, executor={"name": "ray", "actors": 2}, engine={"rounds": 2})))
+    # warmup_inline off: the actors (Ray worker processes) run every job, so they exist.
+    ray_cfg = {"name": "ray", "actors": 2, "warmup_inline": False}
+    scenario.write_text(yaml.safe_dump(merge(TINY, executor=ray_cfg, engine={"rounds": 2})))
+    marker = f"fedsim-test-{os.getpid()}-{time.time_ns()}"
+    env["FEDSIM_TEST_MARKER"] = marker  # inherited by every process Ray starts for this run
     proc = subprocess.run([sys.executable, "-m", "fedsim", "run", str(scenario), "--quiet", "--out",
                            str(tmp_path / "out")], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.strip() == ""  # Ray is silent by default
     assert read_metrics(tmp_path / "out")[-1]["round"] == 2
+    left = _processes_with(marker)
+    for _ in range(20):  # SIGKILLed helpers and reaped workers can take a moment to vanish
+        if not left:
+            break
+        time.sleep(0.25)
+        left = _processes_with(marker)
+    assert left == [], f"processes left behind by the run: {left}"
+
+
+def _processes_with(marker: str) -> list[str]:
+    """Live processes whose environment carries `marker` (zombies excluded)."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            if marker.encode() not in Path(f"/proc/{pid}/environ").read_bytes():
+                continue
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            if state != "Z":
+                found.append(f"{pid} {Path(f'/proc/{pid}/cmdline').read_bytes()[:80]!r}")
+        except OSError:
+            continue
+    return found
 
 
 @pytest.mark.slow

@@ -240,6 +240,7 @@ class RayExecutor:
                 pass
         self._actors, self._futures, self._params, self._loading = [], {}, [], {}
         if self._owns_cluster and ray.is_initialized():
+            _kill_helpers(ray)
             ray.shutdown()  # stops a local cluster we started; only disconnects from a remote one
         self._owns_cluster = False
         self.ray = None
@@ -257,6 +258,10 @@ class RayExecutor:
 
     def submit(self, jobs: Sequence[Job]) -> None:
         self._queue.extend(jobs)
+        if len(self._queue) > 1 and self._setup is not None:
+            from fedsim.executors import longest_first
+
+            self._queue = collections.deque(longest_first(self._queue, self._setup))
         self._activate()
         self._poll_loading()
         self._fill()
@@ -326,6 +331,24 @@ class RayExecutor:
         remote = self.ray.remote(_Worker).options(num_cpus=self.cfg.num_cpus, num_gpus=self.cfg.num_gpus)
         self._actors[i] = remote.remote(self.cfg.threads)
         self._actors[i].load.remote(self._setup_ref)  # runs before any job later sent to it
+
+
+def _kill_helpers(ray: Any) -> None:
+    """SIGKILL the helper processes of a local cluster we started (autoscaler monitor, log
+    monitor, dashboard API server): `ray.shutdown()` asks each to stop and waits up to a
+    second for it, about 1.2 s per run on 2 cores, though none holds state the run needs.
+    The raylet and GCS still stop gracefully (the raylet reaps its workers). Needs Ray's
+    node handle; on a Ray version without it, shutdown is simply slower."""
+    node = getattr(getattr(getattr(ray, "_private", None), "worker", None), "_global_node", None)
+    procs = getattr(node, "all_processes", None)
+    if not isinstance(procs, dict):
+        return
+    for kind in ("monitor", "log_monitor", "dashboard"):
+        for info in procs.get(kind, ()):
+            proc = getattr(info, "process", None)
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=5)
 
 
 def _one_line(exc: BaseException) -> str:
