@@ -195,7 +195,12 @@ def run(sc, out: Path | None = None, on_progress: Callable[[int, dict], None] | 
          "probs": None if probs is None else [float(p) for p in np.asarray(probs)]}) + "\n", encoding="utf-8")
 
     from fedsim.executors import Setup
+    import torch
 
+    # The server evaluates with `executor.threads` torch threads (default 1) on every
+    # executor: the same arithmetic everywhere, and, with Ray actors or Flower clients
+    # beside it, no idle OpenMP threads spinning on the cores the client workers need.
+    torch.set_num_threads(int(getattr(sc.executor, "threads", 1)))
     history = History(out, append=resume)
     try:
         executor.start(Setup(data, sc.model, sc.client, sc.strategy, sc.seed))
