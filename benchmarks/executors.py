@@ -33,7 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-CONTESTANTS = ("plain_torch", "fedsim_inline", "fedsim_ray", "fedsim_flower", "plain_flower")
+CONTESTANTS = ("plain_torch", "plain_torch_2proc", "fedsim_inline", "fedsim_ray", "fedsim_ray_actors",
+               "fedsim_flower", "plain_flower")
 WORKLOADS = {
     "quickstart": [],
     "heavy": ["model={name: cnn, channels: [32, 32], hidden: 128}", "client.local_steps=50",
@@ -51,6 +52,9 @@ def executor_overrides(name: str, device: str) -> list[str]:
     gpu = device == "cuda"
     if name == "fedsim_ray":
         return ["executor={name: ray, num_gpus: 0.25}"] if gpu else ["executor={name: ray, actors: 2}"]
+    if name == "fedsim_ray_actors":  # no warm-up in the driver: the actors run every job
+        return ["executor={name: ray, num_gpus: 0.25, warmup_inline: false}"] if gpu else \
+            ["executor={name: ray, actors: 2, warmup_inline: false}"]
     if name == "fedsim_flower":
         return ["executor={name: flower, num_gpus: 0.25}"] if gpu else ["executor={name: flower}"]
     return ["executor={name: inline}"]
@@ -104,30 +108,68 @@ def _train(torch, model, x, y, steps: int, bs: int, lr: float, seed: int) -> flo
     return float(loss.detach())
 
 
-def run_plain_torch(workload: str, device: str) -> dict:
-    """What a researcher writes by hand: one process, state_dict in, SGD, weighted average."""
-    import numpy as np
-
-    t0 = time.perf_counter()
-    sc, data, init, torch = _plain_setup(workload, device)
+def _plain_model(sc, data, init, torch, device: str):
     torch.set_num_threads(1)
     dev = torch.device(device)
     model = sc.model.build(data.input_shape, data.num_classes).to(dev)
     torch.nn.utils.vector_to_parameters(torch.from_numpy(init).to(dev), model.parameters())
-    glob = {k: v.clone() for k, v in model.state_dict().items()}
     x_all, y_all = torch.from_numpy(data.x_train).to(dev), torch.from_numpy(data.y_train).to(dev)
+    return model, x_all, y_all
+
+
+_PROC: dict = {}  # a plain_torch_2proc worker's resident model and data
+
+
+def _proc_init(workload: str, device: str) -> None:
+    sc, data, init, torch = _plain_setup(workload, device)
+    model, x_all, y_all = _plain_model(sc, data, init, torch, device)
+    _PROC.update(sc=sc, data=data, torch=torch, model=model, x=x_all, y=y_all)
+
+
+def _proc_train(glob: dict, k: int, r: int) -> tuple[dict, int]:
+    p, torch = _PROC, _PROC["torch"]
+    c, sl = p["sc"].client, p["data"].train_slice(k)
+    p["model"].load_state_dict({n: torch.from_numpy(v) for n, v in glob.items()})
+    _train(torch, p["model"], p["x"][sl], p["y"][sl], c.local_steps, c.batch_size, c.lr, k * 1000 + r)
+    # copies: a pool worker may run several tasks before their results are pickled
+    return {n: v.detach().cpu().numpy().copy() for n, v in p["model"].state_dict().items()}, sl.stop - sl.start
+
+
+def run_plain_torch(workload: str, device: str, processes: int = 0) -> dict:
+    """What a researcher writes by hand: state_dict in, SGD, weighted average. processes=0:
+    one process; processes=n: each round's clients trained by a pool of n worker processes
+    (each holding its model and data), the simplest way to use n cores without a framework."""
+    import multiprocessing
+
+    import numpy as np
+
+    t0 = time.perf_counter()
+    sc, data, init, torch = _plain_setup(workload, device)
+    model, x_all, y_all = _plain_model(sc, data, init, torch, device)
+    dev = torch.device(device)
+    glob = {k: v.clone() for k, v in model.state_dict().items()}
     xt, yt = torch.from_numpy(data.x_test).to(dev), torch.from_numpy(data.y_test).to(dev)
+    pool = None
+    if processes:
+        pool = multiprocessing.get_context("spawn").Pool(processes, _proc_init, (workload, device))
     rng = np.random.default_rng(0)
     c = sc.client
     stamps, acc = [time.perf_counter()], None
     for r in range(sc.engine.rounds):
-        states, weights = [], []
-        for k in rng.choice(data.num_clients, sc.participation.k, replace=False):
-            sl = data.train_slice(int(k))
-            model.load_state_dict(glob)
-            _train(torch, model, x_all[sl], y_all[sl], c.local_steps, c.batch_size, c.lr, int(k) * 1000 + r)
-            states.append({n: v.detach().clone() for n, v in model.state_dict().items()})
-            weights.append(sl.stop - sl.start)
+        chosen = [int(k) for k in rng.choice(data.num_clients, sc.participation.k, replace=False)]
+        if pool is not None:
+            glob_np = {n: v.cpu().numpy() for n, v in glob.items()}
+            out = pool.starmap(_proc_train, [(glob_np, k, r) for k in chosen], chunksize=1)
+            states = [{n: torch.from_numpy(v).to(dev) for n, v in s.items()} for s, _ in out]
+            weights = [n for _, n in out]
+        else:
+            states, weights = [], []
+            for k in chosen:
+                sl = data.train_slice(k)
+                model.load_state_dict(glob)
+                _train(torch, model, x_all[sl], y_all[sl], c.local_steps, c.batch_size, c.lr, k * 1000 + r)
+                states.append({n: v.detach().clone() for n, v in model.state_dict().items()})
+                weights.append(sl.stop - sl.start)
         w = [wi / sum(weights) for wi in weights]
         glob = {n: sum(wi * s[n] for wi, s in zip(w, states)) for n in glob}
         if (r + 1) % sc.metrics.eval_every == 0:
@@ -135,6 +177,9 @@ def run_plain_torch(workload: str, device: str) -> dict:
             with torch.no_grad():
                 acc = float((model(xt).argmax(1) == yt).float().mean())
         stamps.append(time.perf_counter())
+    if pool is not None:
+        pool.close()
+        pool.join()
     return {"rounds": _diffs(stamps), "run": time.perf_counter() - t0, "accuracy": acc}
 
 
@@ -236,6 +281,8 @@ def run_plain_flower(workload: str, device: str) -> dict:
 def one(name: str, workload: str, device: str) -> dict:
     if name == "plain_torch":
         return run_plain_torch(workload, device)
+    if name == "plain_torch_2proc":
+        return run_plain_torch(workload, device, processes=2)
     if name == "plain_flower":
         return run_plain_flower(workload, device)
     return run_fedsim(workload, device, name)
@@ -289,7 +336,9 @@ def main() -> None:
         for n, s in summary.items():
             acc = "n/a" if s["accuracy"] is None else f"{s['accuracy']:.3f}"
             print(f"  {n:<14} {s['wall']:9.2f} s {s['round'] * 1e3:8.1f} ms {acc:>9}")
-        ratios = [("plain_flower", "fedsim_ray"), ("plain_flower", "fedsim_flower"), ("fedsim_inline", "fedsim_ray"),
+        ratios = [("plain_flower", "fedsim_ray"), ("plain_flower", "fedsim_ray_actors"),
+                  ("plain_flower", "fedsim_flower"), ("fedsim_inline", "fedsim_ray"),
+                  ("fedsim_inline", "fedsim_ray_actors"), ("plain_torch", "plain_torch_2proc"),
                   ("plain_torch", "fedsim_inline"), ("plain_flower", "fedsim_inline")]
         for slow, fast in ratios:
             if slow in summary and fast in summary:
