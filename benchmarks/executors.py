@@ -1,6 +1,8 @@
-"""Executors side by side on one workload: a plain PyTorch loop, fedsim inline, fedsim ray
-(2 actors), fedsim flower, and a plain Flower `run_simulation` FedAvg app, all training the
-same model with the same SGD steps on the same client data.
+"""Executors side by side on one workload: a plain PyTorch loop (one process, and a pool of
+2 worker processes: what the machine's cores give without any framework), fedsim inline,
+fedsim ray (2 actors; and with `warmup_inline: false`, so the actors run every job),
+fedsim flower, and a plain Flower `run_simulation` FedAvg app, all training the same
+model with the same SGD steps on the same client data.
 
     python benchmarks/executors.py [--workload quickstart|heavy|both] [--repeats 3] [--device cpu|cuda]
 
@@ -323,7 +325,7 @@ def main() -> None:
             for name in args.only:
                 runs[name].append(measure(name, wl, args.device))
                 r = runs[name][-1]
-                print(f"[{wl} {rep + 1}/{args.repeats}] {name:<14} wall {r['wall']:7.2f} s  "
+                print(f"[{wl} {rep + 1}/{args.repeats}] {name:<17} wall {r['wall']:7.2f} s  "
                       f"round {statistics.median(r['rounds'][2:]) * 1e3:8.1f} ms  acc {r['accuracy']}",
                       file=sys.stderr, flush=True)
         summary = {n: {"wall": statistics.median(r["wall"] for r in rs),
@@ -332,10 +334,10 @@ def main() -> None:
                    for n, rs in runs.items()}
         report["workloads"][wl] = summary
         print(f"\n{wl} ({args.device}, {os.cpu_count()} CPUs, median of {args.repeats}):")
-        print(f"  {'contestant':<14} {'end to end':>11} {'per round':>11} {'accuracy':>9}")
+        print(f"  {'contestant':<17} {'end to end':>11} {'per round':>11} {'accuracy':>9}")
         for n, s in summary.items():
             acc = "n/a" if s["accuracy"] is None else f"{s['accuracy']:.3f}"
-            print(f"  {n:<14} {s['wall']:9.2f} s {s['round'] * 1e3:8.1f} ms {acc:>9}")
+            print(f"  {n:<17} {s['wall']:9.2f} s {s['round'] * 1e3:8.1f} ms {acc:>9}")
         ratios = [("plain_flower", "fedsim_ray"), ("plain_flower", "fedsim_ray_actors"),
                   ("plain_flower", "fedsim_flower"), ("fedsim_inline", "fedsim_ray"),
                   ("fedsim_inline", "fedsim_ray_actors"), ("plain_torch", "plain_torch_2proc"),
