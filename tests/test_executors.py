@@ -259,6 +259,29 @@ def test_ray_local_cluster_cli_starts_and_stops(tmp_path):
     assert left == [], f"processes left behind by the run: {left}"
 
 
+@pytest.mark.slow
+def test_private_local_cluster_starts_lean(monkeypatch):
+    # The executor's own local cluster runs GCS and raylet (and workers) only: no autoscaler
+    # monitor, log monitor or dashboard server. Fails loudly if a Ray upgrade breaks that.
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv("FEDSIM_VERBOSE", raising=False)
+    import ray
+
+    from fedsim.executors.ray_executor import Ray, _skip_helper
+
+    ex = Ray(actors=1).create()
+    try:
+        assert ex._booted.wait(300) and ex._boot_error is None
+        started = set(ray._private.worker._global_node.all_processes)
+    finally:
+        ex.close()
+    assert started == {"gcs_server", "raylet"}, started
+    assert not ray.is_initialized()
+    node_cls = ray._private.node.Node
+    assert all(getattr(node_cls, m) is not _skip_helper
+               for m in ("start_monitor", "start_log_monitor", "start_api_server"))
+
+
 def _processes_with(marker: str) -> list[str]:
     """Live processes whose environment carries `marker` (zombies excluded)."""
     found = []

@@ -11,12 +11,13 @@ stored by the engine, so any actor can run any client.
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import sys
 import threading
 import warnings
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -154,7 +155,8 @@ class RayExecutor:
                 os.environ["PYTHONPATH"] = path
                 kwargs["num_cpus"] = os.cpu_count() or 1
             try:
-                ray.init(**kwargs)
+                with _lean_local_cluster(ray, enabled=not address and not verbose()):
+                    ray.init(**kwargs)
             except Exception as exc:  # noqa: BLE001
                 where = f"the Ray cluster at {address}" if address else "a local Ray cluster"
                 raise RunError(f"executor ray: cannot start or reach {where}: {_one_line(exc)}") from None
@@ -331,6 +333,39 @@ class RayExecutor:
         remote = self.ray.remote(_Worker).options(num_cpus=self.cfg.num_cpus, num_gpus=self.cfg.num_gpus)
         self._actors[i] = remote.remote(self.cfg.threads)
         self._actors[i].load.remote(self._setup_ref)  # runs before any job later sent to it
+
+
+_HELPERS = ("start_monitor", "start_log_monitor", "start_api_server")
+
+
+@contextlib.contextmanager
+def _lean_local_cluster(ray: Any, enabled: bool) -> Iterator[None]:
+    """While `ray.init` starts a private local cluster, skip the processes such a cluster
+    never uses: the autoscaler monitor (fixed resources), the log monitor (worker logs are
+    not forwarded unless --verbose) and the dashboard API server (no job submission, no
+    state API). `ray.init` has no switch for them; on 2 cores they cost ~1 s of start-up and
+    several CPU-seconds beside the driver. Ray's node class is restored on exit; on a Ray
+    whose node class lacks these methods the cluster simply starts in full."""
+    node_cls = getattr(getattr(getattr(ray, "_private", None), "node", None), "Node", None)
+    saved = {name: node_cls.__dict__.get(name) for name in _HELPERS} if node_cls is not None else {}
+    if not enabled or not saved or None in saved.values():
+        yield
+        return
+    with _NODE_PATCH_LOCK:
+        try:
+            for name in _HELPERS:
+                setattr(node_cls, name, _skip_helper)
+            yield
+        finally:
+            for name, method in saved.items():
+                setattr(node_cls, name, method)
+
+
+def _skip_helper(self: Any, *args: Any, **kwargs: Any) -> None:
+    return None
+
+
+_NODE_PATCH_LOCK = threading.Lock()
 
 
 def _kill_helpers(ray: Any) -> None:
