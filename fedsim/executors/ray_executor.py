@@ -336,6 +336,7 @@ class RayExecutor:
 
 
 _HELPERS = ("start_monitor", "start_log_monitor", "start_api_server")
+_NODE_PATCH_LOCK = threading.Lock()  # two executors booting at once patch Ray's class in turn
 
 
 @contextlib.contextmanager
@@ -363,9 +364,6 @@ def _lean_local_cluster(ray: Any, enabled: bool) -> Iterator[None]:
 
 def _skip_helper(self: Any, *args: Any, **kwargs: Any) -> None:
     return None
-
-
-_NODE_PATCH_LOCK = threading.Lock()
 
 
 def _kill_helpers(ray: Any) -> None:
