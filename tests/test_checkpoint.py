@@ -41,18 +41,21 @@ def _same_run(a: Path, b: Path) -> None:
     assert (a / "clients.jsonl").read_bytes() == (b / "clients.jsonl").read_bytes()
 
 
-def test_sigkill_mid_run_then_resume_matches_uninterrupted(tmp_path):
+def _reference_and_killed(tmp_path: Path, raw: dict) -> tuple[Path, Path]:
+    """An uninterrupted run of `raw`, and a second run SIGKILLed after a checkpoint."""
     ref = tmp_path / "ref"
-    run_raw(RAW, ref)
-    n_rows = len(_rows(ref / "metrics.jsonl"))
-
+    run_raw(raw, ref)
     scenario = tmp_path / "ckpt.yaml"
-    scenario.write_text(yaml.safe_dump(RAW), encoding="utf-8")
+    scenario.write_text(yaml.safe_dump(raw), encoding="utf-8")
     out = tmp_path / "killed"
     _kill_after_checkpoint(scenario, out, at_least=20)
-    assert len(_rows(out / "metrics.jsonl")) < n_rows  # really interrupted
+    assert len(_rows(out / "metrics.jsonl")) < len(_rows(ref / "metrics.jsonl"))  # really interrupted
     assert not (out / "summary.json").exists()
+    return ref, out
 
+
+def test_sigkill_mid_run_then_resume_matches_uninterrupted(tmp_path):
+    ref, out = _reference_and_killed(tmp_path, RAW)
     rc = cli.main(["run", "--resume", str(out), "--quiet"])
     assert rc == 0
     _same_run(ref, out)
@@ -128,16 +131,7 @@ def _kill_after_checkpoint(scenario: Path, out: Path, at_least: int) -> None:
 
 def test_async_sigkill_mid_run_then_resume_matches_uninterrupted(tmp_path):
     raw = merge(ASYNC, engine={"max_versions": 200})  # long enough that the kill lands mid-way
-    ref = tmp_path / "ref"
-    run_raw(raw, ref)
-    n_rows = len(_rows(ref / "metrics.jsonl"))
-
-    scenario = tmp_path / "ckpt_async.yaml"
-    scenario.write_text(yaml.safe_dump(raw), encoding="utf-8")
-    out = tmp_path / "killed"
-    _kill_after_checkpoint(scenario, out, at_least=20)
-    assert len(_rows(out / "metrics.jsonl")) < n_rows  # really interrupted
-    assert not (out / "summary.json").exists()
+    ref, out = _reference_and_killed(tmp_path, raw)
     snap = checkpoint.load(out)
     assert snap["mode"] == "async" and snap["version"] == snap["next_round"] and snap["next_round"] % 10 == 0
 

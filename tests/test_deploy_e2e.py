@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import read_metrics
+from conftest import TINY, merge, read_metrics
 from fedsim.flower import deploy as d
 from fedsim.flower.certs import make_credentials
 
@@ -29,18 +29,9 @@ pytestmark = [pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
 
-SCENARIO = {
-    "name": "deploy-e2e",
-    "seed": 3,
-    "data": {"dataset": {"name": "gaussian_mixture", "num_samples": 600, "num_test": 300, "dim": 5},
-             "partition": {"name": "dirichlet", "alpha": 1.0}, "num_clients": 3, "test_fraction": 0.2},
-    "model": {"name": "logreg", "device": "cpu"},
-    "client": {"local_steps": 5, "batch_size": 16, "lr": 0.1},
-    "participation": {"name": "full"},
-    "engine": {"mode": "sync", "rounds": 3},
-    "strategy": {"name": "fedavg"},
-    "metrics": {"eval_every": 1},
-}
+SCENARIO = merge(TINY, name="deploy-e2e", seed=3, engine={"rounds": 3},
+                 data={"dataset": {"name": "gaussian_mixture", "num_samples": 600, "num_test": 300, "dim": 5},
+                       "partition": {"name": "dirichlet", "alpha": 1.0}, "num_clients": 3})
 
 
 class Cluster:
