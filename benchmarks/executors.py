@@ -45,7 +45,7 @@ WORKLOADS = {
 
 
 def scenario(workload: str, device: str, executor: list[str]):
-    from fedsim.scenario import load
+    from fedsim.scenario.loading import load
 
     return load(ROOT / "scenarios" / "quickstart.yaml", WORKLOADS[workload] + [f"model.device={device}"] + executor)
 
@@ -65,7 +65,7 @@ def executor_overrides(name: str, device: str) -> list[str]:
 # -- contestants (each runs in its own process and prints one JSON line) ----------------------
 
 def run_fedsim(workload: str, device: str, name: str) -> dict:
-    from fedsim.run import run
+    from fedsim.runner import run
 
     sc = scenario(workload, device, executor_overrides(name, device))
     stamps: list[float] = []
@@ -83,8 +83,8 @@ def _diffs(stamps: list[float]) -> list[float]:
 def _plain_setup(workload: str, device: str):
     import torch
 
-    from fedsim.models import initial_params
-    from fedsim.run import build_data
+    from fedsim.runner import build_data
+    from fedsim.training.flat import initial_params
 
     sc = scenario(workload, device, [])
     data = build_data(sc)
@@ -197,7 +197,14 @@ def run_plain_flower(workload: str, device: str) -> dict:
     warnings.simplefilter("ignore")
     t0 = time.perf_counter()
     sc, data, init, torch = _plain_setup(workload, device)
-    from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+    from flwr.app import (
+        ArrayRecord,
+        ConfigRecord,
+        Context,
+        Message,
+        MetricRecord,
+        RecordDict,
+    )
     from flwr.clientapp import ClientApp
     from flwr.serverapp import Grid, ServerApp
     from flwr.serverapp.strategy import FedAvg

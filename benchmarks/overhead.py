@@ -28,9 +28,9 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from fedsim.models import initial_params
-from fedsim.run import build_data, run
-from fedsim.scenario import load
+from fedsim.runner import build_data, run
+from fedsim.scenario.loading import load
+from fedsim.training.flat import initial_params
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -44,8 +44,8 @@ def scenario(n: int, rounds: int, k: int) -> dict:
 
 
 def child(n: int, rounds: int, k: int) -> dict:
-    from fedsim.run import run
-    from fedsim.scenario import from_mapping
+    from fedsim.runner import run
+    from fedsim.scenario.loading import from_mapping
 
     t0 = time.perf_counter()
     stamps: list[tuple[int, float, bool]] = []

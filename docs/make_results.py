@@ -67,7 +67,7 @@ class Plan:
 
 def read_plan(path: Path, rounds: int, seeds: str | None = None, versions: int = 300) -> Plan:
     """The scenario's header comments -> what the gallery runs."""
-    from fedsim.scenario import load
+    from fedsim.scenario.loading import load
 
     lines = path.read_text(encoding="utf-8").splitlines()
     header = []
@@ -115,8 +115,8 @@ def run_plan(plan: Plan, runs: Path, jobs: int, force: bool = False) -> Path:
 
 
 def section(plan: Plan, out: Path, figures: Path) -> str:
-    from fedsim import compare, plots
-    from fedsim.rundata import find_runs, group_runs
+    from fedsim.results import compare, plots
+    from fedsim.results.rundata import find_runs, group_runs
 
     groups = group_runs(find_runs([out]))
     kinds = ["convergence"] + [k for k in ("fairness", "async", "contributions") if plots.applicable(k, groups)]

@@ -1,5 +1,5 @@
 import sys
 
-from fedsim.cli import main
+from fedsim.cli.app import main
 
 sys.exit(main())

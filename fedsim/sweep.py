@@ -20,14 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from fedsim.config import plugin_name
-from fedsim.scenario import ScenarioError, load, to_yaml
+from fedsim.errors import ScenarioError, SweepError
+from fedsim.scenario.fields import plugin_name
+from fedsim.scenario.loading import load, to_yaml
 
 MAX_NAME = 120
 
 
-class SweepError(ValueError):
-    """Bad sweep arguments; str() is one line."""
 
 
 @dataclass(frozen=True)
@@ -124,10 +123,11 @@ def grid(sets: Sequence[tuple[str, list[str]]], seeds: Sequence[int] | None) -> 
 
 def _run_point(scenario: str, overrides: tuple[str, ...], out: str) -> str | None:
     """Worker: run one combination; returns None or a one-line error."""
-    from fedsim.run import RunError, run
-
     import contextlib
     import io
+
+    from fedsim.errors import RunError
+    from fedsim.runner import run
 
     try:
         with contextlib.redirect_stderr(io.StringIO()):  # override notes were shown at validation

@@ -1,6 +1,6 @@
 """Plain values passed between the engine, strategies and executors (numpy only).
 
-Model parameters travel as one flat float32 vector (`Params`); `fedsim.models.Layout`
+Model parameters travel as one flat float32 vector (`Params`); `fedsim.training.models.Layout`
 maps it to a torch module. Deltas follow the paper convention of specs §1:
 `delta = (local model after training) - (model the client started from)`.
 """

@@ -1,41 +1,28 @@
-"""The strategy table: registry key -> class. One file per algorithm, nothing else here."""
+"""The strategy table: registry name -> `"module:Class"`. One file per algorithm.
 
-from strategies.admm import Admm
-from strategies.admm_standard import AdmmStandard
-from strategies.async_fedavg import AsyncFedAvg
-from strategies.average_all import AverageAll
-from strategies.average_participating import AverageParticipating
-from strategies.fedau import FedAU
-from strategies.fedavg import FedAvg
-from strategies.fedbuff import FedBuff
-from strategies.fedce import FedCE
-from strategies.fedfix import FedFix
-from strategies.fedprox import FedProx
-from strategies.fedspeed import FedSpeed
-from strategies.fedvarp import FedVarp
-from strategies.known_probability import KnownProbability
-from strategies.mifa import Mifa
-from strategies.scaffold import Scaffold
+Entries are imported on first use (`fedsim.registry.load("strategy", name)`), so reading
+the table imports no strategy. Nothing else lives here.
+"""
 
-STRATEGIES: dict[str, type] = {
+STRATEGIES: dict[str, str] = {
     # synchronous
-    "fedavg": FedAvg,
-    "fedprox": FedProx,
-    "scaffold": Scaffold,
-    "fedspeed": FedSpeed,
-    "admm": Admm,
-    "admm_standard": AdmmStandard,
-    "fedau": FedAU,
-    "average_participating": AverageParticipating,
-    "average_all": AverageAll,
-    "known_probability": KnownProbability,
-    "mifa": Mifa,
-    "fedvarp": FedVarp,
-    "fedce": FedCE,
+    "fedavg": "strategies.fedavg:FedAvg",
+    "fedprox": "strategies.fedprox:FedProx",
+    "scaffold": "strategies.scaffold:Scaffold",
+    "fedspeed": "strategies.fedspeed:FedSpeed",
+    "admm": "strategies.admm:Admm",
+    "admm_standard": "strategies.admm_standard:AdmmStandard",
+    "fedau": "strategies.fedau:FedAU",
+    "average_participating": "strategies.average_participating:AverageParticipating",
+    "average_all": "strategies.average_all:AverageAll",
+    "known_probability": "strategies.known_probability:KnownProbability",
+    "mifa": "strategies.mifa:Mifa",
+    "fedvarp": "strategies.fedvarp:FedVarp",
+    "fedce": "strategies.fedce:FedCE",
     # asynchronous
-    "fedbuff": FedBuff,
-    "fedfix": FedFix,
-    "async_fedavg": AsyncFedAvg,
+    "fedbuff": "strategies.fedbuff:FedBuff",
+    "fedfix": "strategies.fedfix:FedFix",
+    "async_fedavg": "strategies.async_fedavg:AsyncFedAvg",
 }
 
 __all__ = ["STRATEGIES"]

@@ -30,8 +30,8 @@ from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
 
-from fedsim.config import bounded
-from fedsim.strategy import consensus_average, prox_solve
+from fedsim.scenario.fields import bounded
+from fedsim.strategy.maths import consensus_average, prox_solve
 from fedsim.types import ClientTask, ClientUpdate, Params, RoundInfo
 
 

@@ -20,8 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from fedsim.config import bounded
-from fedsim.strategy import apply_delta, sorted_updates, weighted_sum
+from fedsim.scenario.fields import bounded
+from fedsim.strategy.maths import apply_delta, sorted_updates, weighted_sum
 from fedsim.types import ClientUpdate, Params, RoundInfo
 
 

@@ -2,7 +2,7 @@
 
 Update rule (specs §3):  x_{t+1} = x_t + η · Σ_{i∈S_t} a_i Δ_i
 with a_i = n_i / Σ_j n_j (`weighting: examples`) or a_i = 1/|S_t| (`weighting: uniform`).
-Clients run plain local SGD (fedsim.client). Empty round: no change.
+Clients run plain local SGD (fedsim.training.runtime). Empty round: no change.
 
 Sync mode only. For asynchronous runs use `async_fedavg` (every arrival applied at once, with
 mixing weight and staleness decay), `fedbuff` or `fedfix`.
@@ -20,7 +20,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
-from fedsim.strategy import apply_delta, example_weights, sorted_updates, weighted_sum
+from fedsim.strategy.maths import (
+    apply_delta,
+    example_weights,
+    sorted_updates,
+    weighted_sum,
+)
 from fedsim.types import ClientUpdate, Params, RoundInfo
 
 

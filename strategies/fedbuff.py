@@ -47,8 +47,8 @@ from typing import Literal
 
 import numpy as np
 
-from fedsim.config import bounded
-from fedsim.strategy import apply_delta, staleness_weight
+from fedsim.scenario.fields import bounded
+from fedsim.strategy.maths import apply_delta, staleness_weight
 from fedsim.types import ArrivalInfo, ClientUpdate, Params
 
 

@@ -44,8 +44,8 @@ from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
 
-from fedsim.config import bounded
-from fedsim.strategy import apply_delta, sorted_updates, weighted_sum
+from fedsim.scenario.fields import bounded
+from fedsim.strategy.maths import apply_delta, sorted_updates, weighted_sum
 from fedsim.types import ClientTask, ClientUpdate, Params, RoundInfo
 
 SCORE_KEY = "fedce_minus_val"  # s_j, client → server (NVFlare's metadata key)

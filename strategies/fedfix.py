@@ -36,8 +36,8 @@ from typing import Literal
 
 import numpy as np
 
-from fedsim.config import bounded
-from fedsim.strategy import apply_delta
+from fedsim.scenario.fields import bounded
+from fedsim.strategy.maths import apply_delta
 from fedsim.types import ArrivalInfo, ClientUpdate, Oracle, Params
 
 

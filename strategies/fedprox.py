@@ -19,9 +19,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal, Sequence
 
-
-from fedsim.config import bounded
-from fedsim.strategy import apply_delta, example_weights, sorted_updates, weighted_sum
+from fedsim.scenario.fields import bounded
+from fedsim.strategy.maths import (
+    apply_delta,
+    example_weights,
+    sorted_updates,
+    weighted_sum,
+)
 from fedsim.types import ClientTask, ClientUpdate, Params, RoundInfo
 
 

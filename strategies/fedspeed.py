@@ -29,8 +29,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from fedsim.config import bounded
-from fedsim.strategy import sorted_updates, weighted_sum
+from fedsim.scenario.fields import bounded
+from fedsim.strategy.maths import sorted_updates, weighted_sum
 from fedsim.types import ClientTask, ClientUpdate, Params, RoundInfo
 
 

@@ -27,8 +27,13 @@ from typing import Sequence
 
 import numpy as np
 
-from fedsim.config import bounded
-from fedsim.strategy import apply_delta, replace_rows, sorted_updates, weighted_sum
+from fedsim.scenario.fields import bounded
+from fedsim.strategy.maths import (
+    apply_delta,
+    replace_rows,
+    sorted_updates,
+    weighted_sum,
+)
 from fedsim.types import ClientUpdate, Params, RoundInfo
 
 

@@ -23,8 +23,8 @@ from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
-from fedsim.config import bounded
-from fedsim.strategy import apply_delta, sorted_updates, weighted_sum
+from fedsim.scenario.fields import bounded
+from fedsim.strategy.maths import apply_delta, sorted_updates, weighted_sum
 from fedsim.types import ClientUpdate, Oracle, Params, RoundInfo
 
 

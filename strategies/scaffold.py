@@ -28,8 +28,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from fedsim.config import bounded
-from fedsim.strategy import apply_delta, sorted_updates, weighted_sum
+from fedsim.scenario.fields import bounded
+from fedsim.strategy.maths import apply_delta, sorted_updates, weighted_sum
 from fedsim.types import ClientTask, ClientUpdate, Params, RoundInfo
 
 

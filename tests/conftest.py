@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from fedsim.scenario import from_mapping
+from fedsim.scenario.loading import from_mapping
 
 # A tiny, fast scenario every test can start from and override.
 TINY: dict[str, Any] = {
@@ -52,7 +52,7 @@ def merge(base: dict[str, Any], **changes: Any) -> dict[str, Any]:
 
 
 def run_raw(raw: dict[str, Any], out: Path):
-    from fedsim.run import run
+    from fedsim.runner import run
 
     return run(from_mapping(raw), out)
 

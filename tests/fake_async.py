@@ -14,11 +14,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from fedsim.channel import ChannelConfig
-from fedsim.engine import Engine
-from fedsim.history import History
-from fedsim.system import SystemConfig, SystemModel
+from fedsim.engine.engine import Engine
+from fedsim.results.history import History
+from fedsim.scenario.schema import ChannelConfig, SystemConfig
 from fedsim.types import ClientUpdate, Job, JobResult, Oracle
+from fedsim.world.system import SystemModel
 
 
 @dataclass(frozen=True)

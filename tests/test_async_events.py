@@ -10,8 +10,8 @@ import sys
 
 import numpy as np
 import pytest
-
 from fake_async import Scripted, build, run
+
 from strategies.async_fedavg import AsyncFedAvg
 from strategies.fedbuff import FedBuff
 from strategies.fedfix import FedFix
@@ -22,7 +22,7 @@ def kinds(evs, kind, *keys):
 
 
 def test_async_loop_imports_without_torch():
-    code = ("import sys, fedsim.engine, fedsim.engine_async, strategies.fedbuff, strategies.fedfix, "
+    code = ("import sys, fedsim.engine, fedsim.engine.async_loop, strategies.fedbuff, strategies.fedfix, "
             "strategies.async_fedavg; assert 'torch' not in sys.modules, 'torch was imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
 
@@ -171,7 +171,7 @@ def test_fraboni_surrogate_limits(tmp_path, strategy, expected, tol, lr):
 
 
 def test_on_commit_with_a_buffer_that_cannot_fill_stalls_loudly(tmp_path):
-    from fedsim.engine_async import Stalled
+    from fedsim.errors import Stalled
 
     # 2 clients, buffer of 3, on_commit: both wait for a commit after t = 1; the timed evaluations
     # would otherwise keep the loop alive forever.

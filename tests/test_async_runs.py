@@ -8,10 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import LINREG, TINY, merge, read_metrics, run_raw
-from fedsim.run import build_data
-from fedsim.scenario import ScenarioError, from_mapping, load
+
+from fedsim.errors import ScenarioError
+from fedsim.runner import build_data
+from fedsim.scenario.loading import from_mapping, load
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -145,7 +146,7 @@ def test_mode_and_stop_condition_errors():
 
 
 def test_on_commit_deadlock_and_bad_strategy_setup_are_one_line_errors(tmp_path):
-    from fedsim.run import RunError
+    from fedsim.errors import RunError
 
     # on_commit, 3 jobs in flight, a buffer of 5: the three clients wait for a commit forever
     raw = merge(ASYNC_TINY, participation={"name": "full"}, system={"dropout_prob": 0.0},

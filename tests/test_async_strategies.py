@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedsim.strategy import staleness_weight
+from fedsim.strategy.maths import staleness_weight
 from fedsim.types import ArrivalInfo, ClientUpdate, Oracle, RoundInfo
 from strategies.async_fedavg import AsyncFedAvg
 from strategies.fedavg import FedAvg

@@ -1,4 +1,4 @@
-"""The async loop on the wall clock (`engine.clock: wall`, fedsim.engine_wall): updates are
+"""The async loop on the wall clock (`engine.clock: wall`, fedsim.engine.wall_loop): updates are
 committed in the order the executor really returns them, at real times. The first two tests
 use a fake clock that only moves when a scripted result comes back (or a wait times out), so
 every time is exact; the third uses the real clock and checks order, not durations."""
@@ -9,16 +9,16 @@ from typing import Sequence
 
 import numpy as np
 import pytest
-
+from conftest import TINY, merge
 from fake_async import QuadraticExecutor, build, events
-from fedsim.engine_wall import WallLoop
+
+from fedsim.engine.wall_loop import WallLoop
+from fedsim.errors import ScenarioError
 from fedsim.flower.serve import with_clock
-from fedsim.scenario import ScenarioError, from_mapping
+from fedsim.scenario.loading import from_mapping
 from fedsim.types import JobResult
 from strategies.async_fedavg import AsyncFedAvg
 from strategies.fedfix import FedFix
-
-from conftest import TINY, merge
 
 
 class RealOrder(QuadraticExecutor):

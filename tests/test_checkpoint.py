@@ -14,7 +14,8 @@ from pathlib import Path
 import yaml
 from conftest import TINY, merge, run_raw
 
-from fedsim import checkpoint, cli
+from fedsim.cli import app as cli
+from fedsim.engine import checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 

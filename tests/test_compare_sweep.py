@@ -12,9 +12,10 @@ import pytest
 import yaml
 from conftest import LINREG, TINY, merge, read_metrics, run_raw
 
-from fedsim import compare
-from fedsim.cli import main
-from fedsim.sweep import SweepError, folder_name, grid, parse_seeds, parse_set, split_values, sweep
+from fedsim.cli.app import main
+from fedsim.errors import SweepError
+from fedsim.results import compare
+from fedsim.sweep import folder_name, grid, parse_seeds, parse_set, split_values, sweep
 
 
 @pytest.fixture(scope="module")

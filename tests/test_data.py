@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from fedsim import datasets, partition
-from fedsim.data import federate
+from fedsim.data import datasets, partition
+from fedsim.data.federated import federate
 
 
 def seeds(name):

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
 from conftest import TINY, merge, read_metrics
+
 from fedsim.flower import deploy as d
 from fedsim.flower.certs import make_credentials
 

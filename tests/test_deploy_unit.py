@@ -9,9 +9,12 @@ import numpy as np
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, padding
-from cryptography.hazmat.primitives.serialization import load_ssh_private_key, load_ssh_public_key
+from cryptography.hazmat.primitives.serialization import (
+    load_ssh_private_key,
+    load_ssh_public_key,
+)
 
-from fedsim.cli import main
+from fedsim.cli.app import main
 from fedsim.flower import deploy as d
 from fedsim.flower.certs import make_credentials
 from fedsim.flower.local_data import load_npz
@@ -138,9 +141,9 @@ def test_cli_certs(tmp_path, capsys):
 
 
 def test_injected_faults_are_caught_by_the_engines_validation():
-    from fedsim.engine import validate_update
-    from fedsim.flower import faults
-    from fedsim.robust import ValidationConfig
+    from fedsim.engine.validation import validate_update
+    from fedsim.flower import client_faults as faults
+    from fedsim.scenario.schema import ValidationConfig
     from fedsim.types import ClientUpdate, JobResult
 
     bound = ValidationConfig().max_norm  # the default bound
@@ -166,10 +169,11 @@ def test_client_app_trains_on_the_clients_own_npz(tmp_path):
     import json
 
     from conftest import TINY
+
     from fedsim import scenario as scenario_mod
     from fedsim.flower.client_app import SCENARIO, SETUP_KEY, SHAPE, runtime_for
-    from fedsim.models import initial_params
-    from fedsim.run import build_data
+    from fedsim.runner import build_data
+    from fedsim.training.flat import initial_params
     from fedsim.types import ClientTask, Job
 
     sc = scenario_mod.from_mapping(TINY)

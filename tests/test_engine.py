@@ -4,10 +4,10 @@ import json
 from dataclasses import dataclass
 
 import numpy as np
-
 from conftest import TINY, merge, read_metrics, run_raw
-from fedsim.engine import validate_update
-from fedsim.scenario import from_mapping
+
+from fedsim.engine.validation import validate_update
+from fedsim.scenario.loading import from_mapping
 from fedsim.types import ClientUpdate
 
 
@@ -64,7 +64,7 @@ class Saboteur:
 def test_failing_and_malicious_clients_are_recorded_and_excluded(tmp_path):
     raw = merge(TINY, engine={"rounds": 3})
     raw["strategy"] = {"name": "test_engine:Saboteur"}
-    from fedsim.run import run
+    from fedsim.runner import run
 
     res = run(from_mapping(raw), tmp_path)
     assert np.all(np.isfinite(res.params))

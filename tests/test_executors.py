@@ -20,9 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import TINY, merge, read_metrics, run_raw
-from fedsim.client import default_client_update
+
 from fedsim.types import ClientTask, ClientUpdate, Job, JobResult
 from strategies.fedavg import FedAvg
 
@@ -55,7 +54,7 @@ class Stateful:
 def stateful(monkeypatch):
     import strategies
 
-    monkeypatch.setitem(strategies.STRATEGIES, "stateful", Stateful)
+    monkeypatch.setitem(strategies.STRATEGIES, "stateful", f"{Stateful.__module__}:Stateful")
 
 
 ASYNC = merge(TINY, engine={"mode": "async", "concurrency": 3, "max_versions": 8},
@@ -68,8 +67,8 @@ SYNC = merge(TINY, participation={"name": "uniform", "k": 4}, engine={"rounds": 
 # -- fast: scheduling -------------------------------------------------------------------------
 
 def test_longest_first_orders_by_examples_pushed_through_the_model():
-    from fedsim.client import ClientConfig
     from fedsim.executors import Setup, longest_first
+    from fedsim.scenario.schema import ClientConfig
 
     # Clients with 3, 40, 10, 0 and 20 training rows (train_offsets), batch 16, 5 steps:
     # work = 5 * min(16, n) = 15, 80, 50, 5 (an empty client still costs its steps), 80.
@@ -303,7 +302,7 @@ def _processes_with(marker: str) -> list[str]:
 @pytest.mark.parametrize("executor", ["ray", "flower"])
 def test_backend_that_cannot_start_is_one_line(tmp_path, executor):
     # More GPUs per client than any machine has: the run stops with one line, no hang.
-    from fedsim.run import RunError
+    from fedsim.errors import RunError
 
     with pytest.raises(RunError) as err:
         run_raw(merge(TINY, executor={"name": executor, "num_gpus": 64}), tmp_path)

@@ -9,11 +9,19 @@ import numpy as np
 import pytest
 from conftest import LINREG, TINY, merge, read_metrics, run_raw
 
-from fedsim.engine import validate_update
-from fedsim.faults import Faults, FaultsConfig, ByzantineConfig
-from fedsim.robust import Median, NoRobust, TrimmedMean, coordinate_median, trimmed_mean
-from fedsim.scenario import ScenarioError, from_mapping, load
+from fedsim.engine.robust import (
+    Median,
+    NoRobust,
+    TrimmedMean,
+    coordinate_median,
+    trimmed_mean,
+)
+from fedsim.engine.validation import validate_update
+from fedsim.errors import ScenarioError
+from fedsim.scenario.loading import from_mapping, load
+from fedsim.scenario.schema import ByzantineConfig, FaultsConfig
 from fedsim.types import ClientUpdate
+from fedsim.world.faults import Faults
 
 ROOT = Path(__file__).resolve().parents[1]
 

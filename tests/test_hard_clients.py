@@ -6,11 +6,13 @@ import numpy as np
 import pytest
 from conftest import LINREG, TINY, merge, run_raw
 
-from fedsim.data import HardClients, federate
-from fedsim.datasets import GaussianMixture
-from fedsim.partition import Iid
-from fedsim.run import RunError, build_data
-from fedsim.scenario import ScenarioError, from_mapping
+from fedsim.data.datasets import GaussianMixture
+from fedsim.data.federated import federate
+from fedsim.data.partition import Iid
+from fedsim.errors import RunError, ScenarioError
+from fedsim.runner import build_data
+from fedsim.scenario.loading import from_mapping
+from fedsim.scenario.schema import HardClients
 
 
 def build(hard: HardClients | None, n: int = 5):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fedsim import cli
+from fedsim.cli import app as cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -198,7 +198,7 @@ def test_results_folder_that_is_a_file(hostile_dir, capsys):
 
 def test_yaml_12_numbers_and_top_level_name_override(hostile_dir, capsys):
     """`1e-3` is a number (PyYAML alone reads it as a string); `name=...` only renames."""
-    from fedsim.scenario import load
+    from fedsim.scenario.loading import load
 
     path = _write(hostile_dir, "base.yaml", BASE + "client: {lr: 1e-3}\n")
     sc = load(path, ["name=renamed", "engine.deadline=2.5e1"])

@@ -6,9 +6,9 @@ import struct
 
 import numpy as np
 import pytest
-
 from conftest import TINY, merge, read_metrics, run_raw
-from fedsim.loaders import CIFAR10, MNIST, HFDisk, Npz, read_idx
+
+from fedsim.data.files import CIFAR10, MNIST, HFDisk, Npz, read_idx
 
 
 def write_idx(path, arr, gz=False):
@@ -100,7 +100,7 @@ def test_npz_and_hf_disk(tmp_path):
 
 
 def test_missing_folder_is_a_one_line_run_error(tmp_path):
-    from fedsim.run import RunError
+    from fedsim.errors import RunError
 
     raw = merge(TINY, data={"dataset": {"name": "mnist", "path": str(tmp_path / "nope")}, "num_clients": 4})
     with pytest.raises(RunError, match="^data.dataset.path: MNIST folder not found"):

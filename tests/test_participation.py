@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from fedsim import participation as P
+from fedsim.world import participation as P
 
 
 def ctx(n, seed=0, hist=None):
@@ -17,12 +17,12 @@ def frequency(proc, steps):
 
 def test_full_and_uniform_k():
     assert frequency(P.Full().process(ctx(5)), 3).tolist() == [1.0] * 5
-    proc = P.Uniform(k=3).process(ctx(10))
+    proc = P.UniformSample(k=3).process(ctx(10))
     masks = [proc.online(t, 0.0) for t in range(200)]
     assert all(m.sum() == 3 for m in masks)
     assert np.allclose(np.mean(masks, axis=0), 0.3, atol=0.08)
     with pytest.raises(ValueError, match="larger than data.num_clients"):
-        P.Uniform(k=11).process(ctx(10))
+        P.UniformSample(k=11).process(ctx(10))
 
 
 def test_bernoulli_frequency_matches_probs():

@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 from conftest import LINREG, TINY, merge, run_raw
 
-from fedsim import plots
-from fedsim.cli import main
-from fedsim.rundata import RunDataError, find_runs, group_runs
+from fedsim.cli.app import main
+from fedsim.errors import RunDataError
+from fedsim.results import plots
+from fedsim.results.rundata import find_runs, group_runs
 
 
 def png_size(path: Path) -> tuple[int, int]:

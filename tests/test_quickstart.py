@@ -3,7 +3,7 @@
 import json
 from pathlib import Path
 
-from fedsim.cli import main
+from fedsim.cli.app import main
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -47,10 +47,10 @@ def test_client_sample_limits_per_client_evaluation(tmp_path):
 
 def test_participation_sampling_is_vectorised():
     """uniform-k sampling and the mask cost O(k) Python work per round at any N."""
-    from fedsim.participation import Context, Uniform
+    from fedsim.world.participation import Context, UniformSample
 
     ctx = Context(1_000_000, np.random.default_rng(0), np.random.default_rng(1), lambda: None)
-    proc = Uniform(k=100).process(ctx)
+    proc = UniformSample(k=100).process(ctx)
     mask = proc.online(0, 0.0)
     assert mask.shape == (1_000_000,) and mask.sum() == 100
 
@@ -58,7 +58,7 @@ def test_participation_sampling_is_vectorised():
 def test_float16_client_state_store_halves_memory_and_tracks_float32(tmp_path):
     from conftest import TINY
 
-    from fedsim.client_state import ClientStates
+    from fedsim.engine.client_state import ClientStates
 
     store = ClientStates("float16")
     store[3] = np.array([1.0, -2.5, 1e-3], dtype=np.float32)
@@ -76,7 +76,7 @@ def test_float16_client_state_store_halves_memory_and_tracks_float32(tmp_path):
 def test_scale_scenario_loads():
     from pathlib import Path
 
-    from fedsim.scenario import load
+    from fedsim.scenario.loading import load
 
     sc = load(Path(__file__).resolve().parents[1] / "scenarios" / "scale_100k.yaml")
     assert sc.data.num_clients == 100_000 and sc.participation.k == 100

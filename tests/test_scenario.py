@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from fedsim import scenario as sc_mod
-from fedsim.scenario import ScenarioError, load
+from fedsim.errors import ScenarioError
+from fedsim.scenario.loading import load
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIOS = sorted((ROOT / "scenarios").glob("*.yaml"))
@@ -89,7 +90,7 @@ def test_cli_reports_one_line_and_exit_2(tmp_path):
 
 
 def test_cli_validate_and_list(capsys):
-    from fedsim.cli import main
+    from fedsim.cli.app import main
 
     assert main(["validate", str(ROOT / "scenarios" / "quickstart.yaml")]) == 0
     assert main(["list", "strategies"]) == 0

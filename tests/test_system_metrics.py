@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from fedsim import channel, system
-from fedsim.metrics import fairness
+from fedsim.results.fairness import fairness
+from fedsim.world import channel, system
 
 
 def test_linear_spread_matches_fedfix_f80():

@@ -8,11 +8,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol, Sequence
 
-from fedsim.client import ClientConfig
-from fedsim.data import FederatedData
+from fedsim.data.federated import FederatedData
 from fedsim.executors.flower import Flower
 from fedsim.executors.inline import Inline
 from fedsim.executors.ray_executor import Ray
+from fedsim.scenario.schema import ClientConfig
 from fedsim.types import Job, JobResult
 
 
@@ -21,7 +21,7 @@ class Setup:
     """Everything a worker needs to build its resident ClientRuntime (picklable)."""
 
     data: FederatedData
-    model: Any  # a fedsim.models spec
+    model: Any  # a fedsim.training.models spec
     client: ClientConfig
     strategy: Any
     seed: int

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fedsim.config import bounded
+from fedsim.scenario.fields import bounded
 
 
 @dataclass(frozen=True, kw_only=True)

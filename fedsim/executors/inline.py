@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Sequence
 
-from fedsim.config import bounded
+from fedsim.scenario.fields import bounded
 from fedsim.types import Job, JobResult
 
 
@@ -48,7 +48,7 @@ class InlineExecutor:
     def _runtime(self):
         rt = getattr(self._local, "runtime", None)
         if rt is None:
-            from fedsim.client import ClientRuntime
+            from fedsim.training.runtime import ClientRuntime
 
             s = self.setup
             rt = self._local.runtime = ClientRuntime(s.data, s.model, s.client, s.strategy, self.threads)

@@ -21,7 +21,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from fedsim.config import bounded
+from fedsim.scenario.fields import bounded
 from fedsim.types import ClientTask, Job, JobResult
 
 
@@ -71,13 +71,13 @@ class _Worker:
     def __init__(self, threads: int):
         import torch  # noqa: F401 — the slow import happens while the driver builds the data
 
-        import fedsim.client  # noqa: F401
+        import fedsim.training.runtime  # noqa: F401
 
         self.threads = threads
         self.rt: Any = None
 
     def load(self, setup: Any) -> bool:
-        from fedsim.client import ClientRuntime
+        from fedsim.training.runtime import ClientRuntime
 
         self.rt = ClientRuntime(setup.data, setup.model, setup.client, setup.strategy, self.threads)
         return True
@@ -95,7 +95,7 @@ class RayExecutor:
     results are the same whoever runs a job (same seeds, one torch thread each)."""
 
     def __init__(self, cfg: Ray):
-        from fedsim.run import RunError
+        from fedsim.errors import RunError
 
         self.cfg = cfg
         self.ray: Any = None
@@ -137,7 +137,7 @@ class RayExecutor:
         self._release.wait()
 
     def _start_ray(self) -> None:
-        from fedsim.run import RunError
+        from fedsim.errors import RunError
 
         quiet_ray_env()
         import ray
@@ -168,7 +168,7 @@ class RayExecutor:
         self._loaded = [False] * n
 
     def start(self, setup: Any) -> None:
-        from fedsim.run import RunError
+        from fedsim.errors import RunError
 
         self._setup = setup
         if not self.cfg.warmup_inline:
@@ -203,12 +203,12 @@ class RayExecutor:
                 self.ray.get(ref)
                 self._loaded[i] = True
             except Exception as exc:  # noqa: BLE001
-                from fedsim.run import RunError
+                from fedsim.errors import RunError
 
                 raise RunError(f"executor ray: actor {i} failed to start: {_one_line(exc)}") from None
 
     def _pool_size(self, resources: dict[str, float]) -> int:
-        from fedsim.run import RunError
+        from fedsim.errors import RunError
 
         cpus, gpus = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
         if self.cfg.num_gpus > 0 and gpus < self.cfg.num_gpus:
@@ -308,7 +308,7 @@ class RayExecutor:
     def _run_here(self, job: Job) -> JobResult:
         """Run a job in the driver while the actors warm up."""
         if self._local is None:
-            from fedsim.client import ClientRuntime
+            from fedsim.training.runtime import ClientRuntime
 
             s = self._setup
             self._local = ClientRuntime(s.data, s.model, s.client, s.strategy, self.cfg.threads)

@@ -47,9 +47,10 @@ def cmd_certs(args: argparse.Namespace) -> int:
 
 
 def cmd_server(args: argparse.Namespace) -> int:
+    from fedsim.errors import ScenarioError
     from fedsim.flower import deploy as d
     from fedsim.flower import serve
-    from fedsim.scenario import ScenarioError, load
+    from fedsim.scenario.loading import load
 
     extra = [s for s in args.overrides if "=" not in s]
     if extra:
@@ -82,7 +83,7 @@ def cmd_server(args: argparse.Namespace) -> int:
             node_keys=serve.public_keys(args.client_keys), attach=args.superlink, attach_ca=attach_ca,
             client_timeout=args.client_timeout, wait_clients=args.wait_clients, run_timeout=args.run_timeout,
             clock=args.clock)
-        from fedsim.run import default_out
+        from fedsim.runner import default_out
 
         signal.signal(signal.SIGTERM, _terminate)  # run the cleanup (stop the SuperLink) on SIGTERM too
         out = serve.serve(sc, Path(args.out) if args.out else default_out(sc), opts)

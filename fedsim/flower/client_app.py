@@ -53,7 +53,7 @@ def load_setup(config, data_path: str = "", client: int = -1) -> Any:
 
         from fedsim.executors import Setup
         from fedsim.flower.local_data import load_npz
-        from fedsim.scenario import from_mapping
+        from fedsim.scenario.loading import from_mapping
 
         if SCENARIO not in config or SHAPE not in config:
             raise ValueError("--data needs a deployment server (the message carries no scenario)")
@@ -69,8 +69,8 @@ def load_setup(config, data_path: str = "", client: int = -1) -> Any:
         import yaml
 
         from fedsim.executors import Setup
-        from fedsim.run import build_data
-        from fedsim.scenario import from_mapping
+        from fedsim.runner import build_data
+        from fedsim.scenario.loading import from_mapping
 
         sc = from_mapping(yaml.safe_load(str(config[SCENARIO])), "<scenario from server>")
         return Setup(build_data(sc), sc.model, sc.client, sc.strategy, sc.seed)
@@ -83,7 +83,7 @@ def runtime_for(config, data_path: str = "", client: int = -1) -> Any:
     with _lock:
         rt = _cache.get(key)
         if rt is None:
-            from fedsim.client import ClientRuntime
+            from fedsim.training.runtime import ClientRuntime
 
             s = load_setup(config, data_path, client)
             threads = int(config[THREADS]) if THREADS in config else 1
@@ -111,13 +111,13 @@ def train(msg: Message, context: Context) -> Message:
         return Message(codec.encode_result(JobResult(meta[0], meta[1], None, None,
                                                      f"bad job message: {_error_text(exc)}")), reply_to=msg)
     nc = context.node_config
-    fault = str(nc.get(NODE_FAULT, ""))  # testing only (fedsim.flower.faults); "" in real use
+    fault = str(nc.get(NODE_FAULT, ""))  # testing only (fedsim.flower.client_faults); "" in real use
     try:
         result = runtime_for(codec.config_of(content), str(nc.get(NODE_DATA, "")), job.task.client).run(job)
     except Exception as exc:  # noqa: BLE001
         result = JobResult(job.id, job.task.client, None, job.client_state, f"client setup: {_error_text(exc)}")
     if fault:
-        from fedsim.flower import faults
+        from fedsim.flower import client_faults as faults
 
         faults.before(fault, job.task.round)  # crash raises -> Flower error reply; hang never returns
         result = faults.after(fault, result, job.task.round)

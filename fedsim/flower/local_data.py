@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedsim.data import FederatedData
+from fedsim.data.federated import FederatedData
 
 
 def load_npz(path: str | Path, client: int, num_clients: int, num_classes: int,

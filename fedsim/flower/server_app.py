@@ -41,7 +41,7 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     from fedsim import scenario as scenario_mod
-    from fedsim.run import build_data, run
+    from fedsim.runner import build_data, run
 
     cfg = context.run_config
     sc = scenario_mod.load(str(cfg["scenario"]), str(cfg.get("overrides", "")).split())

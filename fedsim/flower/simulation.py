@@ -32,8 +32,8 @@ class FlowerSimulation:
         self._abort = threading.Event()
 
     def start(self, setup: Any) -> None:
+        from fedsim.errors import RunError
         from fedsim.flower.client_app import SETUP_KEY, SETUP_PATH, THREADS
-        from fedsim.run import RunError
 
         if self.cfg.num_gpus > 0 and self.cfg.address is None and os.environ.get("RAY_ADDRESS") is None:
             visible = _num_gpus()
@@ -67,10 +67,10 @@ class FlowerSimulation:
 
     def host(self, fn: Callable[[], Any]) -> Any:
         """Run `fn` (the engine loop) inside a Flower ServerApp on the simulation engine."""
+        from fedsim.errors import RunError
         from fedsim.flower import client_app
         from fedsim.flower.grid import GridExecutor
         from fedsim.flower.server_app import hosting_app
-        from fedsim.run import RunError
 
         out: dict[str, Any] = {}
 

@@ -7,9 +7,10 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from fedsim.client import ClientConfig, ClientRuntime, LocalTrainer
-from fedsim.data import FederatedData
-from fedsim.models import Linear
+from fedsim.data.federated import FederatedData
+from fedsim.scenario.schema import ClientConfig
+from fedsim.training.models import Linear
+from fedsim.training.runtime import ClientRuntime, LocalTrainer
 from fedsim.types import ClientTask
 
 
@@ -30,8 +31,8 @@ def make_trainer(x, y, params, strategy, *, steps: int = 1, lr: float = 0.1, rou
 
 def least_squares_blocks(raw: dict) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:
     """Per-client (A_k, b_k) of F_k = 1/(2n_k)‖[X 1]w − y‖² and the reported optimum."""
-    from fedsim.run import build_data
-    from fedsim.scenario import from_mapping
+    from fedsim.runner import build_data
+    from fedsim.scenario.loading import from_mapping
 
     data = build_data(from_mapping(raw))
     a_list, b_list = [], []

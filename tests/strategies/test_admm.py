@@ -118,8 +118,8 @@ def steady_state_error(out, tail=100):
 def test_noise_robust_admm_beats_standard_and_fedavg_under_link_noise(tmp_path):
     # scenarios/admm_noise_robust.yaml: 20 clients, Bernoulli(0.3) scheduling, σ_u = σ_d = 0.1;
     # steady-state error = mean optimum_distance over the last 100 of 300 iterations.
-    from fedsim.run import run
-    from fedsim.scenario import load
+    from fedsim.runner import run
+    from fedsim.scenario.loading import load
 
     variants = {"admm": ["strategy.name=admm"],
                 "admm_standard": ["strategy.name=admm_standard"],

@@ -8,12 +8,14 @@ import pickle
 
 import numpy as np
 import pytest
-
 from conftest import TINY, merge, read_metrics, run_raw
-from fedsim.config import build_plugin
-from fedsim.strategy import modes
+
+from fedsim.scenario.fields import build_plugin
+from fedsim.strategy.contracts import modes
 from fedsim.types import ArrivalInfo, ClientUpdate, Oracle, RoundInfo
-from strategies import STRATEGIES
+from fedsim import registry
+
+STRATEGIES = registry.table("strategy")
 
 MODE_CHANGES = {
     "sync": {"engine": {"mode": "sync", "rounds": 3}},

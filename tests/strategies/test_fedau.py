@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from conftest import LINREG, TINY, merge, read_metrics, run_raw
 
-from fedsim.participation import Context, Cyclic, Markov
 from fedsim.types import ClientUpdate, RoundInfo
+from fedsim.world.participation import Context, Cyclic, Markov
 from strategies.average_all import AverageAll
 from strategies.fedau import FedAU
 
@@ -127,8 +127,8 @@ def correlated_probs(raw) -> tuple[list[float], np.ndarray]:
     """p_n = 0.9 for clients whose local optimum has a first coordinate above the median, else
     0.1, so that participation-weighted averaging is pulled far from the true optimum. Also
     returns the closed-form minimiser of Σ p_n F_n (the biased point)."""
-    from fedsim.run import build_data
-    from fedsim.scenario import from_mapping
+    from fedsim.runner import build_data
+    from fedsim.scenario.loading import from_mapping
 
     data = build_data(from_mapping(raw))
     a, b, local = 0.0, 0.0, []

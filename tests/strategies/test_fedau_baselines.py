@@ -8,7 +8,7 @@ import pytest
 from conftest import LINREG, merge, read_metrics, run_raw
 from test_fedau import BIASED, correlated_probs, info, upd
 
-from fedsim.run import RunError
+from fedsim.errors import RunError
 from fedsim.types import Oracle
 from strategies.average_all import AverageAll
 from strategies.average_participating import AverageParticipating

@@ -123,7 +123,7 @@ def test_update_without_score_is_left_out_and_counted():
 
 
 class FakeTrainer:
-    """Stands in for fedsim.client.LocalTrainer: records what is evaluated, 'trains' by +1."""
+    """Stands in for fedsim.training.runtime.LocalTrainer: records what is evaluated, 'trains' by +1."""
 
     def __init__(self, task, accuracy=0.6):
         self.task, self.accuracy, self.evaluated = task, accuracy, []
@@ -178,8 +178,8 @@ def test_linear_regression_converges_to_the_contribution_weighted_optimum(tmp_pa
                 engine={"rounds": 150}, metrics={"eval_every": 150, "client_metrics": True},
                 strategy={"name": "fedce"})
     res = run_raw(raw, tmp_path)
-    from fedsim.run import build_data
-    from fedsim.scenario import from_mapping
+    from fedsim.runner import build_data
+    from fedsim.scenario.loading import from_mapping
 
     data = build_data(from_mapping(raw))
     rows = [json.loads(line) for line in (tmp_path / "clients.jsonl").read_text().splitlines()]
@@ -203,8 +203,8 @@ def test_fedce_lifts_the_worst_client_of_the_paper_scenario(tmp_path):
     # Numbers at 20 rounds (seed 0) are in docs/strategies.md#fedce.
     from pathlib import Path
 
-    from fedsim.config import to_raw
-    from fedsim.scenario import load
+    from fedsim.scenario.fields import to_raw
+    from fedsim.scenario.loading import load
 
     path = Path(__file__).resolve().parents[2] / "scenarios" / "fedce_cvpr2023.yaml"
     worst, coef = {}, None

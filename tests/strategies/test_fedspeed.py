@@ -97,8 +97,8 @@ def rounds_to_target(rows, target):
 def test_digits_dirichlet_fewer_rounds_than_fedavg(tmp_path):
     # The must-show of issue 4 on scenarios/fedspeed_iclr2023.yaml (Dirichlet 0.1, 50 local
     # steps, 5 of 20 clients per round): rounds to 90 % test accuracy.
-    from fedsim.run import run
-    from fedsim.scenario import load
+    from fedsim.runner import run
+    from fedsim.scenario.loading import load
 
     found = {}
     for name in ("fedspeed", "fedavg"):

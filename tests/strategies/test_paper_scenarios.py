@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from fedsim.run import run
-from fedsim.scenario import load
-from strategies import STRATEGIES
+from fedsim.runner import run
+from fedsim.scenario.loading import load
+from fedsim import registry
 
 SCENARIOS = ["fedspeed_iclr2023.yaml", "admm_noise_robust.yaml", "fedau_iclr2024.yaml", "fedce_cvpr2023.yaml"]
 
@@ -16,7 +16,7 @@ def test_paper_scenario_loads_and_runs(file, tmp_path):
     path = Path("scenarios") / file
     sc = load(path, ["engine.rounds=2"])
     assert sc.name == path.stem
-    assert type(sc.strategy) in STRATEGIES.values()
+    assert type(sc.strategy) in registry.table("strategy").values()
     res = run(sc, tmp_path)
     assert res.params.size > 0
     assert (tmp_path / "metrics.jsonl").exists()

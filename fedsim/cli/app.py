@@ -1,0 +1,246 @@
+"""Command line: parsing and printing only; each subcommand calls one public function.
+
+Examples:
+  fedsim run scenarios/quickstart.yaml
+  fedsim run scenarios/quickstart.yaml strategy.server_lr=0.5 engine.rounds=20 --out runs/try
+  fedsim validate scenarios/*.yaml
+  fedsim list strategies
+  fedsim sweep scenarios/quickstart.yaml --seeds 0..2 --set strategy.weighting=examples,uniform --out runs/sw
+  fedsim plot runs/sw --kind all
+  fedsim compare runs/sw
+  fedsim deploy --help
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+EXIT_BAD_INPUT = 2
+
+
+def _first_line(obj: object) -> str:
+    doc = (obj.__doc__ or "").strip()
+    return doc.splitlines()[0] if doc else ""
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from fedsim import registry
+
+    fams = registry.LISTINGS
+    if args.family not in fams:
+        import difflib
+
+        close = difflib.get_close_matches(args.family, fams, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        print(f"fedsim list: unknown family {args.family!r}{hint}; one of: {', '.join(fams)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    table = registry.table(fams[args.family][0])
+    width = max(len(k) for k in table)
+    for name, cls in table.items():
+        print(f"{name:<{width}}  {_first_line(cls)}")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from fedsim.errors import ScenarioError
+    from fedsim.scenario.loading import load
+
+    bad = 0
+    for path in args.files:
+        try:
+            sc = load(path, args.overrides)
+            print(f"ok  {path}  ({sc.name}: {sc.engine.mode}, {sc.data.num_clients} clients)")
+        except ScenarioError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            bad += 1
+    return EXIT_BAD_INPUT if bad else 0
+
+
+def _split_overrides(items: Sequence[str]) -> tuple[list[str], list[str]]:
+    overrides = [s for s in items if "=" in s]
+    other = [s for s in items if "=" not in s]
+    return other, overrides
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from fedsim.errors import ScenarioError
+    from fedsim.scenario.loading import load
+
+    extra, overrides = _split_overrides(args.overrides)
+    if args.resume:  # the scenario comes from the run folder; nothing may change it
+        if args.scenario or args.overrides or args.out:
+            print("error: --resume RUN_DIR takes no scenario, overrides or --out", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        args.scenario, args.out = str(Path(args.resume) / "scenario.resolved.yaml"), args.resume
+    elif args.scenario is None:
+        print("error: fedsim run needs a scenario file (or --resume RUN_DIR)", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if extra:
+        print(f"error: unexpected argument(s) {' '.join(extra)} (overrides look like key.path=value)",
+              file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        sc = load(args.scenario, overrides)
+    except ScenarioError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    from fedsim.cli.progress import run_with_progress
+    from fedsim.errors import RunError
+
+    try:
+        result = run_with_progress(sc, Path(args.out) if args.out else None, quiet=args.quiet,
+                                   resume=bool(args.resume))
+    except RunError as exc:
+        print(f"error: {args.scenario}: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted: results written so far are kept", file=sys.stderr)
+        return 130
+    print(f"results: {result.out}")
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from fedsim.errors import RunDataError
+    from fedsim.results.plots import plot
+
+    try:
+        for path in plot(args.runs, args.kind, args.output, args.weight_key, args.contribution_key):
+            print(f"wrote {path}")
+    except RunDataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from fedsim.errors import RunDataError
+    from fedsim.results import compare
+    from fedsim.results.plots import default_out_dir
+    from fedsim.results.rundata import find_runs
+
+    try:
+        table = compare.compare(args.runs, args.target, args.per_run)
+        out = Path(args.output) if args.output else default_out_dir(find_runs(args.runs)).parent / "compare"
+        compare.print_table(table)
+        md, csv = compare.write(table, out)
+    except RunDataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(f"wrote {md} and {csv}")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from fedsim.errors import ScenarioError, SweepError
+    from fedsim.sweep import parse_seeds, sweep
+
+    extra, fixed = _split_overrides(args.overrides)
+    if extra:
+        print(f"error: unexpected argument(s) {' '.join(extra)} (overrides look like key.path=value)",
+              file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        seeds = parse_seeds(args.seeds) if args.seeds is not None else None
+        res = sweep(args.scenario, args.sets, seeds, fixed, args.out, args.jobs, args.force,
+                    on_event=lambda name, status: print(f"{status:<6} {name}", file=sys.stderr))
+    except (SweepError, ScenarioError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted: finished runs are kept; run the same command to resume", file=sys.stderr)
+        return 130
+    print(f"results: {res.out} ({len(res.ran)} ran, {len(res.skipped)} already done, {len(res.failed)} failed)")
+    for name, why in res.failed:
+        print(f"failed: {name}: {why}", file=sys.stderr)
+    return 1 if res.failed else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fedsim", description="Deterministic federated-learning simulator.",
+                                     epilog=__doc__.split("Examples:", 1)[1] if __doc__ else None,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--verbose", action="store_true", help="show Ray/Flower logs")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run a scenario")
+    p.add_argument("scenario", nargs="?")
+    p.add_argument("overrides", nargs="*", help="key.path=value overrides")
+    p.add_argument("--out", help="results folder (default runs/<name>/<timestamp>)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("validate", help="check scenario files without running them")
+    p.add_argument("files", nargs="+")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("list", help="list a plugin family")
+    p.add_argument("family", help="strategies|datasets|partitions|models|participation|probs|compute|executors|robust")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("plot", help="draw figures from run folders (or folders of runs)")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("-o", "--output", help="figure file; .png/.svg/.pdf (default RUN_DIR/plots/KIND.png)")
+    p.add_argument("--kind", default="all",
+                   choices=["convergence", "fairness", "participation", "async", "contributions", "all"])
+    p.add_argument("--weight-key", default="fedau_weight", help="clients.jsonl column of weight estimates")
+    p.add_argument("--contribution-key", default="fedce_contribution",
+                   help="clients.jsonl column of contribution estimates")
+    p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("compare", help="table of final/fairness/time-to-target numbers across runs")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("-o", "--output", help="writes OUTPUT.md and OUTPUT.csv (default beside the runs)")
+    p.add_argument("--target", type=float, help="target accuracy (or distance/loss for regression)")
+    p.add_argument("--per-run", action="store_true", help="one row per run instead of per scenario")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("sweep", help="run a grid of overrides x seeds into one folder")
+    p.add_argument("scenario")
+    p.add_argument("overrides", nargs="*", help="key.path=value overrides applied to every run")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=V1,V2",
+                   help="a grid axis (repeatable)")
+    p.add_argument("--seeds", help="0..4 or 0,1,5 (default: the scenario's seed)")
+    p.add_argument("--out", help="sweep folder (default runs/<name>/sweep-<timestamp>)")
+    p.add_argument("--jobs", type=int, default=1, help="parallel runs (inline executor only)")
+    p.add_argument("--force", action="store_true", help="rerun combinations that already finished")
+    p.set_defaults(func=cmd_sweep)
+
+    from fedsim.flower.cli import (
+        add_parser as add_deploy,  # fedsim deploy {certs,server,client}
+    )
+
+    add_deploy(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)  # overrides may follow options: run s.yaml --out x a=1
+    if extra:
+        if args.command != "run":
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
+    if args.verbose:
+        os.environ["FEDSIM_VERBOSE"] = "1"
+    try:
+        return int(args.func(args) or 0)
+    except BrokenPipeError:
+        return 0
+    except Exception as exc:  # noqa: BLE001 — a bug in fedsim: one line, traceback on --verbose
+        if args.verbose:
+            raise
+        msg = " ".join(str(exc).split())[:500]
+        print(f"internal error: {type(exc).__name__}: {msg} (rerun with --verbose for the traceback)",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

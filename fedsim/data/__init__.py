@@ -1,0 +1,1 @@
+"""Data: datasets (generated or from local files), partitioners, and the per-client split."""

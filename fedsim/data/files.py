@@ -1,0 +1,202 @@
+"""Real datasets read from a local folder (nothing is downloaded at run time).
+
+- `mnist`: the four IDX files of MNIST (or Fashion-MNIST), optionally gzipped.
+- `cifar10`: the `cifar-10-batches-py` folder (data_batch_1..5, test_batch). These files
+  are Python pickles; they are read with an unpickler that only rebuilds plain containers
+  and numpy arrays, so a crafted file cannot run code.
+- `npz`: one `.npz` file with x_train, y_train, x_test, y_test (your own data).
+- `hf_disk`: a Hugging Face `datasets` dataset saved with `save_to_disk` (e.g. a cached
+  copy of an MNIST/CIFAR hub dataset), with `train`/`test` splits.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import pickle
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fedsim.data.pooled import Pooled
+from fedsim.scenario.fields import bounded
+
+
+def _folder(path: str, what: str) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise ValueError(f"data.dataset.path: {what} not found: {path}")
+    return p
+
+
+def _limit(x: np.ndarray, y: np.ndarray, n: int | None) -> tuple[np.ndarray, np.ndarray]:
+    return (x, y) if n is None else (x[:n], y[:n])
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Parse an IDX file (MNIST's format): magic 0x0000 | dtype code | ndim, big-endian dims."""
+    raw = path.read_bytes()
+    if path.suffix == ".gz":
+        raw = gzip.decompress(raw)
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
+        raise ValueError(f"data.dataset.path: {path} is not an IDX file")
+    dtypes = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+    if raw[2] not in dtypes:
+        raise ValueError(f"data.dataset.path: {path} has unknown IDX type code {raw[2]:#x}")
+    ndim = raw[3]
+    dims = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
+    data = np.frombuffer(raw, dtype=dtypes[raw[2]], offset=4 + 4 * ndim)
+    if data.size != int(np.prod(dims)):
+        raise ValueError(f"data.dataset.path: {path} is truncated ({data.size} values, header says {dims})")
+    return data.reshape(dims)
+
+
+def _find(folder: Path, stem: str) -> Path:
+    for name in (stem, stem + ".gz", stem.replace("-idx", ".idx"), stem.replace("-idx", ".idx") + ".gz"):
+        if (folder / name).is_file():
+            return folder / name
+    raise ValueError(f"data.dataset.path: {folder} has no {stem}[.gz]")
+
+
+@dataclass(frozen=True, kw_only=True)
+class MNIST:
+    """MNIST / Fashion-MNIST from the four IDX files in `path`, scaled to [0, 1], shape (1, 28, 28).
+
+    Args:
+        path: folder with train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte,
+            t10k-labels-idx1-ubyte (each optionally .gz).
+        limit_train / limit_test: use only the first n examples (quick runs).
+    """
+
+    path: str
+    limit_train: int | None = bounded(None, ge=1)
+    limit_test: int | None = bounded(None, ge=1)
+
+    def load(self, num_clients: int, rng: np.random.Generator) -> Pooled:
+        folder = _folder(self.path, "MNIST folder")
+        x = read_idx(_find(folder, "train-images-idx3-ubyte"))
+        y = read_idx(_find(folder, "train-labels-idx1-ubyte"))
+        xt = read_idx(_find(folder, "t10k-images-idx3-ubyte"))
+        yt = read_idx(_find(folder, "t10k-labels-idx1-ubyte"))
+        x, y = _limit(x, y, self.limit_train)
+        xt, yt = _limit(xt, yt, self.limit_test)
+        prep = lambda a: (a.astype(np.float32) / 255.0)[:, None, :, :]  # noqa: E731
+        return Pooled(prep(x), y.astype(np.int64), prep(xt), yt.astype(np.int64), 10)
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    """Rebuild only numpy arrays and plain containers (CIFAR batches need nothing else)."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("builtins", "bytes")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+
+def _cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        batch = _SafeUnpickler(io.BytesIO(path.read_bytes()), encoding="bytes").load()
+        data = np.asarray(batch[b"data"], dtype=np.uint8)
+        labels = np.asarray(batch[b"labels"], dtype=np.int64)
+    except (pickle.UnpicklingError, KeyError, TypeError, EOFError, ValueError) as exc:
+        raise ValueError(f"data.dataset.path: {path} is not a CIFAR-10 batch ({exc})") from None
+    return data.reshape(-1, 3, 32, 32), labels
+
+
+@dataclass(frozen=True, kw_only=True)
+class CIFAR10:
+    """CIFAR-10 from the `cifar-10-batches-py` folder, scaled to [0, 1], shape (3, 32, 32).
+
+    Args:
+        path: folder with data_batch_1..5 and test_batch.
+        limit_train / limit_test: use only the first n examples.
+    """
+
+    path: str
+    limit_train: int | None = bounded(None, ge=1)
+    limit_test: int | None = bounded(None, ge=1)
+
+    def load(self, num_clients: int, rng: np.random.Generator) -> Pooled:
+        folder = _folder(self.path, "CIFAR-10 folder")
+        batches = sorted(folder.glob("data_batch_*"))
+        if not batches or not (folder / "test_batch").is_file():
+            raise ValueError(f"data.dataset.path: {folder} needs data_batch_1..5 and test_batch")
+        parts = [_cifar_batch(b) for b in batches]
+        x = np.concatenate([p[0] for p in parts])
+        y = np.concatenate([p[1] for p in parts])
+        xt, yt = _cifar_batch(folder / "test_batch")
+        x, y = _limit(x, y, self.limit_train)
+        xt, yt = _limit(xt, yt, self.limit_test)
+        return Pooled(x.astype(np.float32) / 255.0, y, xt.astype(np.float32) / 255.0, yt, 10)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Npz:
+    """Your own data: one .npz with x_train, y_train (int labels), x_test, y_test.
+    Inputs keep their shape (use (C, H, W) for the cnn model)."""
+
+    path: str
+
+    def load(self, num_clients: int, rng: np.random.Generator) -> Pooled:
+        p = _folder(self.path, ".npz file")
+        try:
+            with np.load(p, allow_pickle=False) as z:
+                missing = {"x_train", "y_train", "x_test", "y_test"} - set(z.files)
+                if missing:
+                    raise ValueError(f"data.dataset.path: {p} lacks array(s) {sorted(missing)}")
+                x, y, xt, yt = (z[k] for k in ("x_train", "y_train", "x_test", "y_test"))
+        except (OSError, ValueError) as exc:
+            raise ValueError(str(exc) if "data.dataset.path" in str(exc)
+                             else f"data.dataset.path: cannot read {p} ({exc})") from None
+        if len(x) != len(y) or len(xt) != len(yt):
+            raise ValueError(f"data.dataset.path: {p}: x and y lengths differ")
+        classes = int(max(y.max(initial=0), yt.max(initial=0))) + 1
+        return Pooled(x.astype(np.float32), y.astype(np.int64), xt.astype(np.float32), yt.astype(np.int64), classes)
+
+
+@dataclass(frozen=True, kw_only=True)
+class HFDisk:
+    """A Hugging Face dataset saved with `DatasetDict.save_to_disk` (train/test splits).
+
+    Args:
+        path: the saved folder.  image_column / label_column: column names.
+        scale: divide inputs by this (255 for 8-bit images).
+    """
+
+    path: str
+    image_column: str = "image"
+    label_column: str = "label"
+    scale: float = bounded(255.0, gt=0.0)
+
+    def load(self, num_clients: int, rng: np.random.Generator) -> Pooled:
+        from datasets import load_from_disk
+
+        p = _folder(self.path, "saved dataset")
+        try:
+            dd = load_from_disk(str(p))
+        except (FileNotFoundError, ValueError) as exc:
+            raise ValueError(f"data.dataset.path: {p} is not a saved dataset ({exc})") from None
+        if "train" not in dd or "test" not in dd:
+            raise ValueError(f"data.dataset.path: {p} needs 'train' and 'test' splits")
+
+        def arrays(split):
+            cols = dd[split].column_names
+            for col in (self.image_column, self.label_column):
+                if col not in cols:
+                    raise ValueError(f"data.dataset: split {split!r} has no column {col!r} (columns: {cols})")
+            ds = dd[split].with_format("numpy")
+            x = np.asarray(ds[self.image_column], dtype=np.float32) / self.scale
+            if x.ndim == 3:  # (n, H, W) grey images -> (n, 1, H, W)
+                x = x[:, None]
+            elif x.ndim == 4 and x.shape[-1] in (1, 3):  # channels last -> first
+                x = np.transpose(x, (0, 3, 1, 2))
+            return np.ascontiguousarray(x), np.asarray(ds[self.label_column], dtype=np.int64)
+
+        x, y = arrays("train")
+        xt, yt = arrays("test")
+        return Pooled(x, y, xt, yt, int(max(y.max(), yt.max())) + 1)

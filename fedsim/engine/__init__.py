@@ -1,0 +1,2 @@
+"""The run loop on the virtual clock: engine state, sync rounds, async and wall-clock event
+loops, checkpoints, update validation and robust aggregation."""

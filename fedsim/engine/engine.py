@@ -1,0 +1,240 @@
+"""The run loop on the virtual clock. Owns the global model, every piece of state and
+the order in which results are committed: virtual time, ties by dispatch index —
+never the order in which an executor returns them.
+
+Sync mode: round r starts at virtual time T_r; the participation process says who is
+online; each online client gets a job whose virtual duration is fixed at dispatch by
+the system model; the round ends when its slowest participant arrives (or at the
+deadline); the strategy aggregates the arrived updates in arrival order.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+
+from fedsim import seeding
+from fedsim.engine import checkpoint
+from fedsim.engine.client_state import ClientStates
+from fedsim.engine.robust import NoRobust
+from fedsim.engine.async_loop import AsyncLoop
+from fedsim.engine.wall_loop import WallLoop
+from fedsim.engine.state import Counters, Pending
+from fedsim.engine.validation import validate_update
+from fedsim.results.history import History
+from fedsim.scenario.schema import FaultsConfig
+from fedsim.types import ClientTask, ClientUpdate, Job, JobResult, Oracle, RoundInfo
+from fedsim.world import channel
+from fedsim.world.faults import Faults
+from fedsim.world.system import SystemModel
+
+if TYPE_CHECKING:  # keeps the engine importable without torch (async event-order tests)
+    from fedsim.training.evaluation import Evaluator
+
+
+
+
+
+
+
+
+class Engine:
+    def __init__(self, scenario, data, executor, history: History, evaluator: Evaluator,
+                 params: np.ndarray, participation, system: SystemModel, work: np.ndarray,
+                 oracle: Oracle, on_progress: Callable[[int, dict], None] | None = None):
+        self.sc = scenario
+        self.data = data
+        self.executor = executor
+        self.history = history
+        self.evaluator = evaluator
+        self.params = params.astype(np.float32)
+        self.participation = participation
+        self.system = system
+        self.work = work
+        self.root = scenario.seed
+        self.n = data.num_clients
+        self.strategy = scenario.strategy
+        self.version = 0
+        self.now = 0.0
+        self.counters = Counters()
+        self.client_states = ClientStates(getattr(scenario.engine, "client_state", "float32"))
+        self.participations = np.zeros(self.n, dtype=np.int64)
+        self.num_examples = data.num_examples()
+        self.on_progress = on_progress
+        self.wall_start = time.perf_counter()
+        # Reliability blocks (fedsim.world.faults, fedsim.engine.robust, fedsim.engine.checkpoint); a scenario-like
+        # object without them (tests' stand-ins) gets the defaults.
+        self.faults = Faults(getattr(scenario, "faults", None) or FaultsConfig(), self.root, self.n)
+        self.max_norm = getattr(getattr(scenario, "validation", None), "max_norm", None)
+        self.robust = getattr(scenario, "robust", None) or NoRobust()  # cohort wrapper before aggregate
+        self.checkpoint_every = getattr(getattr(scenario, "checkpoint", None), "every", None)
+        self.start_round = 0  # > 0 when resumed from a checkpoint (fedsim.engine.checkpoint.restore)
+        self.resume_loop: dict | None = None  # async: the event loop's checkpointed state
+        if getattr(self.strategy, "uses_oracle", False):
+            self.state = self.strategy.init(self.params, self.n, oracle=oracle)
+        else:
+            self.state = self.strategy.init(self.params, self.n)
+
+    # -- shared machinery -----------------------------------------------------------------
+
+    def event(self, kind: str, **fields: Any) -> None:
+        self.history.event({"kind": kind, **fields})
+
+    def dispatch(self, client: int, start: float, round_index: int) -> Pending:
+        """Create client `client`'s next job at virtual time `start` from the current model."""
+        d = self.counters.dispatches
+        self.counters.dispatches += 1
+        configure = getattr(self.strategy, "configure", None)
+        cfg = configure(self.state, client, RoundInfo(round_index, self.n, (), start)) if configure else {}
+        received = channel.downlink(self.sc.channel, self.params, self.root, client, d)
+        task = ClientTask(client, received, self.version, round_index, d,
+                          seeding.seed_of(self.root, "job", client, d), cfg)
+        fin, arr, dropped = self.system.duration(client, int(self.work[client]),
+                                                 seeding.rng(self.root, "system_job", client, d))
+        job = Job(d, task, self.client_states.get(client), start + arr)
+        self.counters.bytes_down += self.params.nbytes
+        self.event("dispatch", client=client, job=d, virtual_time=start, version=self.version, staleness=None)
+        p = Pending(job, client, start, start + fin, start + arr, "dropout" if dropped else None)
+        if self.faults.active and p.dropped is None:
+            hit = self.faults.on_dispatch(client, d, start, p.finish, p.arrive)
+            if hit is not None:  # crashed or straggling: the server learns of it at hit[1]
+                p.dropped, p.arrive = hit
+        return p
+
+    def accept(self, p: Pending, result: JobResult) -> ClientUpdate | None:
+        """Apply the uplink to a finished job's result; record a drop and return None if the
+        update is lost, failed or invalid."""
+        if result.error is not None:
+            return self.reject(p, f"client error: {result.error}", p.arrive)
+        if channel.lost(self.sc.channel, self.root, p.client, p.job.id):
+            return self.reject(p, "lost in channel", p.arrive)
+        update, fault = result.update, None
+        if self.faults.active and update is not None:
+            update, fault = self.faults.corrupt(update, p.job.id)
+        why = validate_update(update, self.params.size, p.client, self.max_norm,
+                              payload_keys=getattr(self.strategy, "payload_keys", ()))
+        if why is not None:
+            return self.reject(p, why, p.arrive, **({"fault": fault} if fault else {}))
+        assert update is not None
+        self.client_states[p.client] = result.client_state
+        if self.sc.channel.uplink_noise_std > 0:
+            update = ClientUpdate(update.client, channel.uplink(self.sc.channel, update.delta, self.root,
+                                                                p.client, p.job.id),
+                                  update.num_examples, update.base_version, update.metrics, update.payload)
+        self.counters.bytes_up += update.delta.nbytes + sum(v.nbytes for v in update.payload.values())
+        self.participations[p.client] += 1
+        return update
+
+    def reject(self, p: Pending, reason: str, at: float, **extra: Any) -> None:
+        self.counters.num_failed += 1
+        self.event("drop", client=p.client, job=p.job.id, virtual_time=at, version=self.version,
+                   staleness=None, reason=reason, **extra)
+        return None
+
+    def collect(self, pendings: list[Pending]) -> dict[int, JobResult]:
+        """Wait for every submitted job of `pendings`; results keyed by job id."""
+        wanted = {p.job.id for p in pendings}
+        results: dict[int, JobResult] = {}
+        while len(results) < len(wanted):
+            r = self.executor.next_result()
+            results[r.id] = r
+        return results
+
+    def evaluate(self, round_index: int | None, final: bool = False) -> dict[str, Any]:
+        metrics, per_client = self.evaluator.evaluate(self.params, per_client=True)
+        c = self.counters
+        record: dict[str, Any] = {}
+        if round_index is not None:
+            record["round"] = round_index
+        record.update({
+            "version": self.version, "virtual_time": self.now,
+            "wall_time": time.perf_counter() - self.wall_start, **metrics,
+            "num_updates": c.num_updates, "num_failed": c.num_failed,
+            "bytes_up": c.bytes_up, "bytes_down": c.bytes_down,
+        })
+        self.history.metric(record)
+        cm = self.sc.metrics.client_metrics
+        rows = "all" if cm is True else "none" if cm is False else cm
+        if rows != "none":
+            report_fn = getattr(self.strategy, "client_report", None)
+            report = report_fn(self.state) if report_fn else {}
+            step_key = ("round", round_index) if round_index is not None else ("version", self.version)
+            ids = self.evaluator.clients  # every client, or the fixed `metrics.client_sample`
+            pick = np.flatnonzero(self.participations[ids] > 0) if rows == "participants" else np.arange(len(ids))
+            acc, loss = per_client["accuracy"][pick].tolist(), per_client["loss"][pick].tolist()
+            ks = ids[pick].tolist()
+            nex, parts = self.num_examples[ids[pick]].tolist(), self.participations[ids[pick]].tolist()
+            for i, k in enumerate(ks):
+                row = {"client": k, step_key[0]: step_key[1], "accuracy": acc[i], "loss": loss[i],
+                       "num_examples": nex[i], "participations": parts[i]}
+                row.update(report.get(k, {}))
+                self.history.client(row)
+            self.history.flush()
+        return record
+
+    # -- sync rounds ------------------------------------------------------------------------
+
+    def run_sync(self) -> np.ndarray:
+        eng = self.sc.engine
+        every = self.sc.metrics.eval_every or 1
+        if self.start_round == 0:
+            self.evaluate(0)
+        for r in range(self.start_round, eng.rounds):
+            online = np.flatnonzero(self.participation.online(r, self.now))
+            start = self.now
+            pendings = [self.dispatch(int(c), start, r) for c in online]
+            if eng.deadline is not None:
+                for p in pendings:
+                    if p.dropped is None and p.arrive - start > eng.deadline:
+                        p.dropped = "deadline"
+            live = [p for p in pendings if p.dropped is None]
+            self.executor.submit([p.job for p in live])  # late or dropped jobs are never computed
+            results = self.collect(live)
+            updates: list[ClientUpdate] = []
+            # Commit order = virtual arrival time, ties by dispatch index (never executor order).
+            for p in sorted(pendings, key=lambda q: (q.arrive, q.job.id)):
+                if p.dropped is not None:
+                    at = start + eng.deadline if p.dropped == "deadline" else p.arrive
+                    self.reject(p, p.dropped, at)
+                    continue
+                self.event("finish", client=p.client, job=p.job.id, virtual_time=p.finish,
+                           version=self.version, staleness=0)
+                update = self.accept(p, results[p.job.id])
+                if update is not None:
+                    self.event("arrive", client=p.client, job=p.job.id, virtual_time=p.arrive,
+                               version=self.version, staleness=0)
+                    updates.append(update)
+            if pendings:
+                ends = [p.arrive for p in pendings]
+                end = max(ends) if eng.deadline is None else min(max(ends), start + eng.deadline)
+            else:
+                end = start + eng.empty_round_time
+            self.now = end
+            info = RoundInfo(r, self.n, tuple(int(c) for c in online), self.now)
+            cohort = self.robust.apply(updates)  # identity unless `robust:` is set
+            self.state, new_params = self.strategy.aggregate(self.state, self.params, cohort, info)
+            self.params = np.asarray(new_params, dtype=np.float32)
+            self.version += 1
+            self.counters.num_updates += len(updates)
+            self.event("commit", client=None, virtual_time=self.now, version=self.version, staleness=None,
+                       round=r + 1, num_updates=len(updates))
+            record = None
+            if (r + 1) % every == 0 or r + 1 == eng.rounds:
+                record = self.evaluate(r + 1)
+            if self.on_progress:
+                self.on_progress(r + 1, record or {})
+            ck = self.checkpoint_every
+            if ck and (r + 1) % ck == 0 and r + 1 < eng.rounds:
+                checkpoint.save(self, r + 1)
+        return self.params
+
+    def run(self) -> np.ndarray:
+        if self.sc.engine.mode == "sync":
+            return self.run_sync()
+        if self.sc.engine.mode == "async":
+            if getattr(self.sc.engine, "clock", "virtual") == "wall":
+                return WallLoop(self).run()
+            return AsyncLoop(self).run()
+        raise ValueError(f"engine.mode {self.sc.engine.mode!r} is not available in this build")

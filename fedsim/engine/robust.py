@@ -1,0 +1,92 @@
+"""Server-side defenses: update validation limits and robust aggregation around ANY strategy.
+
+Validation (`validation:` block) runs on every update before a strategy sees it
+(fedsim.engine.validate_update): the delta (and every payload vector) must have the
+model's shape and finite values, and, when `max_norm` is set, ‖Δ‖₂ ≤ max_norm. A rejected
+update is a `drop` event in events.jsonl with the reason; training goes on without it.
+
+Robust aggregation (`robust:` block, sync mode) is a wrapper, not a strategy: before the
+strategy's `aggregate` runs, every vector the cohort sent — the delta and each payload
+key — is replaced by the cohort's coordinate-wise robust centre (median, or β-trimmed
+mean). The strategy then runs unchanged on a cohort whose clients all "agree":
+  * FedAvg (weights a_i summing to 1): x + η·Σ a_i Δ̃ = x + η·Δ̃ — exactly the median /
+    trimmed-mean aggregators of Yin et al. (ICML 2018), with FedAvg's server learning rate;
+  * strategies with their own weights or per-client statistics (FedAU, SCAFFOLD, ...)
+    keep their weighting, server state and client bookkeeping, applied to the robust
+    direction Δ̃ (their per-client differences inside the cohort are what is given up).
+Num_examples, metrics and client ids are left as sent. Coordinate-wise statistics do
+not depend on update order. A cohort of 0 or 1 passes through unchanged.
+
+References:
+    Yin, Chen, Ramchandran, Bartlett, "Byzantine-Robust Distributed Learning: Towards
+    Optimal Statistical Rates", ICML 2018. https://arxiv.org/abs/1803.01498
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Sequence
+
+import numpy as np
+
+from fedsim.scenario.fields import bounded
+from fedsim.types import ClientUpdate
+
+
+def coordinate_median(stack: np.ndarray) -> np.ndarray:
+    """Coordinate-wise median of an (m, d) stack (mean of the two middle values when m is even)."""
+    return np.median(stack, axis=0)
+
+
+def trimmed_mean(stack: np.ndarray, trim: float) -> np.ndarray:
+    """Coordinate-wise β-trimmed mean: per coordinate, drop the ⌊β·m⌋ smallest and ⌊β·m⌋
+    largest values and average the rest (Yin et al. 2018, Alg. 2)."""
+    m = stack.shape[0]
+    b = int(math.floor(trim * m))
+    if b == 0:
+        return stack.mean(axis=0)
+    return np.sort(stack, axis=0)[b:m - b].mean(axis=0)
+
+
+def _robustify(updates: Sequence[ClientUpdate], centre) -> list[ClientUpdate]:
+    if len(updates) < 2:
+        return list(updates)
+    delta = centre(np.stack([u.delta.astype(np.float64) for u in updates])).astype(np.float32)
+    keys = set.intersection(*(set(u.payload) for u in updates))
+    payload = {k: centre(np.stack([np.asarray(u.payload[k], dtype=np.float64) for u in updates]))
+               .astype(np.asarray(updates[0].payload[k]).dtype) for k in sorted(keys)}
+    return [replace(u, delta=delta, payload={**u.payload, **payload}) for u in updates]
+
+
+@dataclass(frozen=True, kw_only=True)
+class NoRobust:
+    """Pass the cohort to the strategy unchanged (default)."""
+
+    def apply(self, updates: Sequence[ClientUpdate]) -> list[ClientUpdate]:
+        return list(updates)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Median:
+    """Replace every update by the cohort's coordinate-wise median (Yin et al. 2018)."""
+
+    def apply(self, updates: Sequence[ClientUpdate]) -> list[ClientUpdate]:
+        return _robustify(updates, coordinate_median)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrimmedMean:
+    """Replace every update by the cohort's coordinate-wise β-trimmed mean (Yin et al. 2018).
+
+    Args:
+        trim: β, the share dropped at EACH end per coordinate (< 0.5); tolerates up to a
+            β share of Byzantine clients in the cohort.
+    """
+
+    trim: float = bounded(0.1, ge=0.0, lt=0.5)
+
+    def apply(self, updates: Sequence[ClientUpdate]) -> list[ClientUpdate]:
+        return _robustify(updates, lambda s: trimmed_mean(s, self.trim))
+
+

@@ -1,0 +1,26 @@
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fedsim.types import Job
+
+
+@dataclass
+class Pending:
+    """A dispatched job and its fixed virtual timeline."""
+
+    job: Job
+    client: int
+    start: float
+    finish: float  # compute done
+    arrive: float  # upload received by the server
+    dropped: str | None = None  # reason, when the job will never arrive
+
+
+@dataclass
+class Counters:
+    num_updates: int = 0
+    num_failed: int = 0
+    bytes_up: int = 0
+    bytes_down: int = 0
+    dispatches: int = 0

@@ -1,0 +1,46 @@
+"""Every error fedsim raises on purpose, in one place.
+
+Each one's `str()` is a single line meant for the user: it names what was wrong and where
+(scenario path and dotted key, client id, run folder). The CLI prints it and exits 2.
+"""
+
+from __future__ import annotations
+
+
+class ConfigError(ValueError):
+    """A scenario value is wrong. `path` is the dotted location, e.g. `data.num_clients`."""
+
+    def __init__(self, path: str, message: str):
+        self.path = path
+        self.message = message
+        super().__init__(f"{path}: {message}" if path else message)
+
+
+class ScenarioError(Exception):
+    """A scenario cannot be used; str() is one line naming the file and the dotted path."""
+
+
+class Stalled(RuntimeError):
+    """The run cannot go on: every busy client waits for a commit that cannot come."""
+
+
+class RunError(Exception):
+    """A run could not start; str() is one line."""
+
+    def __init__(self, message: str):
+        super().__init__(" ".join(str(message).split()))  # third-party messages may span lines
+
+
+class RunDataError(Exception):
+    """A run folder is missing, incomplete or corrupt; str() is one line."""
+
+
+class PlotError(RunDataError):
+    """A plot cannot be drawn from these runs; str() is one line."""
+
+
+class SweepError(ValueError):
+    """Bad sweep arguments; str() is one line."""
+
+
+__all__ = ["ConfigError", "PlotError", "RunDataError", "RunError", "ScenarioError", "Stalled", "SweepError"]

@@ -1,0 +1,292 @@
+"""Every configuration block of a scenario, as frozen dataclasses (YAML keys = fields).
+
+Plain values only: no torch, no data, no behaviour beyond cross-field checks in
+`validate()`. A block chosen by `name:` (dataset, model, participation, compute, strategy,
+executor, robust, ...) is a plugin from `fedsim.registry` and lives beside its code; the
+blocks here are the fixed ones. docs/reference-scenario.md is generated from this module
+and the registry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from fedsim.errors import ConfigError
+from fedsim.scenario import fields as config
+from fedsim.scenario.fields import bounded, plugin
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClientConfig:
+    """Local training: `local_steps` minibatch steps, or `local_epochs` passes
+    (an epoch = ceil(n_k / batch_size) steps, the last batch may be short).
+
+    Args:
+        local_steps: Q (FedAU), n_SGD (Fraboni).  local_epochs: E (overrides local_steps).
+        batch_size: B.  lr: γ, local learning rate.  lr_decay: γ_t = γ · lr_decay^t per round.
+        momentum: heavy-ball momentum (buffer starts at 0 every job).  weight_decay: L2 on w.
+        clip_norm: clip the step direction to this global norm (off when unset).
+    """
+
+    local_steps: int = bounded(10, ge=1, le=10_000_000)
+    local_epochs: int | None = bounded(None, ge=1, le=100_000)
+    batch_size: int = bounded(16, ge=1, le=10_000_000)
+    lr: float = bounded(0.05, gt=0.0, le=1e6)
+    lr_decay: float = bounded(1.0, gt=0.0, le=1.0)
+    momentum: float = bounded(0.0, ge=0.0, lt=1.0)
+    weight_decay: float = bounded(0.0, ge=0.0)
+    clip_norm: float | None = bounded(None, gt=0.0)
+    optimizer: Literal["sgd"] = "sgd"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChannelConfig:
+    """Args:
+    downlink_noise_std: σ_d; client k receives z + N(0, σ_d² I).
+    uplink_noise_std: σ_u; the server receives the client's message + N(0, σ_u² I).
+    loss_prob: probability that an uplink message is lost.
+    """
+
+    downlink_noise_std: float = bounded(0.0, ge=0.0, le=1e6)
+    uplink_noise_std: float = bounded(0.0, ge=0.0, le=1e6)
+    loss_prob: float = bounded(0.0, ge=0.0, le=1.0)
+
+    @property
+    def noisy(self) -> bool:
+        return self.downlink_noise_std > 0 or self.uplink_noise_std > 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class SystemConfig:
+    """Client speeds, links and dropout.
+
+    Args:
+        compute: per-client compute time τ_c (a plugin from COMPUTE).
+        time_per: τ_c is per local step (`step`) or per whole job (`job`).
+        jitter: per-job multiplicative lognormal noise (log-space sigma; 0 = none).
+        bandwidth_mbps: link speed for model up/download (unset = instantaneous).
+        latency: one-way latency in virtual seconds.
+        dropout_prob: probability that a job never returns.
+    """
+
+    compute: Any = plugin("compute", {"name": "constant", "time": 1.0})
+    time_per: Literal["step", "job"] = "step"
+    jitter: float = bounded(0.0, ge=0.0, le=10.0)
+    bandwidth_mbps: float | None = bounded(None, gt=0.0)
+    latency: float = bounded(0.0, ge=0.0, le=1e12)
+    dropout_prob: float = bounded(0.0, ge=0.0, le=1.0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ByzantineConfig:
+    """Args:
+    fraction: share of clients that are Byzantine (a fixed set, drawn once).
+    kind: sign_flip (−scale·Δ), scaled (scale·Δ) or random (N(0, scale²) per coordinate).
+    scale: attack strength.
+    """
+
+    fraction: float = bounded(0.0, ge=0.0, le=1.0)
+    kind: Literal["sign_flip", "scaled", "random"] = "sign_flip"
+    scale: float = bounded(1.0, gt=0.0, le=1e12)
+
+
+@dataclass(frozen=True, kw_only=True)
+class FaultsConfig:
+    """Args:
+    client_crash_prob: probability that a job's client crashes before uploading.
+    nan_update_prob: probability that a job's update is all NaN.
+    straggler_timeout: abandon jobs whose upload arrives later than this many virtual
+        seconds after dispatch (unset = wait forever; works in sync and async mode).
+    byzantine: clients that send adversarial updates (see ByzantineConfig).
+    """
+
+    client_crash_prob: float = bounded(0.0, ge=0.0, le=1.0)
+    nan_update_prob: float = bounded(0.0, ge=0.0, le=1.0)
+    straggler_timeout: float | None = bounded(None, gt=0.0)
+    byzantine: ByzantineConfig = field(default_factory=ByzantineConfig)
+
+    @property
+    def active(self) -> bool:
+        return bool(self.client_crash_prob or self.nan_update_prob or self.straggler_timeout is not None
+                    or self.byzantine.fraction)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ValidationConfig:
+    """Args:
+    max_norm: reject updates whose delta has L2 norm above this (null = no bound). The default
+        1e6 is far above any honest update and stops absurd ones from corrupting the model.
+        Shapes and finiteness are always checked.
+    """
+
+    max_norm: float | None = bounded(1e6, gt=0.0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CheckpointConfig:
+    """Args:
+    every: save the engine state after every this many rounds (sync) or committed model
+        versions (async); unset = never.
+    """
+
+    every: int | None = bounded(None, ge=1, le=1_000_000_000)
+
+
+@dataclass(frozen=True, kw_only=True)
+class HardClients:
+    """Make some clients' data harder — their training data and local test split alike; the
+    global test set is untouched — to study per-client fairness (e.g. FedCE, specs §8).
+
+    Args:
+        clients: explicit client ids; when empty, `fraction` of the clients are drawn at random.
+        fraction: share of clients picked when `clients` is empty (rounded up).
+        label_noise: probability that a label is replaced by a uniformly drawn *other* class
+            (classification only).
+        feature_noise: std of Gaussian noise added to every input value.
+        negate: x → −x, a covariate shift the other clients never see (a 'different scanner').
+    """
+
+    clients: tuple[int, ...] = ()
+    fraction: float = bounded(0.0, ge=0.0, le=1.0)
+    label_noise: float = bounded(0.0, ge=0.0, le=1.0)
+    feature_noise: float = bounded(0.0, ge=0.0)
+    negate: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    """Args:
+    dataset: which data (see `fedsim list datasets`).
+    partition: how a pooled dataset is split across clients (`natural` for per-client data).
+    num_clients: N.
+    test_fraction: share of each client's data kept as its local test split (fairness).
+    hard_clients: optionally make some clients' data harder (label noise, feature noise, a
+        negated input domain); unset = nobody.
+    """
+
+    dataset: Any = plugin("dataset")
+    partition: Any = plugin("partition", {"name": "iid"})
+    num_clients: int = bounded(10, ge=1, le=10_000_000)
+    test_fraction: float = bounded(0.2, ge=0.0, lt=1.0)
+    hard_clients: HardClients | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class EngineConfig:
+    """Args:
+    mode: `sync` rounds or `async` arrivals on the virtual clock.
+    rounds: sync rounds to run.
+    deadline: sync only — clients still running this many virtual seconds after the round
+        started are dropped (unset = wait for the slowest).
+    empty_round_time: virtual seconds a round lasts when nobody takes part.
+    concurrency: async — jobs in flight.
+    max_versions / max_time / max_updates: async stop conditions (first reached wins).
+    slot: async — participation is redrawn every `slot` virtual seconds.
+    client_state: precision of stored per-client strategy state (`float16` halves its
+        memory; see fedsim.engine.client_state).
+    redispatch: async — `sample`: a freed slot goes at once to a uniformly drawn online idle
+        client; `on_commit`: a client whose update arrived restarts from the next committed
+        model (Fraboni et al.'s schedules). See docs/explanation-virtual-clock.md.
+    drop_offline: async — a job whose client goes offline before its upload arrives is dropped
+        (at the slot boundary where it goes offline).
+    clock: async — `virtual`: the system model fixes when each update arrives (reproducible);
+        `wall`: updates are committed in the order real clients return them, times are wall
+        seconds since the start (`fedsim deploy server` sets it; see docs/how-to-deploy.md).
+    """
+
+    mode: Literal["sync", "async"] = "sync"
+    rounds: int = bounded(100, ge=1, le=100_000_000)
+    deadline: float | None = bounded(None, gt=0.0)
+    empty_round_time: float = bounded(1.0, gt=0.0)
+    concurrency: int = bounded(10, ge=1, le=10_000_000)
+    max_versions: int | None = bounded(None, ge=1, le=1_000_000_000)
+    max_time: float | None = bounded(None, gt=0.0)
+    max_updates: int | None = bounded(None, ge=1, le=1_000_000_000)
+    slot: float = bounded(1.0, gt=0.0)
+    client_state: Literal["float32", "float16"] = "float32"
+    redispatch: Literal["sample", "on_commit"] = "sample"
+    drop_offline: bool = False
+    clock: Literal["virtual", "wall"] = "virtual"
+
+    def validate(self) -> None:
+        if self.clock == "wall" and self.mode != "async":
+            raise ConfigError("clock", "the wall clock is implemented for engine.mode async only")
+        if self.mode == "async" and self.max_versions is None and self.max_time is None \
+                and self.max_updates is None:
+            raise ConfigError("max_versions", "async mode needs a stop condition: set max_versions, "
+                              "max_time or max_updates")
+
+
+@dataclass(frozen=True, kw_only=True)
+class MetricsConfig:
+    """Args:
+    eval_every: evaluate every this many rounds (sync) or versions (async); unset = every
+        round / version, except in async runs that set eval_every_time.
+    eval_every_time: async — evaluate every this many virtual seconds.
+    client_metrics: per-client rows in clients.jsonl at each evaluation: `all` (true),
+        `participants` (clients that have taken part so far) or `none` (false).
+    client_sample: per-client evaluation (clients.jsonl accuracy/loss and the fairness
+        metrics) on a fixed random sample of this many clients; unset = every client.
+    """
+
+    eval_every: int | None = bounded(None, ge=1, le=1_000_000_000)
+    eval_every_time: float | None = bounded(None, gt=0.0)
+    client_metrics: bool | Literal["all", "participants", "none"] = True
+    client_sample: int | None = bounded(None, ge=1, le=10_000_000)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Scenario:
+    """A whole experiment. See docs/reference-scenario.md for every key.
+
+    Args:
+        name: label of the experiment; runs go to runs/<name>/<time>/ unless --out is given.
+        seed: root seed; every random stream derives from it and stable ids (client, dispatch).
+    """
+
+    name: str = "scenario"
+    seed: int = bounded(0, ge=0, le=2**63 - 1)
+    data: DataConfig
+    model: Any = plugin("model", {"name": "mlp"})
+    client: ClientConfig = field(default_factory=ClientConfig)
+    participation: Any = plugin("participation", {"name": "full"})
+    system: SystemConfig = field(default_factory=SystemConfig)
+    channel: ChannelConfig = field(default_factory=ChannelConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    strategy: Any = plugin("strategy", {"name": "fedavg"})
+    executor: Any = plugin("executor", {"name": "inline"})
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    faults: FaultsConfig = field(default_factory=FaultsConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    robust: Any = plugin("robust", {"name": "none"})
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+    def validate(self) -> None:
+        from fedsim.data.datasets import LinearRegression, Synthetic
+        from fedsim.data.partition import Natural
+        from fedsim.strategy.contracts import modes
+        from fedsim.training.models import Linear
+
+        if not self.name or self.name.startswith(".") or any(c in self.name for c in "/\\\0") \
+                or len(self.name) > 200:
+            raise ConfigError("name", f"{self.name!r} cannot name a results folder (no '/', '\\', "
+                              "leading '.', at most 200 characters)")
+        if self.engine.mode == "async" and config.plugin_name("robust", self.robust) != "none":
+            raise ConfigError("robust.name", "robust aggregation needs a cohort (engine.mode: sync)")
+        supported = modes(self.strategy)
+        if self.engine.mode not in supported:
+            raise ConfigError("engine.mode", f"strategy {config.plugin_name('strategy', self.strategy)!r} "
+                              f"runs in {'/'.join(supported) or 'no'} mode, not {self.engine.mode!r}")
+        per_client = isinstance(self.data.dataset, (Synthetic, LinearRegression))
+        natural = isinstance(self.data.partition, Natural)
+        if per_client and not natural:
+            raise ConfigError("data.partition.name", f"dataset {config.plugin_name('dataset', self.data.dataset)!r}"
+                              " is generated per client: use partition {name: natural}")
+        if natural and not per_client:
+            raise ConfigError("data.partition.name", "'natural' needs a per-client dataset "
+                              "(synthetic, linear_regression)")
+        regression = isinstance(self.data.dataset, LinearRegression)
+        if regression != isinstance(self.model, Linear):
+            raise ConfigError("model.name", "linear_regression data needs model 'linear' (and 'linear' "
+                              "needs linear_regression data)")

@@ -1,0 +1,24 @@
+"""What strategies build on: the contracts they satisfy and the maths they share.
+
+Strategy files (`strategies/*.py`) import from here only: `contracts` declares the
+SyncStrategy / AsyncStrategy / TimedStrategy / ClientRule protocols and `check_strategy`;
+`maths` holds weighted sums, staleness discounts, proximal solves and the like.
+"""
+
+from fedsim.strategy.contracts import Strategy, modes, supports_async, supports_sync
+from fedsim.strategy.maths import (
+    apply_delta,
+    consensus_average,
+    example_weights,
+    least_squares_moments,
+    participant_mask,
+    prox_solve,
+    replace_rows,
+    sorted_updates,
+    staleness_weight,
+    weighted_sum,
+)
+
+__all__ = ["Strategy", "apply_delta", "consensus_average", "example_weights", "least_squares_moments",
+           "modes", "participant_mask", "prox_solve", "replace_rows", "sorted_updates", "staleness_weight",
+           "supports_async", "supports_sync", "weighted_sum"]

@@ -1,0 +1,2 @@
+"""Client training in PyTorch: model specs, the flat-parameter view, the client runtime and
+the evaluator. The only package of the core that imports torch."""

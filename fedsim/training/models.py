@@ -1,0 +1,114 @@
+"""Model specs: logistic regression, MLP, small CNN, linear regression.
+
+Each spec is a frozen dataclass (the `model:` block of a scenario) whose `build` returns a
+torch module. torch is imported inside `build` only, so that validating a scenario never
+loads it; `fedsim.training.flat` has the flat-parameter view the runtime trains through.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+
+from fedsim.scenario.fields import bounded
+
+if TYPE_CHECKING:
+    from torch import nn
+
+Device = Literal["auto", "cpu", "cuda"]
+
+
+
+
+def _flat_dim(shape: tuple[int, ...]) -> int:
+    return int(np.prod(shape))
+
+
+@dataclass(frozen=True, kw_only=True)
+class LogReg:
+    """Multinomial logistic regression: one linear layer on the flattened input."""
+
+    device: Device = "auto"
+
+    def build(self, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+        from torch import nn
+
+        return nn.Sequential(nn.Flatten(), nn.Linear(_flat_dim(input_shape), max(num_classes, 1)))
+
+
+@dataclass(frozen=True, kw_only=True)
+class MLP:
+    """Fully connected network with ReLU hidden layers.
+
+    Args:
+        hidden: widths of the hidden layers.
+    """
+
+    hidden: tuple[int, ...] = (64,)
+    device: Device = "auto"
+
+    def validate(self) -> None:
+        if any(h < 1 or h > 1_000_000 for h in self.hidden):
+            raise ValueError(f"hidden widths must be in 1..1000000, got {list(self.hidden)}")
+
+    def build(self, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+        from torch import nn
+
+        layers: list[nn.Module] = [nn.Flatten()]
+        width = _flat_dim(input_shape)
+        for h in self.hidden:
+            layers += [nn.Linear(width, h), nn.ReLU()]
+            width = h
+        layers.append(nn.Linear(width, max(num_classes, 1)))
+        return nn.Sequential(*layers)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CNN:
+    """Two 3x3 conv layers (ReLU, 2x2 max-pool after each when the image is large enough),
+    then a hidden FC layer — the FedAU paper's small CNN shape, sized to the input.
+
+    Args:
+        channels: conv widths.  hidden: FC width.
+    """
+
+    channels: tuple[int, int] = (32, 32)
+    hidden: int = bounded(128, ge=1, le=100_000)
+    device: Device = "auto"
+
+    def build(self, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+        from torch import nn
+
+        if len(input_shape) != 3:
+            raise ValueError(f"cnn needs image-shaped inputs (C, H, W), got shape {input_shape}")
+        c, h, w = input_shape
+        layers: list[nn.Module] = []
+        for out in self.channels:
+            layers += [nn.Conv2d(c, out, 3, padding=1), nn.ReLU()]
+            if min(h, w) >= 4:
+                layers.append(nn.MaxPool2d(2))
+                h, w = h // 2, w // 2
+            c = out
+        layers += [nn.Flatten(), nn.Linear(c * h * w, self.hidden), nn.ReLU(),
+                   nn.Linear(self.hidden, max(num_classes, 1))]
+        return nn.Sequential(*layers)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Linear:
+    """Linear regression y = wᵀx + b (flat layout: w then b, as `optimum` is reported)."""
+
+    device: Device = "auto"
+
+    def build(self, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+        from torch import nn
+
+        return nn.Sequential(nn.Flatten(), nn.Linear(_flat_dim(input_shape), 1))
+
+
+
+
+
+

@@ -1,0 +1,175 @@
+"""Client-side training in plain PyTorch: the default local-SGD rule, and the
+`LocalTrainer` helpers that strategies with their own client rule build on.
+
+A `ClientRuntime` lives as long as its worker (inline process, Ray actor, Flower
+ClientApp): it keeps the model, its flat parameter buffer and every client's data
+resident, so a job costs one parameter copy in and one out.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from typing import Any, Callable, Iterator, Literal
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from fedsim.data.federated import FederatedData
+from fedsim.scenario.schema import ClientConfig
+from fedsim.training.flat import FlatModule, resolve_device
+from fedsim.types import ClientTask, ClientUpdate, Job, JobResult
+
+
+class ClientRuntime:
+    """Resident model + data for running client jobs in one worker."""
+
+    def __init__(self, data: FederatedData, model_spec, client_cfg: ClientConfig, strategy: Any,
+                 threads: int = 1):
+        if threads > 0:
+            torch.set_num_threads(threads)  # 1 thread per worker: deterministic and parallel-friendly
+        self.data = data
+        self.cfg = client_cfg
+        self.strategy = strategy
+        self.device = resolve_device(getattr(model_spec, "device", "cpu"))
+        self.model = FlatModule(model_spec.build(data.input_shape, data.num_classes), self.device)
+        self.regression = data.num_classes == 0
+        self.x_train = torch.from_numpy(data.x_train).to(self.device)
+        self.y_train = torch.from_numpy(data.y_train).to(self.device)
+        self.x_val = torch.from_numpy(data.x_val).to(self.device)
+        self.y_val = torch.from_numpy(data.y_val).to(self.device)
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        out = self.model.module(x)
+        if self.regression:
+            return 0.5 * F.mse_loss(out.squeeze(-1), y)  # F_k = 1/(2n)‖Xw − y‖²
+        return F.cross_entropy(out, y)
+
+    def run(self, job: Job) -> JobResult:
+        """Run one job; any exception becomes a failed JobResult (the run goes on)."""
+        t0 = time.perf_counter()
+        task = job.task
+        try:
+            trainer = LocalTrainer(self, task)
+            rule = getattr(self.strategy, "client_update", None)
+            if rule is None:
+                update, state = default_client_update(task, trainer, job.client_state)
+            else:
+                update, state = rule(task, trainer, job.client_state)
+            return JobResult(job.id, task.client, update, state, None, time.perf_counter() - t0)
+        except Exception as exc:  # noqa: BLE001 — a client failure must not stop the server
+            tb = traceback.extract_tb(exc.__traceback__)
+            where = f" at {tb[-1].filename.rsplit('/', 1)[-1]}:{tb[-1].lineno}" if tb else ""
+            return JobResult(job.id, task.client, None, job.client_state,
+                             f"{type(exc).__name__}: {exc}{where}", time.perf_counter() - t0)
+
+
+class LocalTrainer:
+    """One client's view of the runtime during one job."""
+
+    def __init__(self, runtime: ClientRuntime, task: ClientTask):
+        self.rt = runtime
+        self.task = task
+        sl = runtime.data.train_slice(task.client)
+        self.x = runtime.x_train[sl]
+        self.y = runtime.y_train[sl]
+        vs = runtime.data.val_slice(task.client)
+        self.x_val = runtime.x_val[vs]
+        self.y_val = runtime.y_val[vs]
+        self.generator = torch.Generator().manual_seed(task.seed)
+        cfg = runtime.cfg
+        self.lr = cfg.lr * cfg.lr_decay ** task.round
+        n = len(self.y)
+        self.steps = cfg.local_epochs * -(-n // cfg.batch_size) if cfg.local_epochs else cfg.local_steps
+
+    def tensor(self, array: np.ndarray) -> torch.Tensor:
+        """A float32 tensor on the training device (for `extra_grad` closures), so that
+        strategy files need no torch import of their own."""
+        return torch.as_tensor(np.asarray(array, dtype=np.float32), device=self.rt.device)
+
+    @property
+    def num_examples(self) -> int:
+        return int(len(self.y))
+
+    def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Minibatches without replacement within an epoch; reshuffle when exhausted."""
+        n, b = len(self.y), self.rt.cfg.batch_size
+        while True:
+            perm = torch.randperm(n, generator=self.generator).to(self.rt.device)
+            for i in range(0, n, b):
+                idx = perm[i:i + b]
+                yield self.x[idx], self.y[idx]
+
+    def sgd(self, params: np.ndarray, *, steps: int | None = None, lr: float | None = None,
+            extra_grad: Callable[[torch.Tensor], torch.Tensor] | None = None,
+            weight_decay: float | None = None, momentum: float | None = None,
+            sam_rho: float = 0.0, clip_norm: float | None = None) -> tuple[np.ndarray, float]:
+        """Local (optionally SAM-perturbed, corrected) SGD from `params`.
+
+        Per step on minibatch ξ:  g = ∇ℓ(w; ξ)  [or ∇ℓ(w + ρ g/‖g‖; ξ) when sam_rho > 0]
+        d = clip(g + extra_grad(w)) + wd·w;  m = μm + d;  w ← w − lr·m.
+        Returns the final flat parameters and the mean minibatch loss.
+        """
+        cfg = self.rt.cfg
+        steps = self.steps if steps is None else steps
+        lr = self.lr if lr is None else lr
+        wd = cfg.weight_decay if weight_decay is None else weight_decay
+        mu = cfg.momentum if momentum is None else momentum
+        clip = cfg.clip_norm if clip_norm is None else clip_norm
+        model = self.rt.model
+        model.load(params)
+        w = model.flat
+        if self.num_examples == 0:
+            return model.read(), float("nan")
+        buf = torch.zeros_like(w) if mu > 0 else None
+        batches = self.batches()
+        total = 0.0
+        for _ in range(steps):
+            xb, yb = next(batches)
+            loss = self.rt.loss(xb, yb)
+            g = model.flat_grad(loss)
+            total += float(loss.detach())
+            with torch.no_grad():
+                if sam_rho > 0:  # sharpness-aware step: gradient at the perturbed point, same batch
+                    saved = w.clone()
+                    w.add_(g, alpha=sam_rho / (float(g.norm()) + 1e-7))
+                    with torch.enable_grad():
+                        g = model.flat_grad(self.rt.loss(xb, yb))
+                    w.copy_(saved)
+                if extra_grad is not None:
+                    g = g + extra_grad(w)
+                if clip is not None:
+                    norm = float(g.norm())
+                    if norm > clip:
+                        g = g * (clip / norm)
+                if wd:
+                    g = g + wd * w
+                if buf is not None:
+                    buf.mul_(mu).add_(g)
+                    g = buf
+                w.add_(g, alpha=-lr)
+        return model.read(), total / steps
+
+    @torch.no_grad()
+    def evaluate(self, params: np.ndarray, split: Literal["val", "train"] = "val") -> dict[str, float]:
+        """Loss and accuracy of `params` on this client's local test (`val`) or train data."""
+        x, y = (self.x_val, self.y_val) if split == "val" else (self.x, self.y)
+        self.rt.model.load(params)
+        if len(y) == 0:
+            return {"loss": float("nan"), "accuracy": float("nan")}
+        out = self.rt.model.module(x)
+        loss = float(self.rt.loss(x, y))
+        acc = float("nan") if self.rt.regression else float((out.argmax(1) == y).float().mean())
+        return {"loss": loss, "accuracy": acc}
+
+    def make_update(self, new_params: np.ndarray, loss: float, **metrics: float) -> ClientUpdate:
+        delta = new_params.astype(np.float32) - self.task.params.astype(np.float32)
+        return ClientUpdate(self.task.client, delta, self.num_examples, self.task.version,
+                            {"train_loss": loss, **metrics})
+
+
+def default_client_update(task: ClientTask, trainer: LocalTrainer, state: Any) -> tuple[ClientUpdate, Any]:
+    """Plain local SGD (FedAvg's client, specs §3)."""
+    new, loss = trainer.sgd(task.params)
+    return trainer.make_update(new, loss), state

@@ -1,0 +1,75 @@
+"""Failure injection: crashing clients, NaN updates, stragglers and Byzantine clients.
+
+Faults are injected by the engine, not by the client code, so they behave the same on
+every executor (inline, Ray, Flower) and cost nothing when off. Every draw comes from
+the `faults` stream keyed by (client, dispatch index) — or, for the fixed Byzantine set,
+the `byzantine` stream — so a run with faults is as reproducible as one without.
+
+Per job (dispatch d of client k), three uniforms u = rng(seed, faults, k, d).random(3):
+  * crash when u0 < client_crash_prob: the client dies at start + u1·(compute time); the
+    job is never computed and the server records a `drop` (reason `client crashed`) then;
+  * NaN when u2 < nan_update_prob: the update arrives with every coordinate NaN (a
+    diverged client); server validation rejects it (reason `non-finite values ...`);
+  * straggler: a job whose upload would arrive more than `straggler_timeout` virtual
+    seconds after dispatch is abandoned at dispatch + timeout (reason `straggler timeout`).
+Byzantine clients are a fixed set of round(fraction·N) clients; every update they send is
+  sign_flip: Δ' = −scale·Δ;   scaled: Δ' = scale·Δ;   random: Δ' ~ N(0, scale²·I).
+Byzantine updates are well-formed, so validation passes them unless a norm bound
+(`validation.max_norm`) catches them; robust aggregation (fedsim.engine.robust) limits the rest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from fedsim import seeding
+from fedsim.scenario.schema import FaultsConfig
+from fedsim.types import ClientUpdate
+
+
+class Faults:
+    """A run's fault injector (stateless apart from the fixed Byzantine set)."""
+
+    def __init__(self, cfg: FaultsConfig, root: int, num_clients: int):
+        self.cfg, self.root = cfg, root
+        k = int(round(cfg.byzantine.fraction * num_clients))
+        self.byzantine = np.zeros(num_clients, dtype=bool)
+        if k:  # vectorised: one permutation of the client ids
+            self.byzantine[seeding.rng(root, "byzantine").permutation(num_clients)[:k]] = True
+
+    @property
+    def active(self) -> bool:
+        return self.cfg.active
+
+    def _draws(self, client: int, dispatch: int) -> np.ndarray:
+        return seeding.rng(self.root, "faults", client, dispatch).random(3)
+
+    def on_dispatch(self, client: int, dispatch: int, start: float, finish: float,
+                    arrive: float) -> tuple[str, float] | None:
+        """(reason, virtual time the server learns of it) if this job will never arrive."""
+        u = self._draws(client, dispatch)
+        if u[0] < self.cfg.client_crash_prob:
+            return "client crashed", start + float(u[1]) * (finish - start)
+        timeout = self.cfg.straggler_timeout
+        if timeout is not None and arrive - start > timeout:
+            return "straggler timeout", start + timeout
+        return None
+
+    def corrupt(self, update: ClientUpdate, dispatch: int) -> tuple[ClientUpdate, str | None]:
+        """The update as the faulty client sends it, and which fault (None = honest)."""
+        c = update.client
+        if self.cfg.nan_update_prob and self._draws(c, dispatch)[2] < self.cfg.nan_update_prob:
+            return replace(update, delta=np.full_like(update.delta, np.nan)), "nan"
+        if self.byzantine[c]:
+            b = self.cfg.byzantine
+            if b.kind == "sign_flip":
+                delta = (-b.scale * update.delta.astype(np.float64)).astype(np.float32)
+            elif b.kind == "scaled":
+                delta = (b.scale * update.delta.astype(np.float64)).astype(np.float32)
+            else:
+                noise = seeding.rng(self.root, "faults", c, dispatch, 1).normal(0.0, b.scale, update.delta.shape)
+                delta = noise.astype(np.float32)
+            return replace(update, delta=delta), "byzantine"
+        return update, None

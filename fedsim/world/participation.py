@@ -1,0 +1,291 @@
+"""Who is online when — the participation process, unknown to the server (specs §2.1).
+
+A plugin (frozen dataclass) builds a stateful process for one run; the engine calls
+`process.online(step, time)` once per round (sync) or per participation slot (async),
+with increasing `step`, and gets a boolean mask over all N clients. `process.probs` is
+each client's long-run online probability (None for traces) — known to the simulator
+and to oracle baselines only, never to the server. Everything is vectorised over clients.
+
+Per-client probabilities (`probs:`) are an explicit list or a plugin from `PROBS`:
+constant, uniform, dirichlet_over_labels (the FedAU paper's label-correlated p_n).
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from fedsim.scenario.fields import bounded, plugin
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a participation model may look at when it is set up."""
+
+    num_clients: int
+    rng: np.random.Generator  # drives the process over time
+    prob_rng: np.random.Generator  # draws per-client probabilities once
+    label_histograms: Callable[[], np.ndarray]  # (N, C), computed on demand
+
+
+# --- per-client probability models -------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConstantProb:
+    """p_n = p for every client."""
+
+    p: float = bounded(0.5, gt=0.0, le=1.0)
+
+    def probabilities(self, ctx: Context) -> np.ndarray:
+        return np.full(ctx.num_clients, self.p)
+
+
+@dataclass(frozen=True, kw_only=True)
+class UniformProb:
+    """p_n ~ U(low, high), drawn once (specs §4.7 uses U(0.05, 0.9))."""
+
+    low: float = bounded(0.05, gt=0.0, le=1.0)
+    high: float = bounded(0.9, gt=0.0, le=1.0)
+
+    def validate(self) -> None:
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) must be <= high ({self.high})")
+
+    def probabilities(self, ctx: Context) -> np.ndarray:
+        return ctx.prob_rng.uniform(self.low, self.high, size=ctx.num_clients)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DirichletOverLabels:
+    """FedAU's label-correlated probabilities (specs §2.1 steps 2–3):
+    m ~ Dir(α_p·1_C);  p_n = max(p_min, C · p_mean · Σ_c π̂_n(c) m(c)), capped at 1.
+
+    Args:
+        mean: p_mean (0.1 in the paper).  min: p_min (0.02).  alpha: α_p (0.1).
+    """
+
+    mean: float = bounded(0.1, gt=0.0, le=1.0)
+    min: float = bounded(0.02, gt=0.0, le=1.0)
+    alpha: float = bounded(0.1, gt=0.0)
+
+    def probabilities(self, ctx: Context) -> np.ndarray:
+        hist = ctx.label_histograms()
+        c = hist.shape[1]
+        m = ctx.prob_rng.dirichlet(np.full(c, self.alpha))
+        return np.clip(c * self.mean * hist @ m, self.min, 1.0)
+
+
+
+
+def _resolve_probs(probs: Any, ctx: Context, path: str = "participation.probs") -> np.ndarray:
+    if isinstance(probs, tuple):
+        p = np.asarray(probs, dtype=np.float64)
+        if len(p) != ctx.num_clients:
+            raise ValueError(f"{path}: has {len(p)} entries but data.num_clients is {ctx.num_clients}")
+        if np.any(p <= 0) or np.any(p > 1):
+            raise ValueError(f"{path}: every probability must be in (0, 1]")
+        return p
+    return np.asarray(probs.probabilities(ctx), dtype=np.float64)
+
+
+# --- processes ---------------------------------------------------------------------------
+
+
+class _Bernoulli:
+    def __init__(self, p: np.ndarray, rng: np.random.Generator):
+        self.p, self.rng = p, rng
+        self.probs = p
+
+    def online(self, step: int, time: float) -> np.ndarray:
+        return self.rng.random(len(self.p)) < self.p
+
+
+class _Markov:
+    """Two-state chain with stationary P(active) = p_n (specs §2.1)."""
+
+    def __init__(self, p: np.ndarray, a: float, rng: np.random.Generator):
+        self.rng = rng
+        self.probs = p
+        up = np.full(len(p), a)
+        down = a * (1.0 / p - 1.0)
+        big = down > 1.0
+        up[big] = a / down[big]  # rescale so that down <= 1, stationary mean unchanged
+        down[big] = 1.0
+        self.up, self.down = up, down
+        self.state = rng.random(len(p)) < p  # initial state ~ Bernoulli(p)
+
+    def online(self, step: int, time: float) -> np.ndarray:
+        u = self.rng.random(len(self.state))
+        # update before read: active stays active w.p. 1 - down, inactive wakes w.p. up
+        self.state = np.where(self.state, u >= self.down, u < self.up)
+        return self.state.copy()
+
+
+class _Cyclic:
+    """A_n = max(1, round(L p_n)) active rounds, then B_n = max(1, L - A_n) inactive (specs §2.1)."""
+
+    def __init__(self, p: np.ndarray, period: int, rng: np.random.Generator):
+        self.on = np.maximum(1, np.round(period * p)).astype(np.int64)
+        self.off = np.maximum(1, period - self.on)
+        self.probs = self.on / (self.on + self.off)  # exact long-run frequency
+        self.active = np.zeros(len(p), dtype=bool)  # start inactive, random phase
+        self.remaining = (rng.random(len(p)) * self.off).astype(np.int64)
+
+    def online(self, step: int, time: float) -> np.ndarray:
+        switch = self.remaining == 0
+        self.active = np.where(switch, ~self.active, self.active)
+        self.remaining = np.where(switch, np.where(self.active, self.on, self.off), self.remaining) - 1
+        return self.active.copy()
+
+
+# --- plugins -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class Full:
+    """Every client, every round."""
+
+    def process(self, ctx: Context):
+        return _Const(np.ones(ctx.num_clients, dtype=bool))
+
+
+class _Const:
+    def __init__(self, mask: np.ndarray):
+        self.mask = mask
+        self.probs = mask.astype(np.float64)
+
+    def online(self, step: int, time: float) -> np.ndarray:
+        return self.mask.copy()
+
+
+@dataclass(frozen=True, kw_only=True)
+class UniformSample:
+    """Exactly `k` clients drawn uniformly without replacement each round."""
+
+    k: int = bounded(10, ge=1, le=10_000_000)
+
+    def process(self, ctx: Context):
+        if self.k > ctx.num_clients:
+            raise ValueError(f"participation.k ({self.k}) is larger than data.num_clients ({ctx.num_clients})")
+        return _UniformK(ctx.num_clients, self.k, ctx.rng)
+
+
+class _UniformK:
+    def __init__(self, n: int, k: int, rng: np.random.Generator):
+        self.n, self.k, self.rng = n, k, rng
+        self.probs = np.full(n, k / n)
+
+    def online(self, step: int, time: float) -> np.ndarray:
+        mask = np.zeros(self.n, dtype=bool)
+        mask[self.rng.choice(self.n, self.k, replace=False)] = True
+        return mask
+
+
+@dataclass(frozen=True, kw_only=True)
+class Bernoulli:
+    """I_n^t ~ Bernoulli(p_n), independent over clients and rounds.
+
+    Args:
+        probs: a list of N probabilities, or {name: constant|uniform|dirichlet_over_labels, ...}.
+    """
+
+    probs: tuple[float, ...] | Any = plugin("probs", {"name": "constant", "p": 0.5})
+
+    def process(self, ctx: Context):
+        return _Bernoulli(_resolve_probs(self.probs, ctx), ctx.rng)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Markov:
+    """Markov on/off with stationary probability p_n (FedAU's `markov-a`).
+
+    Args:
+        probs: p_n (see bernoulli).  a: P(inactive → active) before rescaling (0.05 in the paper).
+    """
+
+    probs: tuple[float, ...] | Any = plugin("probs", {"name": "constant", "p": 0.5})
+    a: float = bounded(0.05, gt=0.0, le=1.0)
+
+    def process(self, ctx: Context):
+        return _Markov(_resolve_probs(self.probs, ctx), self.a, ctx.rng)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Cyclic:
+    """Deterministic cycles: round(L p_n) rounds on, the rest of L off (FedAU's `cyclic-L`).
+
+    Args:
+        probs: p_n (see bernoulli).  period: L (100 in the paper).
+    """
+
+    probs: tuple[float, ...] | Any = plugin("probs", {"name": "constant", "p": 0.5})
+    period: int = bounded(100, ge=2, le=10_000_000)
+
+    def process(self, ctx: Context):
+        return _Cyclic(_resolve_probs(self.probs, ctx), self.period, ctx.rng)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Trace:
+    """Replay availability from a CSV with columns client,start,end (virtual time; a client is
+    online at time t when start <= t < end for one of its rows).
+
+    Args:
+        path: the CSV file (relative paths are resolved against the scenario file's folder).
+    """
+
+    path: str
+
+    def load(self, num_clients: int) -> np.ndarray:
+        p = Path(self.path)
+        if not p.is_file():
+            raise ValueError(f"participation.path: trace file not found: {self.path}")
+        try:
+            return self._read(p, num_clients)
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"participation.path: {self.path}: not UTF-8 text (byte {exc.start})") from None
+        except csv.Error as exc:
+            raise ValueError(f"participation.path: {self.path}: not a CSV file ({exc})") from None
+
+    def _read(self, p: Path, num_clients: int) -> np.ndarray:
+        rows = []
+        with p.open(newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            missing = {"client", "start", "end"} - set(reader.fieldnames or [])
+            if missing:
+                raise ValueError(f"participation.path: {self.path} lacks column(s) {sorted(missing)}")
+            for line, row in enumerate(reader, start=2):
+                try:
+                    c, s, e = int(row["client"]), float(row["start"]), float(row["end"])
+                except (TypeError, ValueError):
+                    raise ValueError(f"participation.path: {self.path}:{line}: bad row {row}") from None
+                if not 0 <= c < num_clients:
+                    raise ValueError(f"participation.path: {self.path}:{line}: client {c} is not in "
+                                     f"0..{num_clients - 1}")
+                if not e > s:
+                    raise ValueError(f"participation.path: {self.path}:{line}: end must be > start")
+                rows.append((c, s, e))
+        return np.array(rows, dtype=np.float64).reshape(-1, 3)
+
+    def process(self, ctx: Context):
+        return _Trace(self.load(ctx.num_clients), ctx.num_clients)
+
+
+class _Trace:
+    def __init__(self, rows: np.ndarray, n: int):
+        self.client = rows[:, 0].astype(np.int64)
+        self.start, self.end, self.n = rows[:, 1], rows[:, 2], n
+        self.probs = None  # not a stationary process with known p_n
+
+    def online(self, step: int, time: float) -> np.ndarray:
+        mask = np.zeros(self.n, dtype=bool)
+        live = (self.start <= time) & (time < self.end)
+        mask[self.client[live]] = True
+        return mask
+
+

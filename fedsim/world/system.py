@@ -1,0 +1,111 @@
+"""How long a client job takes in virtual seconds, and whether it drops out.
+
+duration = τ_c · work · jitter  +  2 · (model bytes · 8 / bandwidth + latency)
+
+τ_c is the client's compute time per unit of work, drawn once per client from a
+`compute` plugin (constant, lognormal, exponential, uniform, linear_spread = FedFix's
+F-X scenario); work is the job's number of local steps (`time_per: step`) or 1
+(`time_per: job`, Fraboni's time units). Channel noise lives in fedsim.world.channel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedsim.scenario.fields import bounded
+from fedsim.scenario.schema import SystemConfig
+
+
+@dataclass(frozen=True, kw_only=True)
+class Constant:
+    """τ_c = time for every client."""
+
+    time: float = bounded(1.0, gt=0.0, le=1e12)
+
+    def draw(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        return np.full(n, self.time)
+
+
+@dataclass(frozen=True, kw_only=True)
+class LogNormal:
+    """τ_c lognormal with the given mean and log-space sigma."""
+
+    mean: float = bounded(1.0, gt=0.0, le=1e12)
+    sigma: float = bounded(0.5, ge=0.0, le=10.0)
+
+    def draw(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        return rng.lognormal(np.log(self.mean) - self.sigma**2 / 2, self.sigma, size=n)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Exponential:
+    """τ_c ~ Exp(mean)."""
+
+    mean: float = bounded(1.0, gt=0.0, le=1e12)
+
+    def draw(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        return np.maximum(rng.exponential(self.mean, size=n), 1e-9)
+
+
+@dataclass(frozen=True, kw_only=True)
+class UniformCompute:
+    """τ_c ~ U(low, high)."""
+
+    low: float = bounded(0.5, gt=0.0, le=1e12)
+    high: float = bounded(1.5, gt=0.0, le=1e12)
+
+    def validate(self) -> None:
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) must be <= high ({self.high})")
+
+    def draw(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        return rng.uniform(self.low, self.high, size=n)
+
+
+@dataclass(frozen=True, kw_only=True)
+class LinearSpread:
+    """FedFix's F-X scenario (specs §2.2): τ_i = slowest · (1 − (X/100) · i/(N−1)).
+    Client 0 is the slowest; F-80 makes the fastest client 5x faster. No randomness.
+
+    Args:
+        spread: X in percent (0 = homogeneous).  slowest: τ of client 0.
+    """
+
+    spread: float = bounded(80.0, ge=0.0, lt=100.0)
+    slowest: float = bounded(1.0, gt=0.0, le=1e12)
+
+    def draw(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        i = np.arange(n)
+        return self.slowest * (1.0 - (self.spread / 100.0) * i / max(n - 1, 1))
+
+
+
+
+
+
+class SystemModel:
+    """Per-run system model: fixed per-client speeds, per-job draws from job-keyed streams."""
+
+    def __init__(self, cfg: SystemConfig, num_clients: int, model_bytes: int, speed_rng: np.random.Generator):
+        self.cfg = cfg
+        self.tau = np.asarray(cfg.compute.draw(num_clients, speed_rng), dtype=np.float64)
+        comm = 0.0
+        if cfg.bandwidth_mbps:
+            comm += model_bytes * 8 / (cfg.bandwidth_mbps * 1e6)
+        self.comm = 2 * (comm + cfg.latency)  # download + upload
+
+    def duration(self, client: int, work: int, rng: np.random.Generator) -> tuple[float, float, bool]:
+        """(compute finished, upload arrived, dropped?) as offsets from dispatch, for one job;
+        `rng` is keyed by (client, dispatch)."""
+        units = work if self.cfg.time_per == "step" else 1
+        jitter = rng.lognormal(-self.cfg.jitter**2 / 2, self.cfg.jitter) if self.cfg.jitter > 0 else 1.0
+        dropped = bool(rng.random() < self.cfg.dropout_prob) if self.cfg.dropout_prob > 0 else False
+        finish = self.comm / 2 + float(self.tau[client] * units * jitter)
+        return finish, finish + self.comm / 2, dropped
+
+    def mean_durations(self, work: np.ndarray) -> np.ndarray:
+        """Expected job duration per client (an oracle for FedFix/FedBuff 'weight' variants)."""
+        units = work if self.cfg.time_per == "step" else np.ones_like(work)
+        return self.tau * units + self.comm
