@@ -67,7 +67,7 @@ COMPUTE: dict[str, str] = {
 EXECUTORS: dict[str, str] = {
     "inline": "fedsim.executors.inline:Inline",
     "ray": "fedsim.executors.ray_executor:Ray",
-    "flower": "fedsim.executors.flower:Flower",
+    "flower": "fedsim.flower.executor:Flower",
 }
 
 ROBUST: dict[str, str] = {
@@ -88,6 +88,10 @@ FAMILIES: dict[str, Mapping[str, str]] = {
     "executor": EXECUTORS,
     "robust": ROBUST,
 }
+
+# family -> "module:function" returning the problems (list of one-line strings) of an
+# out-of-tree `module:Class` plugin, checked when a scenario names it
+CHECKS: dict[str, str] = {"strategy": "fedsim.strategy.contracts:strategy_problems"}
 
 # `fedsim list <what>` -> family, and where the family appears in a scenario
 LISTINGS: dict[str, tuple[str, str]] = {

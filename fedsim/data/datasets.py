@@ -9,7 +9,7 @@ mnist and cifar10 (read from a local folder; see fedsim.data.files).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 
@@ -97,6 +97,8 @@ class Synthetic:
         num_test: global test examples, drawn from randomly chosen clients' distributions.
     """
 
+    per_client: ClassVar[bool] = True  # generated client by client: needs partition `natural`
+
     alpha: float = bounded(1.0, ge=0.0)
     beta: float = bounded(1.0, ge=0.0)
     dim: int = bounded(60, ge=1, le=10_000)
@@ -153,6 +155,9 @@ class LinearRegression:
         input_spread: spread of input scales (different curvatures, 0 = identical).
         num_test: global test examples drawn from the average client.
     """
+
+    per_client: ClassVar[bool] = True  # generated client by client: needs partition `natural`
+    regression: ClassVar[bool] = True  # targets are real numbers: needs model `linear`
 
     dim: int = bounded(5, ge=1, le=100_000)
     samples_per_client: int = bounded(20, ge=1, le=1_000_000)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import warnings
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 
@@ -128,6 +128,8 @@ class QuantitySkew:
 @dataclass(frozen=True, kw_only=True)
 class Natural:
     """Use the dataset's own per-client split (synthetic, linear_regression)."""
+
+    natural: ClassVar[bool] = True  # keeps a per-client dataset's own split
 
     def split(self, labels: np.ndarray, num_clients: int, seed: int) -> list[np.ndarray]:
         raise ValueError("partition 'natural' needs a dataset generated per client "

@@ -17,12 +17,12 @@ import numpy as np
 
 from fedsim import seeding
 from fedsim.engine import checkpoint
+from fedsim.engine.async_loop import AsyncLoop
 from fedsim.engine.client_state import ClientStates
 from fedsim.engine.robust import NoRobust
-from fedsim.engine.async_loop import AsyncLoop
-from fedsim.engine.wall_loop import WallLoop
 from fedsim.engine.state import Counters, Pending
 from fedsim.engine.validation import validate_update
+from fedsim.engine.wall_loop import WallLoop
 from fedsim.results.history import History
 from fedsim.scenario.schema import FaultsConfig
 from fedsim.types import ClientTask, ClientUpdate, Job, JobResult, Oracle, RoundInfo

@@ -1,7 +1,7 @@
 """Where client jobs run. Every executor takes the same `Setup` once, then `Job`s, and
 returns `JobResult`s in whatever order they finish; the engine restores virtual-time
-order. Table `EXECUTORS` maps names to config dataclasses whose `create()` builds the
-executor (heavy imports such as ray and flwr happen inside `create`)."""
+order. The registry (`fedsim.registry.EXECUTORS`) maps names to config dataclasses whose
+`create()` builds the executor (heavy imports such as ray and flwr happen inside `create`)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,6 @@ from dataclasses import dataclass
 from typing import Any, Protocol, Sequence
 
 from fedsim.data.federated import FederatedData
-from fedsim.executors.flower import Flower
-from fedsim.executors.inline import Inline
-from fedsim.executors.ray_executor import Ray
 from fedsim.scenario.schema import ClientConfig
 from fedsim.types import Job, JobResult
 
@@ -50,10 +47,5 @@ class Executor(Protocol):
     def close(self) -> None: ...
 
 
-EXECUTORS: dict[str, type] = {
-    "inline": Inline,
-    "ray": Ray,
-    "flower": Flower,
-}
 
-__all__ = ["EXECUTORS", "Executor", "Setup", "longest_first"]
+__all__ = ["Executor", "Setup", "longest_first"]

@@ -220,27 +220,15 @@ def build_plugin(family: str, raw: Mapping[str, Any], path: str) -> Any:
         if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
             raise ConfigError(_join(path, "name"), f"{name!r} is not a {family} plugin (a dataclass), "
                               f"got {type(cls).__name__}")
-        checker = PLUGIN_CHECKS.get(family)
-        if checker is not None:
-            problem = checker(cls)
-            if problem:
-                raise ConfigError(_join(path, "name"), f"{name!r}: {problem}")
+        checker = registry.CHECKS.get(family)  # e.g. fedsim.check_strategy's findings
+        problems = registry.import_entry(checker)(cls) if checker else []
+        if problems:
+            raise ConfigError(_join(path, "name"), f"{name!r} breaks the {family} contract: {'; '.join(problems)}")
     else:
         raise ConfigError(_join(path, "name"), f"unknown {family} {name!r}{_suggest(name, known)}; "
                           f"known: {', '.join(sorted(known))}")
     rest = {k: v for k, v in raw.items() if k != "name"}
     return build(cls, rest, path)
-
-
-def _check_strategy_plugin(cls: type) -> str | None:
-    from fedsim.strategy.contracts import strategy_problems  # torch-free
-
-    problems = strategy_problems(cls)
-    return "; ".join(problems) if problems else None
-
-
-# family -> check run on out-of-tree `module:Class` plugins at load time (None = fine)
-PLUGIN_CHECKS: dict[str, Any] = {"strategy": _check_strategy_plugin}
 
 
 def plugin_name(family: str, obj: Any) -> str:

@@ -263,30 +263,27 @@ class Scenario:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
     def validate(self) -> None:
-        from fedsim.data.datasets import LinearRegression, Synthetic
-        from fedsim.data.partition import Natural
-        from fedsim.strategy.contracts import modes
-        from fedsim.training.models import Linear
-
         if not self.name or self.name.startswith(".") or any(c in self.name for c in "/\\\0") \
                 or len(self.name) > 200:
             raise ConfigError("name", f"{self.name!r} cannot name a results folder (no '/', '\\', "
                               "leading '.', at most 200 characters)")
         if self.engine.mode == "async" and config.plugin_name("robust", self.robust) != "none":
             raise ConfigError("robust.name", "robust aggregation needs a cohort (engine.mode: sync)")
-        supported = modes(self.strategy)
+        supported = tuple(m for m, hooks in (("sync", ("aggregate",)), ("async", ("receive", "tick")))
+                          if any(callable(getattr(self.strategy, h, None)) for h in hooks))
         if self.engine.mode not in supported:
             raise ConfigError("engine.mode", f"strategy {config.plugin_name('strategy', self.strategy)!r} "
                               f"runs in {'/'.join(supported) or 'no'} mode, not {self.engine.mode!r}")
-        per_client = isinstance(self.data.dataset, (Synthetic, LinearRegression))
-        natural = isinstance(self.data.partition, Natural)
+        # Capabilities are class attributes of the plugins, so no plugin module is imported here.
+        per_client = getattr(type(self.data.dataset), "per_client", False)
+        natural = getattr(type(self.data.partition), "natural", False)
         if per_client and not natural:
             raise ConfigError("data.partition.name", f"dataset {config.plugin_name('dataset', self.data.dataset)!r}"
                               " is generated per client: use partition {name: natural}")
         if natural and not per_client:
             raise ConfigError("data.partition.name", "'natural' needs a per-client dataset "
                               "(synthetic, linear_regression)")
-        regression = isinstance(self.data.dataset, LinearRegression)
-        if regression != isinstance(self.model, Linear):
+        regression = getattr(type(self.data.dataset), "regression", False)
+        if regression != getattr(type(self.model), "regression", False):
             raise ConfigError("model.name", "linear_regression data needs model 'linear' (and 'linear' "
                               "needs linear_regression data)")

@@ -8,7 +8,7 @@ loads it; `fedsim.training.flat` has the flat-parameter view the runtime trains 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import numpy as np
 
@@ -99,6 +99,8 @@ class CNN:
 @dataclass(frozen=True, kw_only=True)
 class Linear:
     """Linear regression y = wᵀx + b (flat layout: w then b, as `optimum` is reported)."""
+
+    regression: ClassVar[bool] = True  # one real output: only for regression data
 
     device: Device = "auto"
 

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from conftest import TINY, merge, read_metrics, run_raw
 
+from fedsim import registry
 from fedsim.scenario.fields import build_plugin
 from fedsim.strategy.contracts import modes
 from fedsim.types import ArrivalInfo, ClientUpdate, Oracle, RoundInfo
-from fedsim import registry
 
 STRATEGIES = registry.table("strategy")
 

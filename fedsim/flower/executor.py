@@ -1,5 +1,5 @@
-"""Config of the `flower` executor (the implementation, and every `import flwr`, is in
-`fedsim.flower`)."""
+"""Config of the `flower` executor. Its implementation is in `fedsim.flower.simulation`; this
+module imports no flwr, so validating a scenario that names the executor stays light."""
 
 from __future__ import annotations
 
