@@ -307,3 +307,22 @@ def test_backend_that_cannot_start_is_one_line(tmp_path, executor):
     with pytest.raises(RunError) as err:
         run_raw(merge(TINY, executor={"name": executor, "num_gpus": 64}), tmp_path)
     assert "\n" not in str(err.value) and "GPU" in str(err.value)
+
+
+@pytest.mark.parametrize("workers", [0, 1, 2])
+def test_inline_worker_failure_outside_a_job_is_loud_not_a_hang(tmp_path, monkeypatch, workers):
+    """A runtime that cannot even be built (here: its constructor raises) must stop the run with
+    one line on every inline setting; with workers >= 1 it used to leave the engine waiting on
+    a result that never came."""
+    from fedsim.errors import RunError
+    from fedsim.training import runtime
+
+    def broken(*args, **kwargs):
+        raise MemoryError("cannot allocate the client model")
+
+    monkeypatch.setattr(runtime, "ClientRuntime", broken)
+    raw = merge(TINY, engine={"rounds": 2}, executor={"name": "inline", "workers": workers})
+    t0 = time.perf_counter()
+    with pytest.raises(RunError, match="worker failed outside any client job: MemoryError: cannot allocate"):
+        run_raw(raw, tmp_path / "run")
+    assert time.perf_counter() - t0 < 60

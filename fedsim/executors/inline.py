@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Sequence
 
+from fedsim.errors import RunError
 from fedsim.scenario.fields import bounded
 from fedsim.types import Job, JobResult
 
@@ -35,7 +36,7 @@ class InlineExecutor:
     def __init__(self, workers: int, threads: int):
         self.workers, self.threads = workers, threads
         self._pending: collections.deque[Job] = collections.deque()
-        self._done: queue.Queue[JobResult] = queue.Queue()
+        self._done: queue.Queue[JobResult | BaseException] = queue.Queue()
         self._local = threading.local()
         self._pool: ThreadPoolExecutor | None = None
         self._inflight = 0
@@ -55,7 +56,15 @@ class InlineExecutor:
         return rt
 
     def _run(self, job: Job) -> None:
-        self._done.put(self._runtime().run(job))
+        # ClientRuntime.run turns a failing client job into a failed JobResult; anything that
+        # fails around it (building the runtime: bad model spec, out of memory) is a setup
+        # error. It must reach the caller: a pool thread that died silently would leave
+        # next_result() waiting forever.
+        try:
+            result: JobResult | BaseException = self._runtime().run(job)
+        except Exception as exc:  # noqa: BLE001 — re-raised in the caller's thread
+            result = exc
+        self._done.put(result)
 
     def submit(self, jobs: Sequence[Job]) -> None:
         for job in jobs:
@@ -71,7 +80,11 @@ class InlineExecutor:
         if self._pool is None:
             self._run(self._pending.popleft())
         self._inflight -= 1
-        return self._done.get()
+        result = self._done.get()
+        if isinstance(result, BaseException):
+            raise RunError(f"executor: a worker failed outside any client job: "
+                           f"{type(result).__name__}: {result}") from result
+        return result
 
     def close(self) -> None:
         if self._pool is not None:
