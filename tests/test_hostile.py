@@ -232,3 +232,30 @@ def test_real_cli_subprocess_no_traceback_no_hang(hostile_dir):
                          timeout=120)
     _assert_one_line_error(res.returncode, res.stderr, "linreg_bad_trace.yaml")
     assert "bad_row.csv:3" in res.stderr  # names the file and line
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev_zero"])
+def test_validate_refuses_files_that_are_not_regular(kind, tmp_path, capsys):
+    """A FIFO used to block forever in open(); /dev/zero used to end in MemoryError."""
+    import os
+    import threading
+
+    if kind == "fifo":
+        path = tmp_path / "scenario.yaml"
+        os.mkfifo(path)
+    else:
+        path = Path("/dev/zero")
+        if not path.exists():
+            pytest.skip("no /dev/zero on this system")
+    result: dict[str, int] = {}
+    worker = threading.Thread(target=lambda: result.update(rc=cli.main(["validate", str(path)])), daemon=True)
+    worker.start()
+    worker.join(20)
+    if worker.is_alive() and kind == "fifo":  # unblock the reader so the test process can exit
+        with open(path, "w") as fh:
+            fh.write("name: x\n")
+        worker.join(5)
+    assert "rc" in result, f"fedsim validate {kind} did not return"
+    out = capsys.readouterr()
+    _assert_one_line_error(result["rc"], out.err, kind)
+    assert "not a regular file" in out.err

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import re
+import stat
 import sys
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -108,9 +109,24 @@ def check_shape(value: Any) -> None:
     walk(value, 0)
 
 
+def _read_bytes(path: Path) -> bytes:
+    """At most MAX_FILE_BYTES + 1 bytes of a regular file. A FIFO would block `open()` and a
+    device such as /dev/zero never ends, so anything that is not a regular file is refused
+    from its metadata before it is opened."""
+    st = path.stat()
+    if stat.S_ISDIR(st.st_mode):
+        raise IsADirectoryError(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise ScenarioError(f"{path}: not a regular file (a pipe, socket or device cannot hold a scenario)")
+    if st.st_size > MAX_FILE_BYTES:
+        raise ScenarioError(f"{path}: file is larger than {MAX_FILE_BYTES} bytes")
+    with path.open("rb") as fh:
+        return fh.read(MAX_FILE_BYTES + 1)  # the file may grow after stat()
+
+
 def _read_yaml(path: Path) -> Any:
     try:
-        raw_bytes = path.read_bytes()
+        raw_bytes = _read_bytes(path)
     except FileNotFoundError:
         raise ScenarioError(f"{path}: file not found") from None
     except IsADirectoryError:
