@@ -13,6 +13,16 @@ def test_linear_spread_matches_fedfix_f80():
     assert np.allclose(tau, [1.0, 0.8, 0.6, 0.4, 0.2])
 
 
+@pytest.mark.parametrize("m", [10, 20, 50])
+@pytest.mark.parametrize("x", [0.0, 50.0, 80.0])
+def test_linear_spread_is_bit_identical_to_fraboni_get_tau_i(m, x):
+    # Fraboni et al. (JMLR 2023), code FL/clients_schedule.py: [1 - i * X/100 / (M - 1) ...] in
+    # Python floats. The F-80 schedules depend on exact ties, so equality is exact, not approximate.
+    paper = np.array([1 - i * x / 100 / (m - 1) for i in range(m)])
+    tau = system.LinearSpread(spread=x).draw(m, np.random.default_rng(0))
+    assert tau.tolist() == paper.tolist()
+
+
 def test_duration_is_compute_times_work_plus_communication():
     cfg = system.SystemConfig(compute=system.Constant(time=0.5), bandwidth_mbps=8.0, latency=0.1)
     model = system.SystemModel(cfg, 3, model_bytes=1_000_000, speed_rng=np.random.default_rng(0))

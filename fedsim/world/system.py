@@ -77,8 +77,10 @@ class LinearSpread:
     slowest: float = bounded(1.0, gt=0.0, le=1e12)
 
     def draw(self, n: int, rng: np.random.Generator) -> np.ndarray:
-        i = np.arange(n)
-        return self.slowest * (1.0 - (self.spread / 100.0) * i / max(n - 1, 1))
+        # Same float operations, in the same order, as Fraboni et al.'s `get_tau_i`
+        # (1 - i * X / 100 / (M - 1)), so schedules match theirs bit for bit from step 0.
+        i = np.arange(n, dtype=np.float64)
+        return self.slowest * (1.0 - i * self.spread / 100.0 / max(n - 1, 1))
 
 
 
