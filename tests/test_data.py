@@ -72,3 +72,22 @@ def test_synthetic_leaf_shapes():
     raw = datasets.Synthetic(samples_per_client=20, size_sigma=0.5).load(30, np.random.default_rng(0))
     assert raw.x.shape[1] == 60 and raw.offsets[-1] == len(raw.y)
     assert set(np.unique(raw.y)) <= set(range(10))
+
+
+@pytest.mark.parametrize("importance", ["examples", "uniform"])
+def test_federated_optimum_is_that_of_the_training_rows(importance):
+    """The local test split is held out, so the reachable optimum (and `optimum_distance`) is
+    the least-squares solution of the training rows: Σ_k p_k ∇F_k(w*) = 0 on them."""
+    from fedsim.data.partition import Natural
+
+    ds = datasets.LinearRegression(dim=3, samples_per_client=20, heterogeneity=1.0, noise=0.5, importance=importance)
+    fd = federate(ds, Natural(), 8, 0.25, seeds)
+    grad = np.zeros(4)
+    for k in range(8):
+        s = slice(fd.train_offsets[k], fd.train_offsets[k + 1])
+        xa = np.c_[fd.x_train[s].astype(np.float64), np.ones(s.stop - s.start)]
+        r = xa @ fd.optimum - fd.y_train[s].astype(np.float64)
+        grad += xa.T @ r / (s.stop - s.start if importance == "uniform" else len(fd.y_train))
+    assert np.linalg.norm(grad) < 1e-9
+    # the optimum of every row (train + local test) is measurably elsewhere
+    assert np.linalg.norm(fd.optimum - ds.load(8, np.random.default_rng(seeds("dataset"))).optimum) > 1e-3
