@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import yaml
+import pytest
 from conftest import TINY, merge, run_raw
 
 from fedsim.cli import app as cli
@@ -166,3 +167,41 @@ def test_async_resume_from_checkpoint_in_process(tmp_path):
     shutil.copytree(tmp_path / "ref2", tmp_path / "again2")
     assert cli.main(["run", "--resume", str(tmp_path / "again2"), "--quiet"]) == 0
     _same_run(tmp_path / "ref2", tmp_path / "again2")
+
+
+@pytest.mark.parametrize("client_metrics", ["none", "all"])
+def test_sigkill_loses_at_most_the_lines_since_the_last_evaluation(tmp_path, client_metrics):
+    """events.jsonl and clients.jsonl are flushed at every evaluation (docs/reliability.md): after a
+    SIGKILL, every event up to the commit of the last metrics row is on disk, and so is every
+    per-client row of the evaluations before it."""
+    raw = merge(TINY, name="flush", engine={"rounds": 5000}, participation={"name": "uniform", "k": 1},
+                metrics={"eval_every": 3, "client_metrics": client_metrics},
+                checkpoint={"every": None})
+    scenario = tmp_path / "flush.yaml"
+    scenario.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    out = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "fedsim", "run", str(scenario), "--quiet", "--out", str(out)],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            metrics = out / "metrics.jsonl"
+            if metrics.is_file() and metrics.read_text().count("\n") >= 12:
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, "the run finished before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+    rows = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines() if ln.endswith("}")]
+    last = rows[-1]["round"]
+    text = (out / "events.jsonl").read_text()
+    commits = [json.loads(ln)["round"] for ln in text.splitlines() if ln.endswith("}") and '"commit"' in ln]
+    assert last in commits, f"metrics reached round {last}, events only round {max(commits, default=0)}"
+    if client_metrics == "all":
+        seen = {json.loads(ln)["round"] for ln in (out / "clients.jsonl").read_text().splitlines() if ln.endswith("}")}
+        assert {r["round"] for r in rows[:-1]} <= seen

@@ -1,5 +1,11 @@
-"""The run record on disk (DESIGN.md §3): append-only JSONL files, flushed per line so a
-crash loses at most the point in progress."""
+"""The run record on disk: append-only JSONL files (metrics, clients, events).
+
+Writing an evaluation's metrics row flushes all three files, so a crash or a SIGKILL loses
+at most the lines written since the last evaluation (the per-client rows of the evaluation
+in progress included; the engine flushes those once written). Between evaluations, per-client
+rows and events are buffered: writing each of millions of event lines through to the OS
+would dominate a fast run.
+"""
 
 from __future__ import annotations
 
@@ -41,7 +47,8 @@ class History:
 
     def metric(self, record: Mapping[str, Any]) -> None:
         self.last_metrics = dict(record)
-        self._write("metrics", record)
+        self._write("metrics", record, flush=False)
+        self.flush()  # an evaluation point: everything up to it reaches the disk
 
     def client(self, record: Mapping[str, Any]) -> None:
         self._write("clients", record, flush=False)
