@@ -40,6 +40,10 @@ def _nested_bomb() -> str:
 # File name -> contents (bytes or str). Each is rejected before or while the run starts.
 LOAD_TIME: dict[str, bytes | str] = {
     "empty.yaml": "",
+    # explicit probability lists that are not lists of numbers (used to reach an AttributeError)
+    "probs_nested_list.yaml": BASE + "participation: {name: bernoulli, probs: [[0.5, 0.5, 0.5, 0.5]]}\n",
+    "probs_strings.yaml": BASE + "participation: {name: markov, probs: [a, b, c, d]}\n",
+    "probs_nan.yaml": BASE + "participation: {name: cyclic, probs: [0.5, .nan, 0.5, 0.5]}\n",
     "comment_only.yaml": "# nothing here\n",
     "top_list.yaml": "- 1\n- 2\n",
     "top_scalar.yaml": "42\n",

@@ -105,3 +105,43 @@ def test_missing_folder_is_a_one_line_run_error(tmp_path):
     raw = merge(TINY, data={"dataset": {"name": "mnist", "path": str(tmp_path / "nope")}, "num_clients": 4})
     with pytest.raises(RunError, match="^data.dataset.path: MNIST folder not found"):
         run_raw(raw, tmp_path / "out")
+
+
+def _run_error(tmp_path, dataset: dict, **changes) -> str:
+    from fedsim.errors import RunError
+
+    raw = merge(TINY, data={"dataset": dataset, "num_clients": 2}, **changes)
+    with pytest.raises(RunError) as info:
+        run_raw(raw, tmp_path / "out")
+    message = str(info.value)
+    assert "\n" not in message and "Error:" not in message  # one line, no exception class leaking
+    return message
+
+
+@pytest.mark.parametrize("labels, expected", [
+    (np.array([0, 1, -1, 2] * 5), "must be in 0..99999, found -1..2"),
+    (np.array([0.0, 1.5, 2.0, 1.0] * 5), "must be whole numbers"),
+    (np.array([0.0, np.nan, 2.0, 1.0] * 5), "must be whole numbers"),
+    (np.array([[0, 1]] * 20), "one label per example"),
+])
+def test_npz_bad_labels_are_one_line_errors(tmp_path, labels, expected):
+    x = np.zeros((20, 3), dtype=np.float32)
+    np.savez(tmp_path / "d.npz", x_train=x, y_train=labels, x_test=x[:4], y_test=np.zeros(4, dtype=np.int64))
+    assert expected in _run_error(tmp_path, {"name": "npz", "path": str(tmp_path / "d.npz")})
+
+
+@pytest.mark.parametrize("cut", ["header", "body", "gzip"])
+def test_truncated_mnist_files_are_one_line_errors(mnist_dir, tmp_path, cut):
+    name = "train-images-idx3-ubyte.gz" if cut == "gzip" else "t10k-images-idx3-ubyte"
+    raw = (mnist_dir / name).read_bytes()
+    (mnist_dir / name).write_bytes({"header": raw[:9], "body": raw[: len(raw) // 2 + 1], "gzip": raw[:40]}[cut])
+    message = _run_error(tmp_path, {"name": "mnist", "path": str(mnist_dir)})
+    assert message.startswith("data.dataset.path:") and ("truncated" in message or "gzip" in message)
+
+
+def test_cnn_with_zero_channels_is_a_validation_error():
+    from fedsim.errors import ScenarioError
+    from fedsim.scenario import from_mapping
+
+    with pytest.raises(ScenarioError, match=r"model: channels must be conv widths in 1..100000, got \[0, 4\]"):
+        from_mapping(merge(TINY, model={"name": "cnn", "channels": [0, 4]}))

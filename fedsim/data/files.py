@@ -15,6 +15,7 @@ import gzip
 import io
 import pickle
 import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,18 +40,44 @@ def read_idx(path: Path) -> np.ndarray:
     """Parse an IDX file (MNIST's format): magic 0x0000 | dtype code | ndim, big-endian dims."""
     raw = path.read_bytes()
     if path.suffix == ".gz":
-        raw = gzip.decompress(raw)
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
+            raise ValueError(f"data.dataset.path: {path} is not a complete gzip file ({exc})") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
         raise ValueError(f"data.dataset.path: {path} is not an IDX file")
     dtypes = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
     if raw[2] not in dtypes:
         raise ValueError(f"data.dataset.path: {path} has unknown IDX type code {raw[2]:#x}")
     ndim = raw[3]
+    if len(raw) < 4 + 4 * ndim:
+        raise ValueError(f"data.dataset.path: {path} is truncated (header of {ndim} dimensions incomplete)")
     dims = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
-    data = np.frombuffer(raw, dtype=dtypes[raw[2]], offset=4 + 4 * ndim)
+    itemsize = np.dtype(dtypes[raw[2]]).itemsize
+    body = len(raw) - 4 - 4 * ndim
+    data = np.frombuffer(raw, dtype=dtypes[raw[2]], count=body // itemsize, offset=4 + 4 * ndim)
     if data.size != int(np.prod(dims)):
         raise ValueError(f"data.dataset.path: {path} is truncated ({data.size} values, header says {dims})")
     return data.reshape(dims)
+
+
+MAX_CLASSES = 100_000
+
+
+def _labels(y: np.ndarray, where: Path, name: str) -> np.ndarray:
+    """Class labels as int64, or a one-line error: they must be whole numbers in 0..MAX_CLASSES-1
+    (a negative or fractional label would index past the model's outputs)."""
+    if y.ndim != 1:
+        raise ValueError(f"data.dataset.path: {where}: {name} must be one label per example, got shape {y.shape}")
+    if not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating)):
+        raise ValueError(f"data.dataset.path: {where}: {name} must be integer class labels, got dtype {y.dtype}")
+    if np.issubdtype(y.dtype, np.floating) and not np.all(np.isfinite(y) & (y == np.round(y))):
+        raise ValueError(f"data.dataset.path: {where}: {name} must be whole numbers (class labels), "
+                         "found fractional or non-finite values")
+    if len(y) and (y.min() < 0 or y.max() >= MAX_CLASSES):
+        raise ValueError(f"data.dataset.path: {where}: {name} must be in 0..{MAX_CLASSES - 1}, "
+                         f"found {y.min():g}..{y.max():g}")
+    return y.astype(np.int64)
 
 
 def _find(folder: Path, stem: str) -> Path:
@@ -82,6 +109,9 @@ class MNIST:
         yt = read_idx(_find(folder, "t10k-labels-idx1-ubyte"))
         x, y = _limit(x, y, self.limit_train)
         xt, yt = _limit(xt, yt, self.limit_test)
+        if len(x) != len(y) or len(xt) != len(yt):
+            raise ValueError(f"data.dataset.path: {folder}: image and label files have different lengths")
+        y, yt = _labels(y, folder, "train labels"), _labels(yt, folder, "test labels")
         prep = lambda a: (a.astype(np.float32) / 255.0)[:, None, :, :]  # noqa: E731
         return Pooled(prep(x), y.astype(np.int64), prep(xt), yt.astype(np.int64), 10)
 
@@ -155,6 +185,11 @@ class Npz:
                              else f"data.dataset.path: cannot read {p} ({exc})") from None
         if len(x) != len(y) or len(xt) != len(yt):
             raise ValueError(f"data.dataset.path: {p}: x and y lengths differ")
+        for name, arr in (("x_train", x), ("x_test", xt)):
+            if not np.issubdtype(arr.dtype, np.number) or arr.ndim < 2:
+                raise ValueError(f"data.dataset.path: {p}: {name} must be a numeric array of shape (n, ...), "
+                                 f"got dtype {arr.dtype} and shape {arr.shape}")
+        y, yt = _labels(y, p, "y_train"), _labels(yt, p, "y_test")
         classes = int(max(y.max(initial=0), yt.max(initial=0))) + 1
         return Pooled(x.astype(np.float32), y.astype(np.int64), xt.astype(np.float32), yt.astype(np.int64), classes)
 

@@ -88,11 +88,15 @@ def coerce(tp: Any, value: Any, path: str, meta: Mapping[str, Any] | None = None
             return None
         errors = []
         for arg in (a for a in args if a is not type(None)):
+            if arg is Any and "family" in meta:
+                continue  # the plugin alternative: only a {name: ...} mapping, handled above
             try:
                 return coerce(arg, value, path, meta)
             except ConfigError as exc:
                 errors.append(exc)
         if "family" in meta:
+            if isinstance(value, (list, tuple)) and len(errors) == 1:
+                raise errors[0]  # e.g. `probs[1]: must be a finite number`
             raise ConfigError(path, f"expected a list of numbers or a {{name: ...}} block, got {value!r}")
         raise errors[0] if len(errors) == 1 else ConfigError(
             path, f"expected one of {', '.join(_type_name(a) for a in args)}, got {value!r}")

@@ -78,6 +78,10 @@ class CNN:
     hidden: int = bounded(128, ge=1, le=100_000)
     device: Device = "auto"
 
+    def validate(self) -> None:
+        if not self.channels or any(c < 1 or c > 100_000 for c in self.channels):
+            raise ValueError(f"channels must be conv widths in 1..100000, got {list(self.channels)}")
+
     def build(self, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
         from torch import nn
 
