@@ -128,6 +128,27 @@ def _git_commit() -> str | None:
         return None
 
 
+def _compute_facts(sc) -> dict[str, Any]:
+    """What decides the floating-point results besides the scenario: the device the model ran
+    on (after `auto` was resolved), torch's thread counts and its determinism switches. Two
+    runs are bit-comparable only when these agree."""
+    import torch
+
+    device = resolve_device(getattr(sc.model, "device", "cpu"))
+    facts: dict[str, Any] = {
+        "model_device": getattr(sc.model, "device", "cpu"), "device": str(device),
+        "torch_threads": torch.get_num_threads(), "torch_interop_threads": torch.get_num_interop_threads(),
+        "client_threads": int(getattr(sc.executor, "threads", 1)),
+        "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+        "cudnn_deterministic": bool(torch.backends.cudnn.deterministic),
+        "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
+    }
+    if device.type == "cuda":
+        facts["cuda_device_name"] = torch.cuda.get_device_name(device)
+        facts["cuda_version"] = torch.version.cuda
+    return facts
+
+
 def default_out(sc) -> Path:
     return Path("runs") / sc.name / time.strftime("%Y%m%d-%H%M%S")
 
@@ -231,6 +252,7 @@ def run(sc, out: Path | None = None, on_progress: Callable[[int, dict], None] | 
         "final": final, "total_wall_time": time.perf_counter() - t0,
         "versions": _versions(), "git_commit": _git_commit(),
         "num_clients": data.num_clients, "num_params": int(params.size),
+        "compute": _compute_facts(sc),
     }
     (out / "summary.json").write_text(json.dumps(clean(summary), indent=2) + "\n", encoding="utf-8")
     return RunResult(out, final_params, final, summary)

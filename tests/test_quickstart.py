@@ -17,6 +17,15 @@ def test_quickstart_end_to_end(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["final"]["test_accuracy"] >= 0.85
     assert summary["versions"]["torch"].startswith("2.13")
+    # the quickstart names its device, so its numbers are the same on a GPU host; the summary
+    # records what decides the floats besides the scenario
+    import yaml
+
+    assert yaml.safe_load((ROOT / "scenarios" / "quickstart.yaml").read_text())["model"]["device"] == "cpu"
+    compute = summary["compute"]
+    assert compute["device"] == "cpu" and compute["model_device"] == "cpu"
+    assert compute["client_threads"] == 1 and compute["torch_threads"] == 1
+    assert isinstance(compute["deterministic_algorithms"], bool) and "cudnn_benchmark" in compute
     last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     for key in ("round", "virtual_time", "wall_time", "test_accuracy", "test_loss", "client_accuracy_mean",
                 "client_accuracy_std", "client_accuracy_worst10", "client_accuracy_min", "jain_index",
