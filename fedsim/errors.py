@@ -16,6 +16,22 @@ class ConfigError(ValueError):
         super().__init__(f"{path}: {message}" if path else message)
 
 
+class ConfigErrors(ConfigError):
+    """Several independent problems of one scenario, reported together (one line each), so a
+    user fixes them in one pass instead of one rerun per mistake."""
+
+    def __init__(self, errors: list[ConfigError]):
+        flat: list[ConfigError] = []
+        for e in errors:
+            flat.extend(e.errors if isinstance(e, ConfigErrors) else [e])
+        self.errors = flat
+        super().__init__(flat[0].path, flat[0].message)
+        self.args = ("\n".join(str(e) for e in flat),)
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
 class ScenarioError(Exception):
     """A scenario cannot be used; str() is one line naming the file and the dotted path."""
 
@@ -43,4 +59,4 @@ class SweepError(ValueError):
     """Bad sweep arguments; str() is one line."""
 
 
-__all__ = ["ConfigError", "PlotError", "RunDataError", "RunError", "ScenarioError", "Stalled", "SweepError"]
+__all__ = ["ConfigError", "ConfigErrors", "PlotError", "RunDataError", "RunError", "ScenarioError", "Stalled", "SweepError"]

@@ -263,3 +263,28 @@ def test_validate_refuses_files_that_are_not_regular(kind, tmp_path, capsys):
     out = capsys.readouterr()
     _assert_one_line_error(result["rc"], out.err, kind)
     assert "not a regular file" in out.err
+
+
+def test_validate_reports_every_problem_at_once(tmp_path, capsys):
+    """Key errors of every block, then (once those are fixed) every cross-field error: one line
+    each, all in one run of `fedsim validate`, like torchtune's config validator."""
+    keys = _write(tmp_path, "keys.yaml", "name: m\ndata: {dataset: {name: digits}, num_clients: -3, test_fracton: 0.2}\n"
+                  "client: {lr: -1, batch_size: 0}\nengine: {rounds: 0}\n")
+    assert cli.main(["validate", str(keys)]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert [ln.split(": ")[2] for ln in lines] == ["data.num_clients", "data.test_fracton", "client.lr",
+                                                   "client.batch_size", "engine.rounds"]
+    assert all(ln.startswith(f"error: {keys}: ") for ln in lines)
+    cross = _write(tmp_path, "cross.yaml", BASE.replace("engine: {rounds: 1}", "engine: {mode: async, max_versions: 3}")
+                   + "participation: {name: uniform, k: 5}\nrobust: {name: median}\n")
+    assert cli.main(["validate", str(cross)]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert [ln.split(": ")[2] for ln in lines] == ["participation.k", "robust.name", "engine.mode"]
+
+
+@pytest.mark.parametrize("participation", ["{name: uniform, k: 5}", "{name: bernoulli, probs: [0.5, 0.5]}",
+                                           "{name: markov, probs: [0.5]}", "{name: cyclic, probs: [0.5, 0.5, 0.5]}"])
+def test_participation_that_does_not_fit_the_clients_fails_validate(tmp_path, capsys, participation):
+    path = _write(tmp_path, "p.yaml", BASE + f"participation: {participation}\n")  # BASE has 4 clients
+    rc = cli.main(["validate", str(path)])
+    _assert_one_line_error(rc, capsys.readouterr().err, participation)

@@ -22,6 +22,12 @@ from typing import Sequence
 EXIT_BAD_INPUT = 2
 
 
+def _error(exc: BaseException | str) -> None:
+    """Print a user-facing error: one `error:` line per problem it reports."""
+    for line in str(exc).splitlines() or [""]:
+        print(f"error: {line}", file=sys.stderr)
+
+
 def _first_line(obj: object) -> str:
     doc = (obj.__doc__ or "").strip()
     return doc.splitlines()[0] if doc else ""
@@ -55,7 +61,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
             sc = load(path, args.overrides)
             print(f"ok  {path}  ({sc.name}: {sc.engine.mode}, {sc.data.num_clients} clients)")
         except ScenarioError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            _error(exc)
             bad += 1
     return EXIT_BAD_INPUT if bad else 0
 
@@ -86,7 +92,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         sc = load(args.scenario, overrides)
     except ScenarioError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _error(exc)
         return EXIT_BAD_INPUT
     from fedsim.cli.progress import run_with_progress
     from fedsim.errors import RunError
@@ -112,7 +118,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
         for path in plot(args.runs, args.kind, args.output, args.weight_key, args.contribution_key):
             print(f"wrote {path}")
     except RunDataError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _error(exc)
         return EXIT_BAD_INPUT
     return 0
 
@@ -129,7 +135,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         compare.print_table(table)
         md, csv = compare.write(table, out)
     except RunDataError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _error(exc)
         return EXIT_BAD_INPUT
     print(f"wrote {md} and {csv}")
     return 0
@@ -149,7 +155,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         res = sweep(args.scenario, args.sets, seeds, fixed, args.out, args.jobs, args.force,
                     on_event=lambda name, status: print(f"{status:<6} {name}", file=sys.stderr))
     except (SweepError, ScenarioError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _error(exc)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("interrupted: finished runs are kept; run the same command to resume", file=sys.stderr)

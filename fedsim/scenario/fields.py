@@ -17,7 +17,7 @@ from dataclasses import MISSING, field
 from typing import Any, Literal, Mapping
 
 from fedsim import registry
-from fedsim.errors import ConfigError
+from fedsim.errors import ConfigError, ConfigErrors
 
 _MAX_INT = 10**12  # larger integers are never a sensible simulation setting
 
@@ -162,19 +162,26 @@ def build(cls: type, raw: Mapping[str, Any], path: str = "") -> Any:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     kwargs: dict[str, Any] = {}
+    errors: list[ConfigError] = []  # every bad key of this block, not just the first
     for key, value in raw.items():
         if not isinstance(key, str) or key not in fields:
-            raise ConfigError(_join(path, str(key)), f"unknown key{_suggest(key, fields)}; "
-                              f"valid keys: {', '.join(fields) or '(none)'}")
+            errors.append(ConfigError(_join(path, str(key)), f"unknown key{_suggest(key, fields)}; "
+                                      f"valid keys: {', '.join(fields) or '(none)'}"))
+            continue
         f = fields[key]
-        if ("family" in f.metadata and isinstance(value, Mapping) and "name" not in value
-                and f.default_factory is not MISSING):
-            # `strategy: {server_lr: 0.5}` keeps the default plugin and sets one of its keys
-            value = {"name": plugin_name(f.metadata["family"], f.default_factory()), **value}
-        kwargs[key] = coerce(hints[key], value, _join(path, key), f.metadata)
+        try:
+            if ("family" in f.metadata and isinstance(value, Mapping) and "name" not in value
+                    and f.default_factory is not MISSING):
+                # `strategy: {server_lr: 0.5}` keeps the default plugin and sets one of its keys
+                value = {"name": plugin_name(f.metadata["family"], f.default_factory()), **value}
+            kwargs[key] = coerce(hints[key], value, _join(path, key), f.metadata)
+        except ConfigError as exc:
+            errors.append(exc)
     for name, f in fields.items():
-        if name not in kwargs and f.default is MISSING and f.default_factory is MISSING:
-            raise ConfigError(_join(path, name), "is required")
+        if name not in raw and f.default is MISSING and f.default_factory is MISSING:
+            errors.append(ConfigError(_join(path, name), "is required"))
+    if errors:  # cross-field checks (validate) need every field: they run once these are fixed
+        raise errors[0] if len(errors) == 1 else ConfigErrors(errors)
     try:
         obj = cls(**kwargs)
     except ConfigError:
@@ -185,6 +192,8 @@ def build(cls: type, raw: Mapping[str, Any], path: str = "") -> Any:
     if callable(check):
         try:
             check()
+        except ConfigErrors as exc:
+            raise ConfigErrors([ConfigError(_join(path, e.path), e.message) for e in exc.errors]) from None
         except ConfigError as exc:
             raise ConfigError(_join(path, exc.path), exc.message) from None
         except ValueError as exc:

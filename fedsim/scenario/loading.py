@@ -213,8 +213,8 @@ def from_mapping(raw: Mapping[str, Any], source: str = "<scenario>") -> Scenario
         return config.build(Scenario, raw, "")
     except ScenarioError as exc:
         raise ScenarioError(f"{source}: {exc}") from None
-    except ConfigError as exc:
-        raise ScenarioError(f"{source}: {exc}") from None
+    except ConfigError as exc:  # one line per problem, each naming the file
+        raise ScenarioError("\n".join(f"{source}: {line}" for line in str(exc).splitlines())) from None
     except RecursionError:
         raise ScenarioError(f"{source}: scenario nested too deeply") from None
 

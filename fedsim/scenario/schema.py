@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from fedsim.errors import ConfigError
+from fedsim.errors import ConfigError, ConfigErrors
 from fedsim.scenario import fields as config
 from fedsim.scenario.fields import bounded, plugin
 
@@ -263,27 +263,43 @@ class Scenario:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
     def validate(self) -> None:
+        errors = [ConfigError(path, msg) for path, msg in self._cross_field_problems()]
+        if errors:
+            raise errors[0] if len(errors) == 1 else ConfigErrors(errors)
+
+    def _cross_field_problems(self) -> list[tuple[str, str]]:
+        """Every (dotted path, message) that only a view of the whole scenario can find, all
+        of them, so that `fedsim validate` reports each in one pass before any data is built."""
+        out: list[tuple[str, str]] = []
+        # Plugins that can be wrong for a number of clients say so (`check_clients`).
+        for path, block in (("participation", self.participation), ("strategy", self.strategy)):
+            check = getattr(type(block), "check_clients", None)
+            if check is not None:
+                for msg in check(block, self.data.num_clients):  # "key: what is wrong"
+                    key, _, what = msg.partition(": ")
+                    out.append((f"{path}.{key}", what))
         if not self.name or self.name.startswith(".") or any(c in self.name for c in "/\\\0") \
                 or len(self.name) > 200:
-            raise ConfigError("name", f"{self.name!r} cannot name a results folder (no '/', '\\', "
-                              "leading '.', at most 200 characters)")
+            out.append(("name", f"{self.name!r} cannot name a results folder (no '/', '\\', "
+                              "leading '.', at most 200 characters)"))
         if self.engine.mode == "async" and config.plugin_name("robust", self.robust) != "none":
-            raise ConfigError("robust.name", "robust aggregation needs a cohort (engine.mode: sync)")
+            out.append(("robust.name", "robust aggregation needs a cohort (engine.mode: sync)"))
         supported = tuple(m for m, hooks in (("sync", ("aggregate",)), ("async", ("receive", "tick")))
                           if any(callable(getattr(self.strategy, h, None)) for h in hooks))
         if self.engine.mode not in supported:
-            raise ConfigError("engine.mode", f"strategy {config.plugin_name('strategy', self.strategy)!r} "
-                              f"runs in {'/'.join(supported) or 'no'} mode, not {self.engine.mode!r}")
+            out.append(("engine.mode", f"strategy {config.plugin_name('strategy', self.strategy)!r} "
+                              f"runs in {'/'.join(supported) or 'no'} mode, not {self.engine.mode!r}"))
         # Capabilities are class attributes of the plugins, so no plugin module is imported here.
         per_client = getattr(type(self.data.dataset), "per_client", False)
         natural = getattr(type(self.data.partition), "natural", False)
         if per_client and not natural:
-            raise ConfigError("data.partition.name", f"dataset {config.plugin_name('dataset', self.data.dataset)!r}"
-                              " is generated per client: use partition {name: natural}")
+            out.append(("data.partition.name", f"dataset {config.plugin_name('dataset', self.data.dataset)!r}"
+                              " is generated per client: use partition {name: natural}"))
         if natural and not per_client:
-            raise ConfigError("data.partition.name", "'natural' needs a per-client dataset "
-                              "(synthetic, linear_regression)")
+            out.append(("data.partition.name", "'natural' needs a per-client dataset "
+                              "(synthetic, linear_regression)"))
         regression = getattr(type(self.data.dataset), "regression", False)
         if regression != getattr(type(self.model), "regression", False):
-            raise ConfigError("model.name", "linear_regression data needs model 'linear' (and 'linear' "
-                              "needs linear_regression data)")
+            out.append(("model.name", "linear_regression data needs model 'linear' (and 'linear' "
+                              "needs linear_regression data)"))
+        return out

@@ -82,6 +82,12 @@ class DirichletOverLabels:
 
 
 
+def _check_probs_length(probs: Any, num_clients: int) -> list[str]:
+    if isinstance(probs, tuple) and len(probs) != num_clients:
+        return [f"probs: has {len(probs)} entries but data.num_clients is {num_clients}"]
+    return []
+
+
 def _resolve_probs(probs: Any, ctx: Context, path: str = "participation.probs") -> np.ndarray:
     if isinstance(probs, tuple):
         p = np.asarray(probs, dtype=np.float64)
@@ -169,6 +175,10 @@ class UniformSample:
 
     k: int = bounded(10, ge=1, le=10_000_000)
 
+    def check_clients(self, num_clients: int) -> list[str]:
+        """Problems with `num_clients` registered clients, found before any data is built."""
+        return [f"k: {self.k} is larger than data.num_clients ({num_clients})"] if self.k > num_clients else []
+
     def process(self, ctx: Context):
         if self.k > ctx.num_clients:
             raise ValueError(f"participation.k ({self.k}) is larger than data.num_clients ({ctx.num_clients})")
@@ -196,6 +206,10 @@ class Bernoulli:
 
     probs: tuple[float, ...] | Any = plugin("probs", {"name": "constant", "p": 0.5})
 
+    def check_clients(self, num_clients: int) -> list[str]:
+        """Problems with `num_clients` registered clients, found before any data is built."""
+        return _check_probs_length(self.probs, num_clients)
+
     def process(self, ctx: Context):
         return _Bernoulli(_resolve_probs(self.probs, ctx), ctx.rng)
 
@@ -211,6 +225,10 @@ class Markov:
     probs: tuple[float, ...] | Any = plugin("probs", {"name": "constant", "p": 0.5})
     a: float = bounded(0.05, gt=0.0, le=1.0)
 
+    def check_clients(self, num_clients: int) -> list[str]:
+        """Problems with `num_clients` registered clients, found before any data is built."""
+        return _check_probs_length(self.probs, num_clients)
+
     def process(self, ctx: Context):
         return _Markov(_resolve_probs(self.probs, ctx), self.a, ctx.rng)
 
@@ -225,6 +243,10 @@ class Cyclic:
 
     probs: tuple[float, ...] | Any = plugin("probs", {"name": "constant", "p": 0.5})
     period: int = bounded(100, ge=2, le=10_000_000)
+
+    def check_clients(self, num_clients: int) -> list[str]:
+        """Problems with `num_clients` registered clients, found before any data is built."""
+        return _check_probs_length(self.probs, num_clients)
 
     def process(self, ctx: Context):
         return _Cyclic(_resolve_probs(self.probs, ctx), self.period, ctx.rng)
