@@ -267,7 +267,7 @@ def to_raw(obj: Any, family: str | None = None) -> Any:
                 out[f.name] = to_raw(getattr(obj, f.name), f.metadata.get("family"))
         return out
     if isinstance(obj, (list, tuple)):
-        return [to_raw(v) for v in obj]
+        return [to_raw(v, family) for v in obj]  # a list of plugins keeps each item's name
     if isinstance(obj, Mapping):
         return {k: to_raw(v) for k, v in obj.items()}
     return obj

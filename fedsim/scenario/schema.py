@@ -266,6 +266,7 @@ class Scenario:
         from fedsim.data.datasets import LinearRegression, Synthetic
         from fedsim.data.partition import Natural
         from fedsim.strategy.contracts import modes
+        from fedsim.strategy.server_opt import conflict
         from fedsim.training.models import Linear
 
         if not self.name or self.name.startswith(".") or any(c in self.name for c in "/\\\0") \
@@ -274,6 +275,9 @@ class Scenario:
                               "leading '.', at most 200 characters)")
         if self.engine.mode == "async" and config.plugin_name("robust", self.robust) != "none":
             raise ConfigError("robust.name", "robust aggregation needs a cohort (engine.mode: sync)")
+        clash = conflict(self.strategy)
+        if clash is not None:
+            raise ConfigError(f"strategy.{clash[0]}", clash[1])
         supported = modes(self.strategy)
         if self.engine.mode not in supported:
             raise ConfigError("engine.mode", f"strategy {config.plugin_name('strategy', self.strategy)!r} "
