@@ -79,6 +79,8 @@ def _parse_args(doc: str, names: list[str]) -> dict[str, str]:
 def type_text(tp: Any, meta: typing.Mapping[str, Any]) -> str:
     if "family" in meta:
         base = f"{{name: …}} ({meta['family']})"
+        if typing.get_origin(tp) in (list, tuple):
+            return f"list of {base}"
         if typing.get_origin(tp) in (typing.Union, getattr(__import__("types"), "UnionType")):
             others = [a for a in typing.get_args(tp) if a is not Any and a is not type(None)]
             if others:
@@ -149,7 +151,7 @@ def field_table(cls: type, prefix: str = "") -> list[str]:
     for f in dataclasses.fields(cls):
         if not f.init:
             continue
-        desc = docs.get(f.name, "")
+        desc = docs.get(f.name) or f.metadata.get("doc", "")
         fam = f.metadata.get("family")
         if dataclasses.is_dataclass(hints[f.name]) and not prefix:
             desc = (desc + " " if desc else "") + f"See [`{f.name}`](#{f.name})."
@@ -165,7 +167,7 @@ def field_table(cls: type, prefix: str = "") -> list[str]:
 
 FAMILY_PATHS = {"dataset": "data.dataset", "partition": "data.partition", "model": "model",
                 "participation": "participation", "probs": "participation.probs", "compute": "system.compute",
-                "executor": "executor", "robust": "robust"}
+                "executor": "executor", "robust": "robust", "server_opt": "strategy.server_opt"}
 
 
 def scenario_page() -> str:

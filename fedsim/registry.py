@@ -76,6 +76,16 @@ ROBUST: dict[str, str] = {
     "trimmed_mean": "fedsim.engine.robust:TrimmedMean",
 }
 
+SERVER_OPT: dict[str, str] = {
+    "none": "fedsim.strategy.server_opt:Identity",
+    "sgd": "fedsim.strategy.server_opt:Sgd",
+    "momentum": "fedsim.strategy.server_opt:Momentum",
+    "adam": "fedsim.strategy.server_opt:Adam",
+    "yogi": "fedsim.strategy.server_opt:Yogi",
+    "adagrad": "fedsim.strategy.server_opt:Adagrad",
+    "chain": "fedsim.strategy.server_opt:Chained",
+}
+
 # family (as used in `plugin(...)` fields) -> (table, name shown by `fedsim list`, scenario key)
 FAMILIES: dict[str, Mapping[str, str]] = {
     "dataset": DATASETS,
@@ -87,11 +97,17 @@ FAMILIES: dict[str, Mapping[str, str]] = {
     "strategy": STRATEGIES,
     "executor": EXECUTORS,
     "robust": ROBUST,
+    "server_opt": SERVER_OPT,
 }
 
 # family -> "module:function" returning the problems (list of one-line strings) of an
 # out-of-tree `module:Class` plugin, checked when a scenario names it
 CHECKS: dict[str, str] = {"strategy": "fedsim.strategy.contracts:strategy_problems"}
+
+# family -> "module:function" run on every built plugin of the family, returning None or a
+# (key, message) problem of that block as a whole (e.g. server_lr and server_opt both scaling
+# the server step)
+BLOCK_CHECKS: dict[str, str] = {"strategy": "fedsim.strategy.server_opt:conflict"}
 
 # `fedsim list <what>` -> family, and where the family appears in a scenario
 LISTINGS: dict[str, tuple[str, str]] = {
@@ -104,6 +120,7 @@ LISTINGS: dict[str, tuple[str, str]] = {
     "compute": ("compute", "system.compute"),
     "executors": ("executor", "executor"),
     "robust": ("robust", "robust"),
+    "server_opt": ("server_opt", "strategy.server_opt"),
 }
 
 

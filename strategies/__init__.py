@@ -19,6 +19,9 @@ STRATEGIES: dict[str, str] = {
     "mifa": "strategies.mifa:Mifa",
     "fedvarp": "strategies.fedvarp:FedVarp",
     "fedce": "strategies.fedce:FedCE",
+    "fedadam": "strategies.fedopt:FedAdam",
+    "fedyogi": "strategies.fedopt:FedYogi",
+    "fedadagrad": "strategies.fedopt:FedAdagrad",
     # asynchronous
     "fedbuff": "strategies.fedbuff:FedBuff",
     "fedfix": "strategies.fedfix:FedFix",

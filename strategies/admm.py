@@ -42,6 +42,7 @@ import numpy as np
 
 from fedsim.scenario.fields import bounded
 from fedsim.strategy.maths import consensus_average, prox_solve
+from fedsim.strategy.server_opt import server_opt_field
 from fedsim.types import ClientTask, ClientUpdate, Params, RoundInfo
 
 
@@ -78,6 +79,7 @@ class Admm:
     mu: float = bounded(0.2, gt=0.0, le=1.0)
     continual: bool = True
     server_memory: bool = False
+    server_opt: Any = server_opt_field()
 
     def init(self, params: Params, num_clients: int) -> AdmmServer:
         return AdmmServer({})

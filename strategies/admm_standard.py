@@ -32,6 +32,7 @@ import numpy as np
 
 from fedsim.scenario.fields import bounded
 from fedsim.strategy.maths import consensus_average, prox_solve
+from fedsim.strategy.server_opt import server_opt_field
 from fedsim.types import ClientTask, ClientUpdate, Params, RoundInfo
 
 
@@ -60,6 +61,7 @@ class AdmmStandard:
     rho: float = bounded(1.0, gt=0.0)
     message: Literal["w_plus_dual", "w"] = "w_plus_dual"
     server_memory: bool = False
+    server_opt: Any = server_opt_field()
 
     def init(self, params: Params, num_clients: int) -> AdmmStandardServer:
         return AdmmStandardServer({})

@@ -32,12 +32,13 @@ References:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
 from fedsim.scenario.fields import bounded
-from fedsim.strategy.maths import apply_delta, staleness_weight
+from fedsim.strategy.maths import apply_delta
+from fedsim.strategy.server_opt import StalenessDiscount, scaled, server_opt_field
 from fedsim.types import ArrivalInfo, ClientUpdate, Oracle, Params
 
 
@@ -57,6 +58,7 @@ class AsyncFedAvg:
     staleness: Literal["constant", "polynomial", "hinge"] = "constant"
     staleness_exponent: float = bounded(0.5, ge=0.0, le=100.0)
     staleness_cutoff: int = bounded(0, ge=0, le=1_000_000_000)
+    server_opt: Any = server_opt_field()
 
     @property
     def uses_oracle(self) -> bool:
@@ -77,10 +79,11 @@ class AsyncFedAvg:
 
     def receive(self, state: AsyncFedAvgState, params: Params, update: ClientUpdate,
                 info: ArrivalInfo) -> tuple[AsyncFedAvgState, Params]:
-        s = staleness_weight(info.staleness, self.staleness, self.staleness_exponent, self.staleness_cutoff)
+        s = StalenessDiscount(kind=self.staleness, exponent=self.staleness_exponent,
+                              cutoff=self.staleness_cutoff).weight(info.staleness)
         a = self.alpha * s * float(state.weights[update.client])  # α_t
         if self.rule == "delta":
-            return state, apply_delta(params, update.delta.astype(np.float64), a)  # x + α_t Δ
+            return state, apply_delta(params, scaled(update.delta.astype(np.float64), a))  # x + α_t Δ
         if info.base_params is None:
             raise ValueError("async_fedavg rule 'mix' needs the start model of the update (ArrivalInfo.base_params)")
         local = info.base_params.astype(np.float64) + update.delta  # x_start + Δ = the client's model

@@ -18,10 +18,11 @@ References:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 from fedsim.scenario.fields import bounded
 from fedsim.strategy.maths import apply_delta, sorted_updates, weighted_sum
+from fedsim.strategy.server_opt import scaled, server_opt_field
 from fedsim.types import ClientUpdate, Params, RoundInfo
 
 
@@ -34,6 +35,7 @@ class AverageAll:
     """
 
     server_lr: float = bounded(1.0, gt=0.0)
+    server_opt: Any = server_opt_field()
 
     def init(self, params: Params, num_clients: int) -> int:
         return num_clients  # N, fixed for the run
@@ -44,4 +46,4 @@ class AverageAll:
             return state, params  # empty round: no change
         ups = sorted_updates(updates)
         step = weighted_sum([u.delta for u in ups], [1.0 / state] * len(ups))  # (1/N) Σ_{S_t} Δ_n
-        return state, apply_delta(params, step, self.server_lr)
+        return state, apply_delta(params, scaled(step, self.server_lr))

@@ -18,10 +18,11 @@ References:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 from fedsim.scenario.fields import bounded
 from fedsim.strategy.maths import apply_delta, sorted_updates, weighted_sum
+from fedsim.strategy.server_opt import scaled, server_opt_field
 from fedsim.types import ClientUpdate, Params, RoundInfo
 
 
@@ -34,6 +35,7 @@ class AverageParticipating:
     """
 
     server_lr: float = bounded(1.0, gt=0.0)
+    server_opt: Any = server_opt_field()
 
     def init(self, params: Params, num_clients: int) -> None:
         return None
@@ -44,4 +46,4 @@ class AverageParticipating:
             return state, params  # empty round: no change
         ups = sorted_updates(updates)
         step = weighted_sum([u.delta for u in ups], [1.0 / len(ups)] * len(ups))  # mean_{S_t} Δ_n
-        return state, apply_delta(params, step, self.server_lr)
+        return state, apply_delta(params, scaled(step, self.server_lr))

@@ -38,6 +38,7 @@ from fedsim.strategy.maths import (
     sorted_updates,
     weighted_sum,
 )
+from fedsim.strategy.server_opt import scaled, server_opt_field
 from fedsim.types import ClientUpdate, Params, RoundInfo
 
 
@@ -66,6 +67,7 @@ class FedAU:
 
     server_lr: float = bounded(1.0, gt=0.0)
     cutoff: int = bounded(100_000, ge=1, le=10**12)
+    server_opt: Any = server_opt_field()
 
     def init(self, params: Params, num_clients: int) -> FedAUState:
         z = np.zeros(num_clients, dtype=np.int64)
@@ -78,7 +80,7 @@ class FedAU:
         omega = state.weights()  # specs §4.3 step 3: intervals completed before round t only
         if ups:
             w = [omega[u.client] / n for u in ups]  # ω_n / N
-            params = apply_delta(params, weighted_sum([u.delta for u in ups], w), self.server_lr)  # step 4
+            params = apply_delta(params, scaled(weighted_sum([u.delta for u in ups], w), self.server_lr))  # step 4
         part = participant_mask(ups, n)
         # specs §4.3 step 5: participants record c_n + 1; the others count on and record K at the cutoff
         total = state.total + np.where(part, state.count + 1, 0)

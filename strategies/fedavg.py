@@ -18,7 +18,7 @@ References:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Any, Literal, Sequence
 
 from fedsim.strategy.maths import (
     apply_delta,
@@ -26,6 +26,7 @@ from fedsim.strategy.maths import (
     sorted_updates,
     weighted_sum,
 )
+from fedsim.strategy.server_opt import scaled, server_opt_field
 from fedsim.types import ClientUpdate, Params, RoundInfo
 
 
@@ -40,6 +41,7 @@ class FedAvg:
 
     server_lr: float = 1.0
     weighting: Literal["examples", "uniform"] = "examples"
+    server_opt: Any = server_opt_field()
 
     def init(self, params: Params, num_clients: int) -> None:
         return None  # FedAvg keeps no server state
@@ -51,4 +53,4 @@ class FedAvg:
         ups = sorted_updates(updates)
         a = example_weights(ups, self.weighting)
         step = weighted_sum([u.delta for u in ups], a)  # Σ a_i Δ_i
-        return state, apply_delta(params, step, self.server_lr)  # x + η Σ a_i Δ_i
+        return state, apply_delta(params, scaled(step, self.server_lr))  # x + η Σ a_i Δ_i

@@ -43,12 +43,18 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
 from fedsim.scenario.fields import bounded
-from fedsim.strategy.maths import apply_delta, staleness_weight
+from fedsim.strategy.maths import apply_delta
+from fedsim.strategy.server_opt import (
+    StalenessDiscount,
+    TraceState,
+    legacy,
+    server_opt_field,
+)
 from fedsim.types import ArrivalInfo, ClientUpdate, Params
 
 
@@ -80,6 +86,7 @@ class FedBuff:
     avg_staleness: float = bounded(0.0, ge=0.0, le=1e9)
     max_staleness: int | None = bounded(None, ge=0, le=1_000_000_000)
     one_per_client: bool = False
+    server_opt: Any = server_opt_field()
 
     def init(self, params: Params, num_clients: int) -> FedBuffState:
         if self.one_per_client and self.buffer_size > num_clients:
@@ -104,8 +111,8 @@ class FedBuff:
         if self.one_per_client and update.client in state.members:  # specs §6.5
             return dataclasses.replace(state, discarded=state.discarded + 1), None
         e = self._example_weight(state, update, info.num_clients)
-        s = staleness_weight(info.staleness, self.staleness, self.staleness_exponent,
-                             self.staleness_cutoff, self.stale_value, self.avg_staleness)
+        s = StalenessDiscount(kind=self.staleness, exponent=self.staleness_exponent, cutoff=self.staleness_cutoff,
+                              stale_value=self.stale_value, avg_staleness=self.avg_staleness).weight(info.staleness)
         buffer = state.buffer + (e * s) * update.delta.astype(np.float64)  # B ← B + w Δ  (step 3)
         count, esum = state.count + 1, state.example_sum + e
         members = state.members | {update.client}
@@ -113,12 +120,14 @@ class FedBuff:
             return dataclasses.replace(state, buffer=buffer, count=count, example_sum=esum,
                                        members=members), None
         g = buffer if self.buffer_reduction == "sum" else buffer / esum  # step 4
-        m = g if self.server_momentum == 0 or state.momentum is None else self.server_momentum * state.momentum + g
+        heavy = self.server_momentum > 0
+        opt = legacy(self.server_lr, self.server_momentum)  # m ← μ m + g;  step = η m
+        step, trace = opt.update(g, TraceState(state.momentum) if heavy else (), params)
         contributions = state.contributions.copy()
         contributions[sorted(members)] += 1
-        new = apply_delta(params, m, self.server_lr)  # x ← x + η m
+        new = apply_delta(params, step)  # x ← x + η m
         return FedBuffState(np.zeros_like(buffer), 0, 0.0, frozenset(),
-                            m if self.server_momentum > 0 else None, state.steps + 1, contributions,
+                            trace.m if heavy else None, state.steps + 1, contributions,
                             state.discarded), new
 
     def client_report(self, state: FedBuffState) -> dict[int, dict[str, float]]:

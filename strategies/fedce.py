@@ -46,6 +46,7 @@ import numpy as np
 
 from fedsim.scenario.fields import bounded
 from fedsim.strategy.maths import apply_delta, sorted_updates, weighted_sum
+from fedsim.strategy.server_opt import scaled, server_opt_field
 from fedsim.types import ClientTask, ClientUpdate, Params, RoundInfo
 
 SCORE_KEY = "fedce_minus_val"  # s_j, client → server (NVFlare's metadata key)
@@ -122,6 +123,7 @@ class FedCE:
     epsilon: float = bounded(1e-6, gt=0.0, lt=1.0)
     server_lr: float = bounded(1.0, gt=0.0)
     score_split: Literal["val", "train"] = "val"
+    server_opt: Any = server_opt_field()
 
     def init(self, params: Params, num_clients: int) -> FedCEState:
         nan = np.full(num_clients, np.nan)
@@ -183,7 +185,7 @@ class FedCE:
         coef[clients], gs[clients], ds[clients] = c, g, [s for _, s in ups]
         step = weighted_sum(deltas, c)  # step 6: Σ_J c_j Δ_j
         new_state = FedCEState(coef, mean, count, gs, ds, rejected)
-        return new_state, apply_delta(params, step, self.server_lr)
+        return new_state, apply_delta(params, scaled(step, self.server_lr))
 
     def client_report(self, state: FedCEState) -> dict[int, dict[str, Any]]:
         """Contribution c_j and its two parts (NaN/null until the client is first aggregated)."""

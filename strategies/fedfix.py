@@ -32,12 +32,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
 from fedsim.scenario.fields import bounded
 from fedsim.strategy.maths import apply_delta
+from fedsim.strategy.server_opt import scaled, server_opt_field
 from fedsim.types import ArrivalInfo, ClientUpdate, Oracle, Params
 
 
@@ -67,6 +68,7 @@ class FedFix:
     server_lr: float = bounded(1.0, gt=0.0, le=1e6)
     weighting: Literal["weight", "identical"] = "weight"
     importance: Literal["uniform", "examples"] = "uniform"
+    server_opt: Any = server_opt_field()
 
     @property
     def uses_oracle(self) -> bool:
@@ -91,7 +93,7 @@ class FedFix:
         return dataclasses.replace(state, buffer=buffer, count=state.count + 1), None
 
     def tick(self, state: FedFixState, params: Params, info: ArrivalInfo) -> tuple[FedFixState, Params]:
-        new = apply_delta(params, state.buffer, self.server_lr)  # θ ← θ + η Σ d_i Δ_i; empty = no-op step
+        new = apply_delta(params, scaled(state.buffer, self.server_lr))  # θ ← θ + η Σ d_i Δ_i; empty: no-op
         return dataclasses.replace(state, buffer=np.zeros_like(state.buffer), count=0), new
 
     def client_report(self, state: FedFixState) -> dict[int, dict[str, float]]:

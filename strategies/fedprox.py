@@ -26,6 +26,7 @@ from fedsim.strategy.maths import (
     sorted_updates,
     weighted_sum,
 )
+from fedsim.strategy.server_opt import scaled, server_opt_field
 from fedsim.types import ClientTask, ClientUpdate, Params, RoundInfo
 
 
@@ -42,6 +43,7 @@ class FedProx:
     mu: float = bounded(0.01, ge=0.0)
     server_lr: float = bounded(1.0, gt=0.0)
     weighting: Literal["examples", "uniform"] = "examples"
+    server_opt: Any = server_opt_field()
 
     def init(self, params: Params, num_clients: int) -> None:
         return None
@@ -58,4 +60,4 @@ class FedProx:
             return state, params
         ups = sorted_updates(updates)
         a = example_weights(ups, self.weighting)
-        return state, apply_delta(params, weighted_sum([u.delta for u in ups], a), self.server_lr)
+        return state, apply_delta(params, scaled(weighted_sum([u.delta for u in ups], a), self.server_lr))

@@ -31,6 +31,7 @@ import numpy as np
 
 from fedsim.scenario.fields import bounded
 from fedsim.strategy.maths import sorted_updates, weighted_sum
+from fedsim.strategy.server_opt import server_opt_field
 from fedsim.types import ClientTask, ClientUpdate, Params, RoundInfo
 
 
@@ -54,6 +55,7 @@ class FedSpeed:
     rho: float = bounded(0.1, ge=0.0)
     weight_decay: float = bounded(1e-3, ge=0.0)
     clip_norm: float = bounded(10.0, gt=0.0)
+    server_opt: Any = server_opt_field()
 
     def init(self, params: Params, num_clients: int) -> FedSpeedState:
         return FedSpeedState(np.zeros(params.size, dtype=np.float64))

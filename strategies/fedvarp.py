@@ -23,7 +23,7 @@ References:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -34,6 +34,7 @@ from fedsim.strategy.maths import (
     sorted_updates,
     weighted_sum,
 )
+from fedsim.strategy.server_opt import scaled, server_opt_field
 from fedsim.types import ClientUpdate, Params, RoundInfo
 
 
@@ -52,6 +53,7 @@ class FedVarp:
     """
 
     server_lr: float = bounded(1.0, gt=0.0)
+    server_opt: Any = server_opt_field()
 
     def init(self, params: Params, num_clients: int) -> FedVarpState:
         return FedVarpState(num_clients)
@@ -70,4 +72,4 @@ class FedVarp:
             corrected = [u.delta.astype(np.float64) - old[u.client] for u in ups]  # Δ_n − y_n
         step = weighted_sum(corrected, [1.0 / len(ups)] * len(ups)) + ybar
         latest = replace_rows(old, ups, state.num_clients)  # y_n ← Δ_n
-        return FedVarpState(state.num_clients, latest), apply_delta(params, step, self.server_lr)
+        return FedVarpState(state.num_clients, latest), apply_delta(params, scaled(step, self.server_lr))

@@ -25,6 +25,7 @@ import numpy as np
 
 from fedsim.scenario.fields import bounded
 from fedsim.strategy.maths import apply_delta, sorted_updates, weighted_sum
+from fedsim.strategy.server_opt import scaled, server_opt_field
 from fedsim.types import ClientUpdate, Oracle, Params, RoundInfo
 
 
@@ -38,6 +39,7 @@ class KnownProbability:
 
     uses_oracle: ClassVar[bool] = True
     server_lr: float = bounded(1.0, gt=0.0)
+    server_opt: Any = server_opt_field()
 
     def init(self, params: Params, num_clients: int, oracle: Oracle | None = None) -> np.ndarray:
         probs = None if oracle is None else oracle.participation_probs
@@ -60,7 +62,7 @@ class KnownProbability:
             return state, params  # empty round: no change
         ups = sorted_updates(updates)
         step = weighted_sum([u.delta for u in ups], [state[u.client] for u in ups])  # (1/N) Σ Δ_n/p_n
-        return state, apply_delta(params, step, self.server_lr)
+        return state, apply_delta(params, scaled(step, self.server_lr))
 
     def client_report(self, state: np.ndarray) -> dict[int, dict[str, Any]]:
         """The oracle weight 1/p_n (comparable with FedAU's `fedau_weight`)."""

@@ -23,12 +23,13 @@ References:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from fedsim.scenario.fields import bounded
 from fedsim.strategy.maths import apply_delta, replace_rows
+from fedsim.strategy.server_opt import scaled, server_opt_field
 from fedsim.types import ClientUpdate, Params, RoundInfo
 
 
@@ -47,6 +48,7 @@ class Mifa:
     """
 
     server_lr: float = bounded(1.0, gt=0.0)
+    server_opt: Any = server_opt_field()
 
     def init(self, params: Params, num_clients: int) -> MifaState:
         return MifaState(num_clients)
@@ -57,4 +59,4 @@ class Mifa:
         if latest is None:
             return state, params  # nothing stored yet: the mean of zeros is a zero step
         step = latest.mean(axis=0, dtype=np.float64)  # (1/N) Σ_all y_n, also in empty rounds
-        return MifaState(state.num_clients, latest), apply_delta(params, step, self.server_lr)
+        return MifaState(state.num_clients, latest), apply_delta(params, scaled(step, self.server_lr))

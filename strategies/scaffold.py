@@ -30,6 +30,7 @@ import numpy as np
 
 from fedsim.scenario.fields import bounded
 from fedsim.strategy.maths import apply_delta, sorted_updates, weighted_sum
+from fedsim.strategy.server_opt import scaled, server_opt_field
 from fedsim.types import ClientTask, ClientUpdate, Params, RoundInfo
 
 
@@ -47,6 +48,7 @@ class Scaffold:
     """
 
     server_lr: float = bounded(1.0, gt=0.0)
+    server_opt: Any = server_opt_field()
     payload_keys = ("delta_c",)  # the engine rejects updates without a finite (d,) Δc
 
     def init(self, params: Params, num_clients: int) -> ScaffoldState:
@@ -76,4 +78,4 @@ class Scaffold:
         m = len(ups)
         step = weighted_sum([u.delta for u in ups], np.full(m, 1.0 / m))  # mean Δy
         dc = weighted_sum([u.payload["delta_c"] for u in ups], np.full(m, 1.0 / info.num_clients))
-        return ScaffoldState(state.c + dc), apply_delta(params, step, self.server_lr)
+        return ScaffoldState(state.c + dc), apply_delta(params, scaled(step, self.server_lr))

@@ -11,8 +11,8 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
 import pytest
+import yaml
 from conftest import TINY, merge, run_raw
 
 from fedsim.cli import app as cli

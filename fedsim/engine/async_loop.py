@@ -363,6 +363,8 @@ class AsyncLoop:
 
     def commit(self, new: np.ndarray) -> None:
         eng = self.eng
+        if self.since_commit:  # an empty FedFix tick is a no-op step, not a server-optimiser step
+            new = eng.server_step(new)
         eng.params = np.asarray(new, dtype=np.float32)
         eng.version += 1
         eng.event("commit", client=None, virtual_time=eng.now, version=eng.version, staleness=None,

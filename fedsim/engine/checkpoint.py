@@ -2,13 +2,14 @@
 
 `checkpoint: {every: N}` saves after every N-th round (sync) or every N-th committed
 version (async) to `<out>/checkpoint/state.pkl`: virtual clock, model version and
-parameters, strategy state, every client's stored state, participation counts, the
-participation process (with its random generator), counters, the last metrics and the
-byte offsets of metrics/clients/events.jsonl; in async mode also the event loop's state
-(`loop`: event heap, in-flight jobs, busy/waiting clients, cached participation masks,
-timers — fedsim.engine.async_loop). All other randomness is keyed by (client, dispatch
-index), which the counters carry, so nothing else needs saving. The file is written to a temporary name, fsynced and moved
-into place with os.replace: a crash leaves either the old or the new checkpoint.
+parameters, strategy state, the server optimiser's state, every client's stored state,
+participation counts, the participation process (with its random generator), counters,
+the last metrics and the byte offsets of metrics/clients/events.jsonl; in async mode also
+the event loop's state (`loop`: event heap, in-flight jobs, busy/waiting clients, cached
+participation masks, timers — fedsim.engine.async_loop). All other randomness is keyed by
+(client, dispatch index), which the counters carry, so nothing else needs saving. The file
+is written to a temporary name, fsynced and moved into place with os.replace: a crash
+leaves either the old or the new checkpoint.
 
 `fedsim run --resume RUN_DIR` rebuilds the run from RUN_DIR/scenario.resolved.yaml,
 truncates the JSONL files to the checkpointed offsets (dropping rows written after it),
@@ -43,6 +44,7 @@ def snapshot(engine, next_round: int, loop: dict[str, Any] | None = None) -> dic
         "participations": engine.participations, "counters": asdict(engine.counters),
         "participation": engine.participation, "last_metrics": engine.history.last_metrics,
         "offsets": engine.history.offsets(), "loop": loop,
+        "server_opt": getattr(engine, "opt_state", None),
     }
 
 
@@ -88,6 +90,7 @@ def restore(engine, snap: dict[str, Any]) -> int:
     engine.now, engine.version = snap["now"], snap["version"]
     engine.params = np.asarray(snap["params"], dtype=np.float32)
     engine.state, engine.client_states = snap["state"], snap["client_states"]
+    engine.opt_state = snap.get("server_opt")  # the server optimiser's moments (None without one)
     engine.participations = snap["participations"]
     engine.counters = Counters(**snap["counters"])
     engine.participation = snap["participation"]

@@ -25,6 +25,7 @@ from fedsim.engine.validation import validate_update
 from fedsim.engine.wall_loop import WallLoop
 from fedsim.results.history import History
 from fedsim.scenario.schema import FaultsConfig
+from fedsim.strategy import server_opt
 from fedsim.types import ClientTask, ClientUpdate, Job, JobResult, Oracle, RoundInfo
 from fedsim.world import channel
 from fedsim.world.faults import Faults
@@ -76,6 +77,11 @@ class Engine:
             self.state = self.strategy.init(self.params, self.n, oracle=oracle)
         else:
             self.state = self.strategy.init(self.params, self.n)
+        # Server pipeline, second stage (fedsim.strategy.server_opt): None = no server optimiser,
+        # and then no arithmetic at all, so such runs stay bit-identical.
+        opt = getattr(self.strategy, "server_opt", None)
+        self.server_opt = None if server_opt.is_identity(opt) else opt
+        self.opt_state = None if self.server_opt is None else self.server_opt.init(self.params)
 
     # -- shared machinery -----------------------------------------------------------------
 
@@ -132,6 +138,13 @@ class Engine:
         self.event("drop", client=p.client, job=p.job.id, virtual_time=at, version=self.version,
                    staleness=None, reason=reason, **extra)
         return None
+
+    def server_step(self, new: np.ndarray) -> np.ndarray:
+        """Commit the strategy's proposal `new` through the server optimiser (Δ = new − params)."""
+        if self.server_opt is None:
+            return new
+        self.opt_state, out = server_opt.server_step(self.server_opt, self.opt_state, self.params, new)
+        return out
 
     def collect(self, pendings: list[Pending]) -> dict[int, JobResult]:
         """Wait for every submitted job of `pendings`; results keyed by job id."""
@@ -215,6 +228,8 @@ class Engine:
             info = RoundInfo(r, self.n, tuple(int(c) for c in online), self.now)
             cohort = self.robust.apply(updates)  # identity unless `robust:` is set
             self.state, new_params = self.strategy.aggregate(self.state, self.params, cohort, info)
+            if cohort:  # an empty round leaves the model and the optimiser's moments alone
+                new_params = self.server_step(new_params)
             self.params = np.asarray(new_params, dtype=np.float32)
             self.version += 1
             self.counters.num_updates += len(updates)

@@ -241,7 +241,12 @@ def build_plugin(family: str, raw: Mapping[str, Any], path: str) -> Any:
         raise ConfigError(_join(path, "name"), f"unknown {family} {name!r}{_suggest(name, known)}; "
                           f"known: {', '.join(sorted(known))}")
     rest = {k: v for k, v in raw.items() if k != "name"}
-    return build(cls, rest, path)
+    obj = build(cls, rest, path)
+    block_check = registry.BLOCK_CHECKS.get(family)
+    problem = registry.import_entry(block_check)(obj) if block_check else None
+    if problem is not None:
+        raise ConfigError(_join(path, problem[0]), problem[1])
+    return obj
 
 
 def plugin_name(family: str, obj: Any) -> str:
@@ -268,7 +273,7 @@ def to_raw(obj: Any, family: str | None = None) -> Any:
                 out[f.name] = to_raw(getattr(obj, f.name), f.metadata.get("family"))
         return out
     if isinstance(obj, (list, tuple)):
-        return [to_raw(v) for v in obj]
+        return [to_raw(v, family) for v in obj]  # a list of plugins keeps each item's name
     if isinstance(obj, Mapping):
         return {k: to_raw(v) for k, v in obj.items()}
     return obj

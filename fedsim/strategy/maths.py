@@ -68,21 +68,11 @@ def example_weights(updates: Sequence[ClientUpdate], weighting: str) -> np.ndarr
 
 def staleness_weight(staleness: int, kind: str, exponent: float = 0.5, cutoff: int = 0,
                      stale_value: float = 0.0, avg_staleness: float = 0.0) -> float:
-    """Staleness discount s(τ) (specs §6.3).
+    """Staleness discount s(τ); see `fedsim.strategy.server_opt.StalenessDiscount`."""
+    from fedsim.strategy.server_opt import StalenessDiscount
 
-    constant: 1; polynomial: ((1+τ̄)/(1+τ))^a, so s(τ̄) = 1;
-    hinge: 1 if τ <= cutoff else 1/(1 + exponent*(τ - cutoff)) (FedAsync hinge);
-    threshold: 1 if τ <= cutoff else `stale_value`.
-    """
-    if kind == "constant":
-        return 1.0
-    if kind == "polynomial":
-        return float(((1.0 + avg_staleness) / (1.0 + staleness)) ** exponent)
-    if kind == "hinge":
-        return 1.0 if staleness <= cutoff else 1.0 / (1.0 + exponent * (staleness - cutoff))
-    if kind == "threshold":
-        return 1.0 if staleness <= cutoff else float(stale_value)
-    raise ValueError(f"unknown staleness weighting {kind!r}")
+    return StalenessDiscount(kind=kind, exponent=exponent, cutoff=cutoff, stale_value=stale_value,
+                             avg_staleness=avg_staleness).weight(staleness)
 
 
 def sorted_updates(updates: Sequence[ClientUpdate]) -> list[ClientUpdate]:
