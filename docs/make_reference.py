@@ -79,7 +79,7 @@ def _parse_args(doc: str, names: list[str]) -> dict[str, str]:
 def type_text(tp: Any, meta: typing.Mapping[str, Any]) -> str:
     if "family" in meta:
         base = f"{{name: …}} ({meta['family']})"
-        if typing.get_origin(tp) in (typing.Union, getattr(__import__("types"), "UnionType")):
+        if typing.get_origin(tp) in (typing.Union, __import__("types").UnionType):
             others = [a for a in typing.get_args(tp) if a is not Any and a is not type(None)]
             if others:
                 return " or ".join([type_text(a, {}) for a in others] + [base])
@@ -89,7 +89,7 @@ def type_text(tp: Any, meta: typing.Mapping[str, Any]) -> str:
         return "any"
     if origin is Literal:
         return " \\| ".join(f"`{a}`" for a in args)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType")):
+    if origin in (typing.Union, __import__("types").UnionType):
         return " or ".join(type_text(a, {}) for a in args)
     if origin in (list, tuple):
         inner = [a for a in args if a is not Ellipsis]

@@ -203,8 +203,8 @@ def run(sc, out: Path | None = None, on_progress: Callable[[int, dict], None] | 
         if on_start:
             on_start(sc)
         try:
-            engine = Engine(sc, data, executor, history, Evaluator(data, eval_model, clients=eval_sample(sc, data)), params, process, system,
-                            work, oracle, on_progress)
+            evaluator = Evaluator(data, eval_model, clients=eval_sample(sc, data))
+            engine = Engine(sc, data, executor, history, evaluator, params, process, system, work, oracle, on_progress)
         except ValueError as exc:  # a strategy that cannot start with this scenario
             raise RunError(f"strategy: {exc}") from None
         if snap is not None:

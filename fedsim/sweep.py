@@ -114,7 +114,7 @@ def grid(sets: Sequence[tuple[str, list[str]]], seeds: Sequence[int] | None) -> 
     names = keys + (["seed"] if seeds is not None else [])
     points = []
     for combo in itertools.product(*axes):
-        pairs = list(zip(names, combo))
+        pairs = list(zip(names, combo, strict=True))
         points.append(Point(folder_name(pairs), tuple(f"{k}={v}" for k, v in pairs)))
     if len({p.name for p in points}) != len(points):
         raise SweepError("two combinations map to the same folder name; use values that differ in letters/digits")

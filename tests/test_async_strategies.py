@@ -63,7 +63,8 @@ def test_fedbuff_buffer_by_hand():
 
 def test_fedbuff_examples_weighting_mean_is_weighted_average():
     # e = n: (10·[1,0] + 30·[0,1]) / 40 = [0.25, 0.75]
-    commits, _ = feed(FedBuff(buffer_size=2, weighting="examples"), [(up(0, [1, 0], n=10), 0), (up(1, [0, 1], n=30), 0)])
+    arrivals = [(up(0, [1, 0], n=10), 0), (up(1, [0, 1], n=30), 0)]
+    commits, _ = feed(FedBuff(buffer_size=2, weighting="examples"), arrivals)
     assert commits[0].tolist() == [0.25, 0.75]
 
 
@@ -101,7 +102,7 @@ def test_fedbuff_k1_equals_fedasync_delta():
     a, _ = feed(FedBuff(buffer_size=1, server_lr=0.7, staleness="polynomial"), arrivals)
     b, _ = feed(AsyncFedAvg(alpha=0.7, staleness="polynomial"), arrivals)
     assert len(a) == len(b) == 20
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         np.testing.assert_array_equal(x, y)
 
 
@@ -176,7 +177,8 @@ def test_async_fedavg_fraboni_weight():
         s.init(X0, 2)
 
 
-@pytest.mark.parametrize("strategy", [FedBuff(buffer_size=2, server_momentum=0.5), FedBuff(weighting="fraboni", buffer_size=1),
+@pytest.mark.parametrize("strategy", [FedBuff(buffer_size=2, server_momentum=0.5),
+                                      FedBuff(weighting="fraboni", buffer_size=1),
                                       FedFix(weighting="identical"), AsyncFedAvg(rule="mix")])
 def test_no_input_mutation(strategy):
     x = np.array([1.0, -1.0], dtype=np.float32)

@@ -220,7 +220,7 @@ def test_real_cli_subprocess_no_traceback_no_hang(hostile_dir):
     assert "Traceback" not in res.stderr
     lines = res.stderr.strip().splitlines()
     assert len(lines) == len(paths), res.stderr
-    for p, line in zip(paths, lines):
+    for p, line in zip(paths, lines, strict=True):
         assert line.startswith(f"error: {p}"), line
     # A data-time failure (bad trace row) through `run`; per-client data, so no partitioner import.
     path = _write(hostile_dir, "linreg_bad_trace.yaml",

@@ -145,8 +145,8 @@ def to_markdown(c: Comparison) -> str:
     head = ["run", "seeds"] + [col.title for col in c.columns]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
     for label, n, cells in c.rows:
-        lines.append("| " + " | ".join([label.replace("|", "\\|"), str(n)]
-                                       + [cell.text(col.digits) for cell, col in zip(cells, c.columns)]) + " |")
+        texts = [cell.text(col.digits) for cell, col in zip(cells, c.columns, strict=True)]
+        lines.append("| " + " | ".join([label.replace("|", "\\|"), str(n)] + texts) + " |")
     return f"{title(c).capitalize()}.\n\n" + "\n".join(lines) + "\n"
 
 
@@ -186,7 +186,7 @@ def print_table(c: Comparison) -> None:
     for col in c.columns:
         t.add_column(col.title, justify="right")
     for label, n, cells in c.rows:
-        t.add_row(label, str(n), *[cell.text(col.digits) for cell, col in zip(cells, c.columns)])
+        t.add_row(label, str(n), *[cell.text(col.digits) for cell, col in zip(cells, c.columns, strict=True)])
     console = Console()
     if not console.is_terminal:
         console = Console(width=200)  # piped or logged: do not squeeze into 80 columns

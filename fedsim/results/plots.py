@@ -60,7 +60,7 @@ def _by_time(runs: Sequence[Run], xkey: str, key: str) -> tuple[np.ndarray, np.n
     if len(runs) == 1:
         return xs[0], runs[0].series(key)[None, :]
     grid = np.linspace(max(x[0] for x in xs), min(x[-1] for x in xs), GRID_POINTS)
-    return grid, np.vstack([np.interp(grid, x, run.series(key)) for x, run in zip(xs, runs)])
+    return grid, np.vstack([np.interp(grid, x, run.series(key)) for x, run in zip(xs, runs, strict=True)])
 
 
 def _band(ax, x: np.ndarray, y: np.ndarray, colour, label: str | None, positive: bool = False, **kw) -> None:

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
+from fedsim import registry
 from fedsim.runner import run
 from fedsim.scenario.loading import load
-from fedsim import registry
 
 SCENARIOS = ["fedspeed_iclr2023.yaml", "admm_noise_robust.yaml", "fedau_iclr2024.yaml", "fedce_cvpr2023.yaml"]
 
