@@ -35,8 +35,11 @@ def _doc(obj: Any) -> str:
 
 
 def summary(obj: Any) -> str:
-    """The docstring's text before `Args:` (one paragraph, joined)."""
-    text = _doc(obj).split("Args:", 1)[0].strip()
+    """The docstring's text before `Args:` or any other section (one paragraph, joined)."""
+    text = _doc(obj).split("Args:", 1)[0]
+    for sec in SECTIONS:
+        text = text.split("\n" + sec, 1)[0]
+    text = text.strip()
     return " ".join(text.split())
 
 

@@ -42,6 +42,7 @@ class Credentials:
     client_keys: tuple[Path, ...]  # private keys; the public key is the same path + ".pub"
 
     def public_key(self, client: int) -> Path:
+        """Path of client `client`'s public key: its private key's path plus ".pub"."""
         return self.client_keys[client].with_name(self.client_keys[client].name + ".pub")
 
 

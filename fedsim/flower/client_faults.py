@@ -1,5 +1,6 @@
-"""Testing only: make a deployed client misbehave, to check that the server records and
-excludes it and that the global model stays intact.
+"""Testing only: make a deployed client misbehave.
+
+This checks that the server records and excludes it and that the global model stays intact.
 
 Set per client with the hidden flag `fedsim deploy client ... --fault KIND[@ROUND]`
 (node config key `fedsim-fault`); without `@ROUND` the fault hits every job.
