@@ -156,7 +156,21 @@ def _read_yaml(path: Path) -> Any:
 
 
 def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """Apply CLI `a.b=value` overrides (values parsed as YAML) to a copy of `raw`."""
+    """Apply CLI `a.b=value` overrides (values parsed as YAML) to a copy of `raw`.
+
+    Setting a plugin's `name` to a different plugin drops the old plugin's other keys (with a
+    note on stderr).
+
+    Args:
+        raw: the parsed scenario document.
+        overrides: `key.path=value` strings, applied in order.
+
+    Returns:
+        The overridden copy.
+
+    Raises:
+        ConfigError: for a malformed override or a key inside a non-mapping.
+    """
     out = copy.deepcopy(raw)
     for item in overrides:
         key, sep, text = item.partition("=")
