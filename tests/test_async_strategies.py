@@ -35,7 +35,7 @@ def feed(strategy, arrivals, params=X0, n=4, oracle=None):
     return commits, state
 
 
-# --- staleness weights (specs §6.3, §10 T8) -------------------------------------------------------
+# --- staleness weights (FedBuff, Nguyen et al. AISTATS 2022; FLSim async_staleness_weights.py) ------
 
 def test_staleness_weights_t8():
     assert staleness_weight(0, "polynomial", 0.5, avg_staleness=0.0) == 1.0  # s(0) = 1 when τ̄ = 0
@@ -96,7 +96,7 @@ def test_fedbuff_fraboni_weights_running_frequencies():
 
 
 def test_fedbuff_k1_equals_fedasync_delta():
-    # specs §6.4 (1): K = 1, no momentum ≡ FedAsync with the delta rule, scaled by η·s(τ).
+    # FLSim's FedBuff tests (1): K = 1, no momentum ≡ FedAsync with the delta rule, scaled by η·s(τ).
     rng = np.random.default_rng(1)
     arrivals = [(up(int(rng.integers(4)), rng.normal(size=2)), int(rng.integers(5))) for _ in range(20)]
     a, _ = feed(FedBuff(buffer_size=1, server_lr=0.7, staleness="polynomial"), arrivals)
@@ -107,7 +107,7 @@ def test_fedbuff_k1_equals_fedasync_delta():
 
 
 def test_fedbuff_k_equals_n_is_one_fedavg_round():
-    # specs §6.4 (2, 3): all N clients start from the same model, no staleness: sum with η/K, or mean
+    # FLSim's FedBuff tests (2, 3): all N clients start from the same model, no staleness: sum with η/K, or mean
     # with η, equals one round of sync FedAvg (uniform weights, server lr η).
     rng = np.random.default_rng(2)
     x = rng.normal(size=3).astype(np.float32)
@@ -138,7 +138,7 @@ def test_fedfix_weights_and_tick_by_hand():
     st, _ = s.receive(st, X0, up(1, [3, 0]), info(0, 0, 3))
     st, x1 = s.tick(st, X0, info(0, 0, 3))
     np.testing.assert_allclose(x1, [3.0, 0.0])
-    st, x2 = s.tick(st, x1, info(1, 0, 3))  # empty tick: a no-op step that still commits (specs §5.7)
+    st, x2 = s.tick(st, x1, info(1, 0, 3))  # empty tick: a no-op step that still commits (as in Fraboni et al.'s code)
     assert x2 is not None and x2.tolist() == x1.tolist()
 
 
