@@ -35,8 +35,11 @@ def _doc(obj: Any) -> str:
 
 
 def summary(obj: Any) -> str:
-    """The docstring's text before `Args:` (one paragraph, joined)."""
-    text = _doc(obj).split("Args:", 1)[0].strip()
+    """The docstring's text before `Args:` or any other section (one paragraph, joined)."""
+    text = _doc(obj).split("Args:", 1)[0]
+    for sec in SECTIONS:
+        text = text.split("\n" + sec, 1)[0]
+    text = text.strip()
     return " ".join(text.split())
 
 
@@ -81,7 +84,7 @@ def type_text(tp: Any, meta: typing.Mapping[str, Any]) -> str:
         base = f"{{name: …}} ({meta['family']})"
         if typing.get_origin(tp) in (list, tuple):
             return f"list of {base}"
-        if typing.get_origin(tp) in (typing.Union, getattr(__import__("types"), "UnionType")):
+        if typing.get_origin(tp) in (typing.Union, __import__("types").UnionType):
             others = [a for a in typing.get_args(tp) if a is not Any and a is not type(None)]
             if others:
                 return " or ".join([type_text(a, {}) for a in others] + [base])
@@ -91,7 +94,7 @@ def type_text(tp: Any, meta: typing.Mapping[str, Any]) -> str:
         return "any"
     if origin is Literal:
         return " \\| ".join(f"`{a}`" for a in args)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType")):
+    if origin in (typing.Union, __import__("types").UnionType):
         return " or ".join(type_text(a, {}) for a in args)
     if origin in (list, tuple):
         inner = [a for a in args if a is not Ellipsis]

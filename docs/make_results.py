@@ -13,9 +13,10 @@ What each scenario compares comes from comment lines in the scenario file, else 
 
 Runs go to runs/results/<scenario>/ (one subfolder per combination) and are reused when
 they already hold a finished run of the same resolved scenario, so adding a scenario only
-runs the new one (`--force` reruns everything, e.g. after a change to the engine). Sync rounds are capped at --rounds and async runs at --versions model
-versions (engine.max_versions) to keep the whole gallery small; the overrides used are
-printed in each section.
+runs the new one (`--force` reruns everything, e.g. after a change to the engine). Sync
+rounds are capped at --rounds and async runs at --versions model versions
+(engine.max_versions) to keep the whole gallery small; the overrides used are printed in each
+section.
 """
 
 from __future__ import annotations

@@ -17,8 +17,10 @@ class ConfigError(ValueError):
 
 
 class ConfigErrors(ConfigError):
-    """Several independent problems of one scenario, reported together (one line each), so a
-    user fixes them in one pass instead of one rerun per mistake."""
+    """Several independent problems of one scenario, reported together (one line each).
+
+    A user then fixes them in one pass instead of one rerun per mistake.
+    """
 
     def __init__(self, errors: list[ConfigError]):
         flat: list[ConfigError] = []
@@ -59,4 +61,5 @@ class SweepError(ValueError):
     """Bad sweep arguments; str() is one line."""
 
 
-__all__ = ["ConfigError", "ConfigErrors", "PlotError", "RunDataError", "RunError", "ScenarioError", "Stalled", "SweepError"]
+__all__ = ["ConfigError", "ConfigErrors", "PlotError", "RunDataError", "RunError", "ScenarioError", "Stalled",
+           "SweepError"]

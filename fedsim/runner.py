@@ -1,4 +1,4 @@
-"""Assemble a run from a Scenario and write its results folder (DESIGN.md §3)."""
+"""Assemble a run from a Scenario and write its results folder (layout: docs/tutorial.md)."""
 
 from __future__ import annotations
 
@@ -48,6 +48,12 @@ def _check_memory(what: str, need: int) -> None:
 
 @dataclass(frozen=True)
 class RunResult:
+    """What `run` returns: the run folder, final flat parameters, last metrics and the summary.
+
+    `final` is the last evaluation record (as in metrics.jsonl) and `summary` the contents of
+    summary.json.
+    """
+
     out: Path
     params: np.ndarray
     final: dict[str, Any]
@@ -55,6 +61,17 @@ class RunResult:
 
 
 def build_data(sc) -> FederatedData:
+    """Build the federation of scenario `sc`, after checking its memory estimate.
+
+    Args:
+        sc: the scenario.
+
+    Returns:
+        The federated data.
+
+    Raises:
+        RunError: one line starting `data`, for bad data, a failing partitioner or too little memory.
+    """
     d = sc.data
     estimate = getattr(d.dataset, "memory_estimate", None)
     if estimate is not None:
@@ -79,7 +96,18 @@ def _count_params(spec, input_shape: tuple[int, ...], num_classes: int) -> int:
 
 
 def build_model(sc, data: FederatedData):
-    """(initial flat params, evaluation model), with size checked before anything is allocated."""
+    """(initial flat params, evaluation model), with size checked before anything is allocated.
+
+    Args:
+        sc: the scenario (its `model:` block and seed).
+        data: the federation (input shape and number of classes).
+
+    Returns:
+        (float32 initial parameters, a `FlatModule` on the model's device for evaluation).
+
+    Raises:
+        RunError: one line starting `model`, for a bad model, device or too little memory.
+    """
     try:
         n = _count_params(sc.model, data.input_shape, data.num_classes)
         _check_memory(f"model ({n:,} parameters)", 16 * 4 * n)  # global, eval and client copies, grads, deltas
@@ -92,7 +120,15 @@ def build_model(sc, data: FederatedData):
 
 
 def eval_sample(sc, data: FederatedData) -> np.ndarray | None:
-    """The fixed clients evaluated one by one (`metrics.client_sample`), sorted; None = all."""
+    """The fixed clients evaluated one by one (`metrics.client_sample`), sorted; None = all.
+
+    Args:
+        sc: the scenario.
+        data: the federation.
+
+    Returns:
+        Sorted client ids drawn from the `eval_sample` stream, or None for every client.
+    """
     m = sc.metrics.client_sample
     if m is None or m >= data.num_clients:
         return None
@@ -100,7 +136,15 @@ def eval_sample(sc, data: FederatedData) -> np.ndarray | None:
 
 
 def local_work(sc, data: FederatedData) -> np.ndarray:
-    """Local steps per job for each client (what the system model multiplies by τ_c)."""
+    """Local steps per job for each client (what the system model multiplies by τ_c).
+
+    Args:
+        sc: the scenario (its `client:` block).
+        data: the federation (local dataset sizes, for `local_epochs`).
+
+    Returns:
+        (N,) int64 steps: local_epochs · ceil(n_k / batch_size), or local_steps for everyone.
+    """
     c = sc.client
     if c.local_epochs:
         return c.local_epochs * np.maximum(1, -(-data.num_examples() // c.batch_size))
@@ -129,9 +173,11 @@ def _git_commit() -> str | None:
 
 
 def _compute_facts(sc) -> dict[str, Any]:
-    """What decides the floating-point results besides the scenario: the device the model ran
-    on (after `auto` was resolved), torch's thread counts and its determinism switches. Two
-    runs are bit-comparable only when these agree."""
+    """What decides the floating-point results besides the scenario.
+
+    The device the model ran on (after `auto` was resolved), torch's thread counts and its
+    determinism switches: two runs are bit-comparable only when these agree.
+    """
     import torch
 
     device = resolve_device(getattr(sc.model, "device", "cpu"))
@@ -150,6 +196,7 @@ def _compute_facts(sc) -> dict[str, Any]:
 
 
 def default_out(sc) -> Path:
+    """The run folder when none is given: runs/<scenario name>/<local time YYYYmmdd-HHMMSS>."""
     return Path("runs") / sc.name / time.strftime("%Y%m%d-%H%M%S")
 
 
@@ -173,12 +220,25 @@ def _prepare(sc):
 def run(sc, out: Path | None = None, on_progress: Callable[[int, dict], None] | None = None,
         on_start: Callable[[Any], None] | None = None, resume: bool = False,
         executor: Any = None) -> RunResult:
-    """Run scenario `sc`, writing everything under `out`; with `resume`, continue the run in
-    `out` from its checkpoint (fedsim.engine.checkpoint).
+    """Run scenario `sc`, writing everything under `out`.
 
-    `executor` replaces `sc.executor.create()` (a Flower ServerApp passes the executor
-    bound to its Grid). An executor with a `host(fn)` method runs the engine loop `fn`
-    itself (the `flower` executor calls it inside a Flower ServerApp) and returns its value.
+    An executor with a `host(fn)` method runs the engine loop `fn` itself (the `flower`
+    executor calls it inside a Flower ServerApp) and returns its value.
+
+    Args:
+        sc: the validated scenario.
+        out: the run folder; default `default_out(sc)`.
+        on_progress: called with (round or version, metrics record) after each evaluation.
+        on_start: called with `sc` once the executor has started.
+        resume: continue the run in `out` from its checkpoint (fedsim.engine.checkpoint).
+        executor: replaces `sc.executor.create()` (a Flower ServerApp passes the executor bound
+            to its Grid).
+
+    Returns:
+        The run's result.
+
+    Raises:
+        RunError: one line, for any failure the scenario (not a bug) explains.
     """
     t0 = time.perf_counter()
     out = Path(out) if out is not None else default_out(sc)
@@ -224,8 +284,8 @@ def run(sc, out: Path | None = None, on_progress: Callable[[int, dict], None] | 
         if on_start:
             on_start(sc)
         try:
-            engine = Engine(sc, data, executor, history, Evaluator(data, eval_model, clients=eval_sample(sc, data)), params, process, system,
-                            work, oracle, on_progress)
+            evaluator = Evaluator(data, eval_model, clients=eval_sample(sc, data))
+            engine = Engine(sc, data, executor, history, evaluator, params, process, system, work, oracle, on_progress)
         except ValueError as exc:  # a strategy that cannot start with this scenario
             raise RunError(f"strategy: {exc}") from None
         if snap is not None:

@@ -1,5 +1,8 @@
-"""Every random stream is derived from the root seed, a stream name and stable ids
-(client id, dispatch index, round) — never from wall-clock or arrival order."""
+"""Named random streams derived from the root seed and stable ids, never from arrival order.
+
+Every stream is keyed by the root seed, a stream name and stable ids (client id, dispatch
+index, round) — never by wall-clock time or arrival order — so runs reproduce on any executor.
+"""
 
 from __future__ import annotations
 
@@ -15,10 +18,29 @@ STREAMS: dict[str, int] = {
 
 
 def seed_of(root: int, stream: str, *ids: int) -> int:
-    """A 63-bit seed for (root, stream, ids...)."""
+    """A 63-bit integer seed for (root, stream, ids...), for APIs that take an int seed.
+
+    Args:
+        root: the run's root seed.
+        stream: a name from `STREAMS`.
+        *ids: stable integer ids (client, dispatch, round, ...).
+
+    Returns:
+        An int in [0, 2**63).
+    """
     words = np.random.SeedSequence([int(root), STREAMS[stream], *map(int, ids)]).generate_state(2, np.uint32)
     return int((int(words[0]) << 31) ^ int(words[1])) & ((1 << 63) - 1)
 
 
 def rng(root: int, stream: str, *ids: int) -> np.random.Generator:
+    """A numpy generator for the stream (root, stream, ids...).
+
+    Args:
+        root: the run's root seed.
+        stream: a name from `STREAMS`.
+        *ids: stable integer ids (client, dispatch, round, ...).
+
+    Returns:
+        A fresh generator; equal keys give identical streams.
+    """
     return np.random.default_rng(np.random.SeedSequence([int(root), STREAMS[stream], *map(int, ids)]))

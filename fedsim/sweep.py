@@ -1,6 +1,7 @@
-"""`fedsim sweep`: run a grid of scenario overrides × seeds into one folder, one subfolder
-per combination with a deterministic name (`strategy.name=fedau__seed=3`), ready for
-`fedsim plot` and `fedsim compare`.
+"""`fedsim sweep`: run a grid of scenario overrides × seeds into one folder.
+
+Each combination gets a subfolder with a deterministic name (`strategy.name=fedau__seed=3`),
+ready for `fedsim plot` and `fedsim compare`.
 
 Every combination is loaded and validated before anything runs. A combination whose
 folder already holds a finished run of the identical resolved scenario is skipped, so
@@ -27,8 +28,6 @@ from fedsim.scenario.loading import load, to_yaml
 MAX_NAME = 120
 
 
-
-
 @dataclass(frozen=True)
 class Point:
     """One combination: its folder name and the overrides that make it."""
@@ -39,6 +38,8 @@ class Point:
 
 @dataclass(frozen=True)
 class SweepResult:
+    """What `sweep` did: the folder, every point, and which ran, were skipped or failed (with why)."""
+
     out: Path
     points: tuple[Point, ...]
     ran: tuple[str, ...]
@@ -47,7 +48,17 @@ class SweepResult:
 
 
 def parse_seeds(text: str) -> list[int]:
-    """`0..4` (inclusive), `0,3,7` or `5`."""
+    """Parse `--seeds`: `0..4` (inclusive), `0,3,7` or `5`.
+
+    Args:
+        text: the flag's value.
+
+    Returns:
+        The seeds, in the order given.
+
+    Raises:
+        SweepError: if the text is malformed or the seeds are negative or repeated.
+    """
     try:
         if ".." in text:
             lo, hi = (int(x) for x in text.split("..", 1))
@@ -63,7 +74,14 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def split_values(text: str) -> list[str]:
-    """Split `a,b,[1,2]` on commas outside brackets/braces/quotes."""
+    """Split `a,b,[1,2]` on commas outside brackets/braces/quotes.
+
+    Args:
+        text: the value list of one `--set`.
+
+    Returns:
+        The values, stripped (a YAML list or mapping stays one value).
+    """
     out, depth, quote, cur = [], 0, "", ""
     for ch in text:
         if quote:
@@ -84,6 +102,17 @@ def split_values(text: str) -> list[str]:
 
 
 def parse_set(item: str) -> tuple[str, list[str]]:
+    """Parse one `--set key.path=v1,v2` flag into (key, values).
+
+    Args:
+        item: the flag's value.
+
+    Returns:
+        (dotted key, distinct non-empty values).
+
+    Raises:
+        SweepError: if the syntax is wrong, the key is `seed` (use --seeds) or values repeat.
+    """
     key, sep, values = item.partition("=")
     key = key.strip()
     if not sep or not key or any(not p for p in key.split(".")) or key == "seed":
@@ -96,6 +125,17 @@ def parse_set(item: str) -> tuple[str, list[str]]:
 
 
 def folder_name(pairs: Sequence[tuple[str, str]]) -> str:
+    """A filesystem-safe folder name for one combination: `k1=v1__k2=v2`.
+
+    Characters outside [A-Za-z0-9._=+-] become `-`; a name over MAX_NAME characters is cut and
+    suffixed with 8 hex digits of its SHA-1, so it stays unique and deterministic.
+
+    Args:
+        pairs: (key, value) of each axis, in grid order.
+
+    Returns:
+        The name (`run` when there are no axes).
+    """
     name = "__".join(f"{k}={v}" for k, v in pairs) or "run"
     name = re.sub(r"[^A-Za-z0-9._=+-]", "-", name)
     if len(name) > MAX_NAME:
@@ -106,7 +146,18 @@ def folder_name(pairs: Sequence[tuple[str, str]]) -> str:
 
 
 def grid(sets: Sequence[tuple[str, list[str]]], seeds: Sequence[int] | None) -> list[Point]:
-    """Cartesian product in the order given (`--set` flags, then seeds last)."""
+    """Cartesian product in the order given (`--set` flags, then seeds last).
+
+    Args:
+        sets: (key, values) per `--set` flag.
+        seeds: the `--seeds`, or None for the scenario's own seed.
+
+    Returns:
+        One point per combination.
+
+    Raises:
+        SweepError: if a key repeats or two combinations get the same folder name.
+    """
     keys = [k for k, _ in sets]
     if len(set(keys)) != len(keys):
         raise SweepError("the same key is given to --set twice")
@@ -114,7 +165,7 @@ def grid(sets: Sequence[tuple[str, list[str]]], seeds: Sequence[int] | None) -> 
     names = keys + (["seed"] if seeds is not None else [])
     points = []
     for combo in itertools.product(*axes):
-        pairs = list(zip(names, combo))
+        pairs = list(zip(names, combo, strict=True))
         points.append(Point(folder_name(pairs), tuple(f"{k}={v}" for k, v in pairs)))
     if len({p.name for p in points}) != len(points):
         raise SweepError("two combinations map to the same folder name; use values that differ in letters/digits")
@@ -144,6 +195,15 @@ def _finished(folder: Path, resolved: str) -> bool:
 
 
 def default_out(scenario: str | Path, fixed: Sequence[str] = ()) -> Path:
+    """The sweep folder when none is given: runs/<scenario name>/sweep-<local time>.
+
+    Args:
+        scenario: the scenario file (its `name:`, or its file stem when it does not load).
+        fixed: overrides applied to every run (they may change the name).
+
+    Returns:
+        The folder path (not created).
+    """
     try:
         name = load(scenario, fixed).name
     except ScenarioError:
@@ -154,8 +214,25 @@ def default_out(scenario: str | Path, fixed: Sequence[str] = ()) -> Path:
 def sweep(scenario: str | Path, sets: Sequence[str] = (), seeds: Sequence[int] | None = None,
           fixed: Sequence[str] = (), out: str | Path | None = None, jobs: int = 1, force: bool = False,
           on_event: Callable[[str, str], None] | None = None) -> SweepResult:
-    """Run the grid. `sets`: `key=v1,v2` strings; `fixed`: `key=value` overrides applied to
-    every run; `on_event(name, status)` reports 'skip'/'start'/'done'/'fail: ...'."""
+    """Run the grid, skipping points whose folder already holds the same finished run.
+
+    Args:
+        scenario: the scenario file.
+        sets: `key=v1,v2` strings, one sweep axis each.
+        seeds: seeds axis (last), or None.
+        fixed: `key=value` overrides applied to every run.
+        out: the sweep folder; default `default_out(scenario, fixed)`.
+        jobs: worker processes for inline-executor runs (other executors run one at a time).
+        force: rerun finished points too.
+        on_event: `on_event(name, status)` reports 'skip'/'start'/'done'/'fail: ...'.
+
+    Returns:
+        What ran, what was skipped and what failed.
+
+    Raises:
+        SweepError: for bad flags; ScenarioError if a combination does not validate (before
+            anything runs).
+    """
     if jobs < 1:
         raise SweepError(f"--jobs {jobs}: must be >= 1")
     points = grid([parse_set(s) for s in sets], seeds)

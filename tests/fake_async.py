@@ -1,8 +1,8 @@
 """A torch-free harness for the async event loop: the real `Engine` and `AsyncLoop`, driven
 by fixed per-client durations, a scripted participation process and a fake executor whose
-clients take exact gradient steps on 1-d quadratics ½(θ − c_i)² (specs §5.6) and which
-returns results in the reverse of submission order (to prove that commits never follow
-executor order)."""
+clients take exact gradient steps on 1-d quadratics ½(θ − c_i)² (the analytic check of
+Fraboni et al.'s schedules, JMLR 2023) and which returns results in the reverse of
+submission order (to prove that commits never follow executor order)."""
 
 from __future__ import annotations
 

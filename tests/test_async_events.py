@@ -142,10 +142,10 @@ def _average_second_half(points):
     return float(np.mean(points[len(points) // 2:]))
 
 
-# specs §5.6 (numbers from the reference check script): M = 10, F-80 times, ½(θ − c_i)², 1 GD step of
-# 0.02, lr_g = 1, θ averaged over the second half of the server steps (as the spec does: sampling θ at
-# fixed times instead aliases with the periodic schedule). Shorter horizon (T = 100); tolerances as in
-# the spec (~0.01).
+# Analytic check of Fraboni et al. (JMLR 2023)'s schedules, numbers from a numpy re-implementation of
+# their official code's schedules: M = 10, F-80 times, ½(θ − c_i)², 1 GD step of 0.02, lr_g = 1, θ
+# averaged over the second half of the server steps (sampling θ at fixed times instead aliases with the
+# periodic schedule). Shorter horizon (T = 100); tolerance ~0.01 (staleness with a finite lr).
 C_SORTED = np.sort(np.random.default_rng(0).normal(0, 1, 10))
 TAU = 1 - 0.8 * np.arange(10) / 9
 TRUE = float(C_SORTED.mean())  # 0.0847

@@ -51,7 +51,7 @@ def test_async_metrics_have_version_and_virtual_time(tmp_path):
     assert times == sorted(times)
 
 
-# --- the FedFix paper's finding on linear regression (specs §5.3, §5.6) ----------------------------
+# --- the FedFix paper's finding on linear regression (Fraboni et al., JMLR 2023: surrogate Σ q_k F_k) ---
 # F-80 speeds (client 0 slowest, client 9 five times faster), every client with its own optimum,
 # one full-batch GD step per job, Fraboni's schedules (on_commit, concurrency = N), 60 time units.
 
@@ -94,7 +94,7 @@ def test_async_fedavg_is_biased_to_fast_clients_fedfix_and_fedbuff_are_not(tmp_p
     for name, strategy in runs.items():
         run_raw(merge(LIN_ASYNC, strategy=strategy), tmp_path / name)
         dist[name] = _tail_distance(tmp_path / name)
-    # Prediction: identical weights converge to the optimum of Σ q_k F_k with q_k ∝ 1/τ_k (specs §5.3).
+    # Prediction: identical weights converge to the optimum of Σ q_k F_k with q_k ∝ 1/τ_k (Fraboni et al.).
     tau = 1 - 0.8 * np.arange(10) / 9
     w_q, w_star = _weighted_optimum(merge(LIN_ASYNC, strategy=runs["fedfix_weight"]), (1 / tau) / (1 / tau).sum())
     predicted = float(np.linalg.norm(w_q - w_star))  # ≈ 0.31 for this seed

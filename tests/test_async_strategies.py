@@ -35,7 +35,7 @@ def feed(strategy, arrivals, params=X0, n=4, oracle=None):
     return commits, state
 
 
-# --- staleness weights (specs §6.3, §10 T8) -------------------------------------------------------
+# --- staleness weights (FedBuff, Nguyen et al. AISTATS 2022; FLSim async_staleness_weights.py) ------
 
 def test_staleness_weights_t8():
     assert staleness_weight(0, "polynomial", 0.5, avg_staleness=0.0) == 1.0  # s(0) = 1 when τ̄ = 0
@@ -63,7 +63,8 @@ def test_fedbuff_buffer_by_hand():
 
 def test_fedbuff_examples_weighting_mean_is_weighted_average():
     # e = n: (10·[1,0] + 30·[0,1]) / 40 = [0.25, 0.75]
-    commits, _ = feed(FedBuff(buffer_size=2, weighting="examples"), [(up(0, [1, 0], n=10), 0), (up(1, [0, 1], n=30), 0)])
+    arrivals = [(up(0, [1, 0], n=10), 0), (up(1, [0, 1], n=30), 0)]
+    commits, _ = feed(FedBuff(buffer_size=2, weighting="examples"), arrivals)
     assert commits[0].tolist() == [0.25, 0.75]
 
 
@@ -95,18 +96,18 @@ def test_fedbuff_fraboni_weights_running_frequencies():
 
 
 def test_fedbuff_k1_equals_fedasync_delta():
-    # specs §6.4 (1): K = 1, no momentum ≡ FedAsync with the delta rule, scaled by η·s(τ).
+    # FLSim's FedBuff tests (1): K = 1, no momentum ≡ FedAsync with the delta rule, scaled by η·s(τ).
     rng = np.random.default_rng(1)
     arrivals = [(up(int(rng.integers(4)), rng.normal(size=2)), int(rng.integers(5))) for _ in range(20)]
     a, _ = feed(FedBuff(buffer_size=1, server_lr=0.7, staleness="polynomial"), arrivals)
     b, _ = feed(AsyncFedAvg(alpha=0.7, staleness="polynomial"), arrivals)
     assert len(a) == len(b) == 20
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         np.testing.assert_array_equal(x, y)
 
 
 def test_fedbuff_k_equals_n_is_one_fedavg_round():
-    # specs §6.4 (2, 3): all N clients start from the same model, no staleness: sum with η/K, or mean
+    # FLSim's FedBuff tests (2, 3): all N clients start from the same model, no staleness: sum with η/K, or mean
     # with η, equals one round of sync FedAvg (uniform weights, server lr η).
     rng = np.random.default_rng(2)
     x = rng.normal(size=3).astype(np.float32)
@@ -137,7 +138,7 @@ def test_fedfix_weights_and_tick_by_hand():
     st, _ = s.receive(st, X0, up(1, [3, 0]), info(0, 0, 3))
     st, x1 = s.tick(st, X0, info(0, 0, 3))
     np.testing.assert_allclose(x1, [3.0, 0.0])
-    st, x2 = s.tick(st, x1, info(1, 0, 3))  # empty tick: a no-op step that still commits (specs §5.7)
+    st, x2 = s.tick(st, x1, info(1, 0, 3))  # empty tick: a no-op step that still commits (as in Fraboni et al.'s code)
     assert x2 is not None and x2.tolist() == x1.tolist()
 
 
@@ -176,7 +177,8 @@ def test_async_fedavg_fraboni_weight():
         s.init(X0, 2)
 
 
-@pytest.mark.parametrize("strategy", [FedBuff(buffer_size=2, server_momentum=0.5), FedBuff(weighting="fraboni", buffer_size=1),
+@pytest.mark.parametrize("strategy", [FedBuff(buffer_size=2, server_momentum=0.5),
+                                      FedBuff(weighting="fraboni", buffer_size=1),
                                       FedFix(weighting="identical"), AsyncFedAvg(rule="mix")])
 def test_no_input_mutation(strategy):
     x = np.array([1.0, -1.0], dtype=np.float32)

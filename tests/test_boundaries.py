@@ -148,7 +148,8 @@ def test_light_layers_import_no_heavy_library(module):
 def test_every_strategy_imports_without_torch_flwr_ray():
     from strategies import STRATEGIES
 
-    code = "import importlib\n" + "\n".join(f"importlib.import_module({e.split(':')[0]!r})" for e in STRATEGIES.values())
+    modules = [entry.split(":")[0] for entry in STRATEGIES.values()]
+    code = "import importlib\n" + "\n".join(f"importlib.import_module({m!r})" for m in modules)
     loaded = _fresh(code)
     assert not loaded & HEAVY, sorted(loaded & HEAVY)
 

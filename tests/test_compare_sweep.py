@@ -32,7 +32,7 @@ def test_compare_rows_match_metrics(three):
     c = compare.compare([three / "a0", three / "a1", three / "b0"], target=0.6)
     assert [(label, n) for label, n, _ in c.rows] == [("client.lr=0.1", 2), ("client.lr=0.01", 1)]
     m0, m1 = read_metrics(three / "a0"), read_metrics(three / "a1")
-    cells = dict(zip([col.key for col in c.columns], c.rows[0][2]))
+    cells = dict(zip([col.key for col in c.columns], c.rows[0][2], strict=True))
     assert cells["final_accuracy"].values == (m0[-1]["test_accuracy"], m1[-1]["test_accuracy"])
     assert cells["jain"].values == (m0[-1]["jain_index"], m1[-1]["jain_index"])
     assert cells["worst10_accuracy"].values == (m0[-1]["client_accuracy_worst10"], m1[-1]["client_accuracy_worst10"])

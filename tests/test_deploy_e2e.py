@@ -66,10 +66,10 @@ class Cluster:
         raise AssertionError(f"{name}: no {pattern!r} within {timeout:g} s:\n{self.text(name)[-3000:]}")
 
     def stop(self) -> None:
-        for name, p, _ in reversed(self.procs):
+        for _name, p, _ in reversed(self.procs):
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
-        for name, p, _ in self.procs:
+        for _name, p, _ in self.procs:
             try:
                 p.wait(40)
             except subprocess.TimeoutExpired:

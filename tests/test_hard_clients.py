@@ -30,7 +30,7 @@ def test_only_chosen_clients_change():
     hard = build(HardClients(clients=(1, 3), label_noise=0.5, feature_noise=0.1, negate=True))
     np.testing.assert_array_equal(hard.x_test, clean.x_test)  # global test set untouched
     for k in (0, 2, 4):
-        for a, b in zip(rows_of(hard, k), rows_of(clean, k)):
+        for a, b in zip(rows_of(hard, k), rows_of(clean, k), strict=True):
             np.testing.assert_array_equal(a, b)
     for k in (1, 3):
         xt, yt, xv, yv = rows_of(hard, k)

@@ -224,7 +224,7 @@ def test_real_cli_subprocess_no_traceback_no_hang(hostile_dir):
     assert "Traceback" not in res.stderr
     lines = res.stderr.strip().splitlines()
     assert len(lines) == len(paths), res.stderr
-    for p, line in zip(paths, lines):
+    for p, line in zip(paths, lines, strict=True):
         assert line.startswith(f"error: {p}"), line
     # A data-time failure (bad trace row) through `run`; per-client data, so no partitioner import.
     path = _write(hostile_dir, "linreg_bad_trace.yaml",
@@ -268,8 +268,8 @@ def test_validate_refuses_files_that_are_not_regular(kind, tmp_path, capsys):
 def test_validate_reports_every_problem_at_once(tmp_path, capsys):
     """Key errors of every block, then (once those are fixed) every cross-field error: one line
     each, all in one run of `fedsim validate`, like torchtune's config validator."""
-    keys = _write(tmp_path, "keys.yaml", "name: m\ndata: {dataset: {name: digits}, num_clients: -3, test_fracton: 0.2}\n"
-                  "client: {lr: -1, batch_size: 0}\nengine: {rounds: 0}\n")
+    keys = _write(tmp_path, "keys.yaml", "name: m\ndata: {dataset: {name: digits}, num_clients: -3, "
+                  "test_fracton: 0.2}\nclient: {lr: -1, batch_size: 0}\nengine: {rounds: 0}\n")
     assert cli.main(["validate", str(keys)]) == 2
     lines = capsys.readouterr().err.splitlines()
     assert [ln.split(": ")[2] for ln in lines] == ["data.num_clients", "data.test_fracton", "client.lr",

@@ -1,4 +1,8 @@
-"""Participation processes (specs §2.1): long-run frequencies, Markov/cyclic dynamics, traces."""
+"""Participation processes: long-run frequencies, Markov/cyclic dynamics, traces.
+
+The Bernoulli, Markov and cyclic processes are FedAU's (Wang & Ji, ICLR 2024; official code
+IBM/fedau, `WorkerSampler`).
+"""
 
 import numpy as np
 import pytest
@@ -36,7 +40,7 @@ def test_markov_is_stationary_at_p_and_sticky():
     proc = P.Markov(probs=tuple(p), a=0.5).process(ctx(3, seed=1))
     masks = np.array([proc.online(t, 0.0) for t in range(40000)])
     assert np.allclose(masks.mean(0), p, atol=0.02)
-    # sticky: P(on at t+1 | on at t) = 1 - b with b = a(1/p - 1) (specs §2.1), 0.1 -> b = 4.5 -> rescaled
+    # sticky: P(on at t+1 | on at t) = 1 - b with b = a(1/p - 1) (IBM/fedau), 0.1 -> b = 4.5 -> rescaled
     stay = (masks[1:, 1] & masks[:-1, 1]).sum() / masks[:-1, 1].sum()
     assert stay == pytest.approx(1 - 0.5 * (1 / 0.5 - 1), abs=0.02)
 
@@ -51,7 +55,7 @@ def test_cyclic_pattern_is_exact():
     assert proc.probs[0] == pytest.approx(0.3)
 
 
-def test_dirichlet_over_labels_follows_specs_formula():
+def test_dirichlet_over_labels_follows_fedau_formula():
     hist = np.array([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]])
     c = ctx(3, hist=hist)
     p = P.DirichletOverLabels(mean=0.1, min=0.02, alpha=0.1).probabilities(c)

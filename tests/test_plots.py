@@ -29,7 +29,8 @@ def png_size(path: Path) -> tuple[int, int]:
 def runs(tmp_path_factory) -> dict[str, Path]:
     """Two seeds of TINY, a uniform-weighting variant, and a regression run."""
     base = tmp_path_factory.mktemp("runs")
-    tiny = merge(TINY, engine={"rounds": 4}, participation={"name": "bernoulli", "probs": [0.9, 0.8, 0.7, 0.6, 0.5, 0.4]})
+    tiny = merge(TINY, engine={"rounds": 4},
+                 participation={"name": "bernoulli", "probs": [0.9, 0.8, 0.7, 0.6, 0.5, 0.4]})
     out = {}
     for name, raw in {"s0": tiny, "s1": merge(tiny, seed=1),
                       "uniform": merge(tiny, strategy={"name": "fedavg", "weighting": "uniform"}),

@@ -8,7 +8,7 @@ from fedsim.world import channel, system
 
 
 def test_linear_spread_matches_fedfix_f80():
-    # specs §2.2: tau_i = 1 - (X/100) i/(M-1); F-80 with M=5 -> 1, .8, .6, .4, .2
+    # FedFix's F-X scenario (Fraboni et al., JMLR 2023): tau_i = 1 - (X/100) i/(M-1); F-80 with M=5 -> 1, .8, .6, .4, .2
     tau = system.LinearSpread(spread=80).draw(5, np.random.default_rng(0))
     assert np.allclose(tau, [1.0, 0.8, 0.6, 0.4, 0.2])
 

@@ -34,6 +34,14 @@ def _first_line(obj: object) -> str:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    """`fedsim list FAMILY`: each plugin's name and the first line of its docstring.
+
+    Args:
+        args: the parsed command line.
+
+    Returns:
+        The exit status: 0, or 2 for an unknown family (with a did-you-mean hint).
+    """
     from fedsim import registry
 
     fams = registry.LISTINGS
@@ -52,6 +60,14 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    """`fedsim validate FILE...`: load and validate each scenario, one line per file.
+
+    Args:
+        args: the parsed command line.
+
+    Returns:
+        The exit status: 0 when all are valid, else 2 (each error on stderr).
+    """
     from fedsim.errors import ScenarioError
     from fedsim.scenario.loading import load
 
@@ -73,6 +89,14 @@ def _split_overrides(items: Sequence[str]) -> tuple[list[str], list[str]]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    """`fedsim run`: run a scenario (or `--resume RUN_DIR`), showing progress.
+
+    Args:
+        args: the parsed command line.
+
+    Returns:
+        The exit status: 0 on success, 2 for a bad scenario or a run error, 130 when interrupted.
+    """
     from fedsim.errors import ScenarioError
     from fedsim.scenario.loading import load
 
@@ -111,6 +135,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
+    """`fedsim plot RUN...`: draw figures from run folders.
+
+    Args:
+        args: the parsed command line.
+
+    Returns:
+        The exit status: 0, or 2 for an unreadable run folder.
+    """
     from fedsim.errors import RunDataError
     from fedsim.results.plots import plot
 
@@ -124,6 +156,14 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    """`fedsim compare RUN...`: print the comparison table and write it as Markdown and CSV.
+
+    Args:
+        args: the parsed command line.
+
+    Returns:
+        The exit status: 0, or 2 for an unreadable run folder.
+    """
     from fedsim.errors import RunDataError
     from fedsim.results import compare
     from fedsim.results.plots import default_out_dir
@@ -142,6 +182,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    """`fedsim sweep`: run a grid of overrides × seeds, reporting each point on stderr.
+
+    Args:
+        args: the parsed command line.
+
+    Returns:
+        The exit status: 0 when every point ran or was done already, 1 if some failed, 2 for bad
+        flags, 130 when interrupted.
+    """
     from fedsim.errors import ScenarioError, SweepError
     from fedsim.sweep import parse_seeds, sweep
 
@@ -167,6 +216,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `fedsim` argument parser, one subcommand per `cmd_*` function (plus `deploy`)."""
     parser = argparse.ArgumentParser(prog="fedsim", description="Deterministic federated-learning simulator.",
                                      epilog=__doc__.split("Examples:", 1)[1] if __doc__ else None,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -227,6 +277,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `fedsim` command.
+
+    Unexpected exceptions (bugs) print one line; `--verbose` shows the traceback instead.
+
+    Args:
+        argv: the arguments (default: sys.argv[1:]); overrides may follow options for `run`.
+
+    Returns:
+        The subcommand's exit status, or 1 for an internal error.
+    """
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)  # overrides may follow options: run s.yaml --out x a=1
     if extra:

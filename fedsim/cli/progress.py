@@ -28,6 +28,17 @@ def _fmt(v) -> str:
 
 
 def run_with_progress(sc, out: Path | None, quiet: bool = False, resume: bool = False) -> RunResult:
+    """Run a scenario with a progress bar on stderr (round or model version, latest accuracy).
+
+    Args:
+        sc: the scenario.
+        out: the run folder (None = the default).
+        quiet: no progress bar.
+        resume: continue the run in `out` from its checkpoint.
+
+    Returns:
+        The run's result.
+    """
     console = Console(stderr=True)
     total = sc.engine.rounds if sc.engine.mode == "sync" else (sc.engine.max_versions or None)
     unit = "round" if sc.engine.mode == "sync" else "version"

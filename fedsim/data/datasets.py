@@ -1,5 +1,4 @@
-"""Offline datasets, returned as a pooled training set (to be partitioned) or as data
-generated per client, plus a global test set.
+"""Offline datasets: a pooled training set (to be partitioned) or per-client data, plus a global test set.
 
 Table `DATASETS`: digits, gaussian_mixture, synthetic (LEAF Synthetic(α, β)),
 linear_regression (per-client least squares with a closed-form global optimum),
@@ -35,6 +34,15 @@ class Digits:
     global_test_fraction: float = bounded(0.2, gt=0.0, lt=1.0)
 
     def load(self, num_clients: int, rng: np.random.Generator) -> Pooled:
+        """Load the bundled digits and hold out `global_test_fraction` of them at random.
+
+        Args:
+            num_clients: N (used only by datasets generated per client).
+            rng: the `dataset` stream (random held-out split or generation).
+
+        Returns:
+            Pooled training and global test arrays, float32 inputs and int64 labels.
+        """
         from sklearn.datasets import load_digits
 
         x, y = load_digits(return_X_y=True)
@@ -64,6 +72,15 @@ class GaussianMixture:
         return 40 * (self.num_samples + self.num_test) * self.dim
 
     def load(self, num_clients: int, rng: np.random.Generator) -> Pooled:
+        """Draw the class means, then the training pool and the global test set.
+
+        Args:
+            num_clients: N (used only by datasets generated per client).
+            rng: the `dataset` stream (random held-out split or generation).
+
+        Returns:
+            Pooled training and global test arrays, float32 inputs and int64 labels.
+        """
         means = rng.normal(0.0, self.separation, size=(self.num_classes, self.dim))
 
         def draw(n: int):
@@ -95,6 +112,11 @@ class Synthetic:
         dim: 60 in LEAF.  num_classes: 10 in LEAF.
         samples_per_client: mean local dataset size; size_sigma: lognormal spread (0 = equal).
         num_test: global test examples, drawn from randomly chosen clients' distributions.
+
+    References:
+        T. Li, A. K. Sahu, M. Zaheer, M. Sanjabi, A. Talwalkar and V. Smith, "Federated
+        Optimization in Heterogeneous Networks" (FedProx), MLSys 2020 (its synthetic
+        data experiments); S. Caldas et al., "LEAF: A Benchmark for Federated Settings", arXiv:1812.01097.
     """
 
     per_client: ClassVar[bool] = True  # generated client by client: needs partition `natural`
@@ -113,6 +135,15 @@ class Synthetic:
         return int(num_clients * (self.num_classes + 1) * self.dim * 12 + rows * self.dim * 32)
 
     def load(self, num_clients: int, rng: np.random.Generator) -> PerClient:
+        """Generate every client's data from its own softmax model (see the class docstring).
+
+        Args:
+            num_clients: N (used only by datasets generated per client).
+            rng: the `dataset` stream (random held-out split or generation).
+
+        Returns:
+            Per-client data, client k's rows contiguous; the test set mixes random clients.
+        """
         n, d, c = num_clients, self.dim, self.num_classes
         sizes = _client_sizes(n, self.samples_per_client, self.size_sigma, 2, rng)
         u = rng.normal(0, np.sqrt(self.alpha), size=n)
@@ -174,6 +205,15 @@ class LinearRegression:
         return int(rows * (self.dim + 1) * 32 + num_clients * self.dim * 24 + self.num_test * self.dim * 16)
 
     def load(self, num_clients: int, rng: np.random.Generator) -> PerClient:
+        """Generate every client's least-squares data and the closed-form global optimum.
+
+        Args:
+            num_clients: N (used only by datasets generated per client).
+            rng: the `dataset` stream (random held-out split or generation).
+
+        Returns:
+            Per-client data with `optimum` set (`linear` model layout: weights then bias).
+        """
         n, d = num_clients, self.dim
         sizes = _client_sizes(n, self.samples_per_client, self.size_sigma, 1, rng)
         w0 = rng.normal(size=d)
@@ -201,8 +241,19 @@ _CHUNK = 1 << 20  # rows per block when generating / reducing large per-client d
 
 
 def least_squares_optimum(x: np.ndarray, y: np.ndarray, offsets: np.ndarray, importance: str) -> np.ndarray:
-    """Closed-form minimiser of Σ_k p_k/(2n_k)‖X̃_k w − y_k‖², in `linear` model layout
-    (weights then bias). Vectorised with segment sums (no loop over clients)."""
+    """Closed-form minimiser of Σ_k p_k/(2n_k)‖X̃_k w − y_k‖², in `linear` model layout (weights, bias).
+
+    Vectorised over row blocks (no loop over clients), accumulating in float64.
+
+    Args:
+        x: (n, d) all clients' inputs, client k at offsets[k]:offsets[k+1]; X̃ appends a 1 column.
+        y: (n,) targets.
+        offsets: (N+1,) client boundaries.
+        importance: "uniform" (p_k = 1/N) or "examples" (p_k = n_k / n).
+
+    Returns:
+        (d + 1,) float64 optimum w*.
+    """
     sizes = np.diff(offsets)
     owner = np.repeat(np.arange(len(sizes)), sizes)
     if importance == "uniform":

@@ -17,6 +17,13 @@ from fedsim.scenario.schema import HardClients
 
 @dataclass(frozen=True)
 class FederatedData:
+    """A federation's data: every client's train and local-test rows, plus a global test set.
+
+    Client c's training rows are `x_train[train_offsets[c]:train_offsets[c+1]]` (likewise for the
+    local test split with `val_offsets`); `optimum` is the closed-form global optimum when the
+    dataset has one (linear regression), in the flat layout of the `linear` model.
+    """
+
     num_clients: int
     num_classes: int  # 0 = regression
     input_shape: tuple[int, ...]
@@ -32,19 +39,30 @@ class FederatedData:
 
     @property
     def task(self) -> str:
+        """"regression" when there are no classes, else "classification"."""
         return "regression" if self.num_classes == 0 else "classification"
 
     def train_slice(self, client: int) -> slice:
+        """The slice of `x_train`/`y_train` holding `client`'s training rows (zero-copy)."""
         return slice(int(self.train_offsets[client]), int(self.train_offsets[client + 1]))
 
     def val_slice(self, client: int) -> slice:
+        """The slice of `x_val`/`y_val` holding `client`'s local test rows."""
         return slice(int(self.val_offsets[client]), int(self.val_offsets[client + 1]))
 
     def num_examples(self) -> np.ndarray:
+        """(N,) number of training examples per client."""
         return np.diff(self.train_offsets)
 
     def label_histograms(self) -> np.ndarray:
-        """(N, C) fraction of each label in each client's training data (π̂_n of specs §2.1)."""
+        """(N, C) fraction of each label in each client's training data.
+
+        This is the measured histogram π̂_n from which FedAU's label-correlated participation
+        probabilities are drawn (see `fedsim.world.participation.DirichletOverLabels`).
+
+        Raises:
+            ValueError: for a regression dataset.
+        """
         if self.num_classes == 0:
             raise ValueError("label histograms need a classification dataset")
         owner = np.repeat(np.arange(self.num_clients), self.num_examples())
@@ -70,8 +88,23 @@ def _split_local(x: np.ndarray, y: np.ndarray, offsets: np.ndarray, test_fractio
 
 def federate(dataset, partition, num_clients: int, test_fraction: float, seed_of,
              hard: HardClients | None = None) -> FederatedData:
-    """Build the federation. `seed_of(name)` gives the seed for each named random stream;
-    `hard` alters some clients' data before their local test split is taken."""
+    """Build the federation: load, partition, optionally harden, then split off local tests.
+
+    Args:
+        dataset: a dataset plugin; `load` returns `Pooled` or `PerClient` data.
+        partition: a partition plugin (ignored for `PerClient` data, which is split already).
+        num_clients: N.
+        test_fraction: fraction of each client's rows moved to its local test split (floored).
+        seed_of: `seed_of(name)` gives the seed of each named random stream.
+        hard: alters some clients' data before their local test split is taken.
+
+    Returns:
+        The federation, clients stored contiguously.
+
+    Raises:
+        ValueError: if there are fewer examples than clients, the partitioner fails or returns
+            the wrong number of parts, or `hard` does not fit the data.
+    """
     raw = dataset.load(num_clients, np.random.default_rng(seed_of("dataset")))
     if isinstance(raw, PerClient):
         x, y, offsets = raw.x, raw.y, raw.offsets
@@ -112,7 +145,19 @@ def federate(dataset, partition, num_clients: int, test_fraction: float, seed_of
 
 
 def hard_clients_chosen(cfg: HardClients, num_clients: int, rng: np.random.Generator) -> np.ndarray:
-    """The ids of the clients `cfg` makes harder (explicit ids, or a random `fraction`), sorted."""
+    """The ids of the clients `cfg` makes harder (explicit ids, or a random `fraction`), sorted.
+
+    Args:
+        cfg: the `hard_clients:` block.
+        num_clients: N.
+        rng: draws the random subset when no ids are given.
+
+    Returns:
+        Sorted unique int64 client ids.
+
+    Raises:
+        ValueError: if an explicit id is not a client.
+    """
     bad = [c for c in cfg.clients if not 0 <= c < num_clients]
     if bad:
         raise ValueError(f"hard_clients.clients: client {bad[0]} is not in 0..{num_clients - 1}")
@@ -121,9 +166,26 @@ def hard_clients_chosen(cfg: HardClients, num_clients: int, rng: np.random.Gener
     k = int(np.ceil(cfg.fraction * num_clients))
     return np.sort(rng.choice(num_clients, size=k, replace=False)).astype(np.int64)
 
+
 def make_hard(cfg: HardClients, x: np.ndarray, y: np.ndarray, offsets: np.ndarray, chosen: np.ndarray,
               num_classes: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """New (x, y) with the chosen clients' rows (client c at offsets[c]:offsets[c+1]) altered."""
+    """Copy (x, y) with the chosen clients' rows altered: label noise, feature noise, negation.
+
+    Args:
+        cfg: the `hard_clients:` block (what to do to the rows).
+        x: all examples, client c at offsets[c]:offsets[c+1].
+        y: their int labels.
+        offsets: (N+1,) client boundaries.
+        chosen: ids of the clients to alter.
+        num_classes: C; a flipped label moves to one of the other C − 1 classes.
+        rng: drives the noise.
+
+    Returns:
+        New (x, y); the inputs are not modified.
+
+    Raises:
+        ValueError: if label noise is asked of data with fewer than two classes.
+    """
     owner = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
     rows = np.isin(owner, chosen)
     x, y = x.copy(), y.copy()

@@ -37,7 +37,17 @@ def _limit(x: np.ndarray, y: np.ndarray, n: int | None) -> tuple[np.ndarray, np.
 
 
 def read_idx(path: Path) -> np.ndarray:
-    """Parse an IDX file (MNIST's format): magic 0x0000 | dtype code | ndim, big-endian dims."""
+    """Parse an IDX file (MNIST's format): magic 0x0000 | dtype code | ndim, big-endian dims.
+
+    Args:
+        path: the file; a `.gz` suffix means gzip-compressed.
+
+    Returns:
+        The array with the header's shape and dtype.
+
+    Raises:
+        ValueError: if the file is not IDX, has an unknown type code or is truncated.
+    """
     raw = path.read_bytes()
     if path.suffix == ".gz":
         try:
@@ -65,8 +75,11 @@ MAX_CLASSES = 100_000
 
 
 def _labels(y: np.ndarray, where: Path, name: str) -> np.ndarray:
-    """Class labels as int64, or a one-line error: they must be whole numbers in 0..MAX_CLASSES-1
-    (a negative or fractional label would index past the model's outputs)."""
+    """Class labels as int64, or a one-line error.
+
+    Labels must be whole numbers in 0..MAX_CLASSES-1: a negative or fractional label would
+    index past the model's outputs.
+    """
     if y.ndim != 1:
         raise ValueError(f"data.dataset.path: {where}: {name} must be one label per example, got shape {y.shape}")
     if not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating)):
@@ -102,6 +115,18 @@ class MNIST:
     limit_test: int | None = bounded(None, ge=1)
 
     def load(self, num_clients: int, rng: np.random.Generator) -> Pooled:
+        """Read the four IDX files, scale pixels to [0, 1] and add a channel axis.
+
+        Args:
+            num_clients: N (used only by datasets generated per client).
+            rng: the `dataset` stream (random held-out split or generation).
+
+        Returns:
+            Pooled training and global test arrays, float32 inputs and int64 labels.
+
+        Raises:
+            ValueError: if a file is missing, not IDX or truncated.
+        """
         folder = _folder(self.path, "MNIST folder")
         x = read_idx(_find(folder, "train-images-idx3-ubyte"))
         y = read_idx(_find(folder, "train-labels-idx1-ubyte"))
@@ -123,6 +148,7 @@ class _SafeUnpickler(pickle.Unpickler):
                ("numpy", "ndarray"), ("numpy", "dtype"), ("builtins", "bytes")}
 
     def find_class(self, module: str, name: str):
+        """Resolve only the allowed numpy globals; anything else raises `UnpicklingError`."""
         if (module, name) in self.ALLOWED:
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
@@ -152,6 +178,18 @@ class CIFAR10:
     limit_test: int | None = bounded(None, ge=1)
 
     def load(self, num_clients: int, rng: np.random.Generator) -> Pooled:
+        """Read the pickled CIFAR-10 batches with the restricted unpickler, pixels scaled to [0, 1].
+
+        Args:
+            num_clients: N (used only by datasets generated per client).
+            rng: the `dataset` stream (random held-out split or generation).
+
+        Returns:
+            Pooled training and global test arrays, float32 inputs and int64 labels.
+
+        Raises:
+            ValueError: if the folder lacks a batch or a batch is not a CIFAR-10 pickle.
+        """
         folder = _folder(self.path, "CIFAR-10 folder")
         batches = sorted(folder.glob("data_batch_*"))
         if not batches or not (folder / "test_batch").is_file():
@@ -168,11 +206,25 @@ class CIFAR10:
 @dataclass(frozen=True, kw_only=True)
 class Npz:
     """Your own data: one .npz with x_train, y_train (int labels), x_test, y_test.
-    Inputs keep their shape (use (C, H, W) for the cnn model)."""
+
+    Inputs keep their shape (use (C, H, W) for the cnn model).
+    """
 
     path: str
 
     def load(self, num_clients: int, rng: np.random.Generator) -> Pooled:
+        """Read the four arrays from the .npz (no pickles); C is one more than the largest label.
+
+        Args:
+            num_clients: N (used only by datasets generated per client).
+            rng: the `dataset` stream (random held-out split or generation).
+
+        Returns:
+            Pooled training and global test arrays, float32 inputs and int64 labels.
+
+        Raises:
+            ValueError: if the file is unreadable, lacks an array or x and y lengths differ.
+        """
         p = _folder(self.path, ".npz file")
         try:
             with np.load(p, allow_pickle=False) as z:
@@ -209,6 +261,18 @@ class HFDisk:
     scale: float = bounded(255.0, gt=0.0)
 
     def load(self, num_clients: int, rng: np.random.Generator) -> Pooled:
+        """Load the saved splits, scale inputs by `scale` and move image channels first.
+
+        Args:
+            num_clients: N (used only by datasets generated per client).
+            rng: the `dataset` stream (random held-out split or generation).
+
+        Returns:
+            Pooled training and global test arrays, float32 inputs and int64 labels.
+
+        Raises:
+            ValueError: if the folder is not a saved dataset or lacks a split or column.
+        """
         from datasets import load_from_disk
 
         p = _folder(self.path, "saved dataset")

@@ -36,6 +36,16 @@ class Iid:
     """Uniformly random, equal-sized shares (flwr-datasets IidPartitioner)."""
 
     def split(self, labels: np.ndarray, num_clients: int, seed: int) -> list[np.ndarray]:
+        """Split the examples across clients.
+
+        Args:
+            labels: (n,) int labels of the pooled training set.
+            num_clients: N, the number of index arrays to return.
+            seed: the `partition` stream's seed.
+
+        Returns:
+            N int64 arrays of row indices into `labels`.
+        """
         from flwr_datasets.partitioner import IidPartitioner
 
         perm = np.random.default_rng(seed).permutation(len(labels))  # IidPartitioner is order-based
@@ -57,6 +67,16 @@ class Dirichlet:
     self_balancing: bool = False
 
     def split(self, labels: np.ndarray, num_clients: int, seed: int) -> list[np.ndarray]:
+        """Split the examples across clients.
+
+        Args:
+            labels: (n,) int labels of the pooled training set.
+            num_clients: N, the number of index arrays to return.
+            seed: the `partition` stream's seed.
+
+        Returns:
+            N int64 arrays of row indices into `labels`.
+        """
         from flwr_datasets.partitioner import DirichletPartitioner
 
         p = DirichletPartitioner(num_partitions=num_clients, partition_by="label", alpha=self.alpha,
@@ -67,12 +87,32 @@ class Dirichlet:
 
 @dataclass(frozen=True, kw_only=True)
 class Shards:
-    """Sort by label, cut into shards, deal `shards_per_client` to each client
-    (McMahan et al.'s pathological split; flwr-datasets ShardPartitioner)."""
+    """Sort by label, cut into shards, deal `shards_per_client` to each client.
+
+    McMahan et al.'s pathological non-IID split (flwr-datasets ShardPartitioner).
+
+    References:
+        H. B. McMahan, E. Moore, D. Ramage, S. Hampson and B. Agüera y Arcas,
+        "Communication-Efficient Learning of Deep Networks from Decentralized Data",
+        AISTATS 2017 (the "pathological non-IID" MNIST partition of its experiments).
+    """
 
     shards_per_client: int = bounded(2, ge=1, le=10_000)
 
     def split(self, labels: np.ndarray, num_clients: int, seed: int) -> list[np.ndarray]:
+        """Split the examples across clients.
+
+        Args:
+            labels: (n,) int labels of the pooled training set.
+            num_clients: N, the number of index arrays to return.
+            seed: the `partition` stream's seed.
+
+        Returns:
+            N int64 arrays of row indices into `labels`.
+
+        Raises:
+            ValueError: if there are fewer examples than shards.
+        """
         from flwr_datasets.partitioner import ShardPartitioner
 
         if num_clients * self.shards_per_client > len(labels):
@@ -91,6 +131,16 @@ class Pathological:
     class_assignment: Literal["random", "deterministic", "first-deterministic"] = "random"
 
     def split(self, labels: np.ndarray, num_clients: int, seed: int) -> list[np.ndarray]:
+        """Split the examples across clients.
+
+        Args:
+            labels: (n,) int labels of the pooled training set.
+            num_clients: N, the number of index arrays to return.
+            seed: the `partition` stream's seed.
+
+        Returns:
+            N int64 arrays of row indices into `labels`.
+        """
         import logging
 
         from flwr_datasets.partitioner import PathologicalPartitioner
@@ -104,12 +154,28 @@ class Pathological:
 
 @dataclass(frozen=True, kw_only=True)
 class QuantitySkew:
-    """IID labels, unequal sizes: client i's share ∝ (i+1) (linear), (i+1)² (square) or
-    e^(i+1) (exponential) — flwr-datasets Linear/Square/ExponentialPartitioner."""
+    """IID labels, unequal sizes (flwr-datasets Linear/Square/ExponentialPartitioner).
+
+    Client i's share ∝ (i+1) (linear), (i+1)² (square) or e^(i+1) (exponential); which client
+    gets which size is then shuffled.
+    """
 
     distribution: Literal["linear", "square", "exponential"] = "linear"
 
     def split(self, labels: np.ndarray, num_clients: int, seed: int) -> list[np.ndarray]:
+        """Split the examples across clients.
+
+        Args:
+            labels: (n,) int labels of the pooled training set.
+            num_clients: N, the number of index arrays to return.
+            seed: the `partition` stream's seed.
+
+        Returns:
+            N int64 arrays of row indices into `labels`.
+
+        Raises:
+            ValueError: if the partitioner cannot give every client an example.
+        """
         from flwr_datasets import partitioner as fp
 
         cls = {"linear": fp.LinearPartitioner, "square": fp.SquarePartitioner,
@@ -132,6 +198,16 @@ class Natural:
     natural: ClassVar[bool] = True  # keeps a per-client dataset's own split
 
     def split(self, labels: np.ndarray, num_clients: int, seed: int) -> list[np.ndarray]:
+        """Always fail: a pooled dataset has no natural split (per-client datasets bypass this).
+
+        Args:
+            labels: unused.
+            num_clients: unused.
+            seed: unused.
+
+        Raises:
+            ValueError: always.
+        """
         raise ValueError("partition 'natural' needs a dataset generated per client "
                          "(synthetic or linear_regression)")
 

@@ -1,3 +1,5 @@
+"""The two shapes a dataset plugin's `load` can return: pooled or already per client."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

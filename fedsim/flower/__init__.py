@@ -1,5 +1,6 @@
-"""Flower hosting: the fedsim engine inside a Flower `ServerApp`, client jobs inside a
-Flower `ClientApp`. Every `import flwr` of the project lives in this package, so that
+"""Flower hosting: the fedsim engine inside a Flower `ServerApp`, client jobs inside a `ClientApp`.
+
+Every `import flwr` of the project lives in this package, so that
 `import fedsim` works without Flower installed.
 
 - `codec`: Job / JobResult <-> Flower `RecordDict` (arrays in an ArrayRecord, the rest as

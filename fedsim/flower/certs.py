@@ -42,6 +42,7 @@ class Credentials:
     client_keys: tuple[Path, ...]  # private keys; the public key is the same path + ".pub"
 
     def public_key(self, client: int) -> Path:
+        """Path of client `client`'s public key: its private key's path plus ".pub"."""
         return self.client_keys[client].with_name(self.client_keys[client].name + ".pub")
 
 
@@ -78,7 +79,20 @@ def client_key_pair(path: Path) -> Path:
 
 def make_credentials(out: Path | str, hosts: Sequence[str] = DEFAULT_HOSTS, clients: int = 3,
                      days: int = 30) -> Credentials:
-    """Create a test CA, a server certificate for `hosts` and `clients` node key pairs."""
+    """Create a test CA, a server certificate for `hosts` and `clients` node key pairs.
+
+    Args:
+        out: folder for the files (created).
+        hosts: IP addresses and DNS names the server certificate is valid for (its SAN).
+        clients: number of node key pairs (client_0, client_0.pub, ...).
+        days: validity of the certificates.
+
+    Returns:
+        The paths written.
+
+    Raises:
+        ValueError: if `hosts` is empty or `clients` is negative.
+    """
     if not hosts:
         raise ValueError("hosts: need at least one address or DNS name for the server certificate")
     if clients < 0:

@@ -32,6 +32,14 @@ def _terminate(signum, frame) -> None:
 
 
 def cmd_certs(args: argparse.Namespace) -> int:
+    """`fedsim deploy certs DIR`: write a self-signed test CA, server certificate and client key pairs.
+
+    Args:
+        args: the parsed command line.
+
+    Returns:
+        The exit status: 0, or 2 if the files cannot be made.
+    """
     from fedsim.flower.certs import make_credentials
 
     try:
@@ -47,6 +55,14 @@ def cmd_certs(args: argparse.Namespace) -> int:
 
 
 def cmd_server(args: argparse.Namespace) -> int:
+    """`fedsim deploy server`: start (or attach to) a SuperLink and run the scenario's strategy on it.
+
+    Args:
+        args: the parsed command line.
+
+    Returns:
+        The exit status: 0 on success, 2 for a bad scenario or deployment error, 130 on Ctrl-C or SIGTERM.
+    """
     from fedsim.errors import ScenarioError
     from fedsim.flower import deploy as d
     from fedsim.flower import serve
@@ -97,6 +113,15 @@ def cmd_server(args: argparse.Namespace) -> int:
 
 
 def cmd_client(args: argparse.Namespace) -> int:
+    """`fedsim deploy client`: run one SuperNode holding one client's data until the server stops.
+
+    Args:
+        args: the parsed command line.
+
+    Returns:
+        The exit status: 0 when the SuperNode exits cleanly, else 1; 2 for a deployment error, 130 on
+        Ctrl-C, 143 on SIGTERM.
+    """
     from fedsim.flower import deploy as d
     from fedsim.flower import serve
 

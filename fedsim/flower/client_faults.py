@@ -1,5 +1,6 @@
-"""Testing only: make a deployed client misbehave, to check that the server records and
-excludes it and that the global model stays intact.
+"""Testing only: make a deployed client misbehave.
+
+This checks that the server records and excludes it and that the global model stays intact.
 
 Set per client with the hidden flag `fedsim deploy client ... --fault KIND[@ROUND]`
 (node config key `fedsim-fault`); without `@ROUND` the fault hits every job.
@@ -39,7 +40,15 @@ def parse(spec: str) -> tuple[str, int | None]:
 
 
 def before(spec: str, round_index: int) -> None:
-    """Faults that strike instead of replying (the ClientApp calls this after training)."""
+    """Faults that strike instead of replying (the ClientApp calls this after training).
+
+    Args:
+        spec: the node's `fedsim-fault` value, `KIND[@ROUND]` ("" = none).
+        round_index: the job's round; a fault with `@ROUND` strikes only then.
+
+    Raises:
+        InjectedFault: for `crash`; `hang` never returns.
+    """
     if not spec:
         return
     kind, rnd = parse(spec)
@@ -53,7 +62,16 @@ def before(spec: str, round_index: int) -> None:
 
 
 def after(spec: str, result: JobResult, round_index: int) -> JobResult:
-    """Faults that corrupt a finished job's update."""
+    """Faults that corrupt a finished job's update (nan, inf, shape, norm).
+
+    Args:
+        spec: the node's `fedsim-fault` value, `KIND[@ROUND]` ("" = none).
+        result: the honest result.
+        round_index: the job's round.
+
+    Returns:
+        The result to send (a copy with a corrupted delta when the fault strikes).
+    """
     if not spec or result.update is None:
         return result
     kind, rnd = parse(spec)

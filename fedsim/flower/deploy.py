@@ -50,6 +50,14 @@ class ServerTls:
     key: Path
 
     def check(self) -> "ServerTls":
+        """Check that the three files exist.
+
+        Returns:
+            A copy with absolute paths (child processes run in other folders).
+
+        Raises:
+            DeployError: naming the missing file.
+        """
         for what, p in (("CA certificate", self.ca), ("server certificate", self.cert), ("server key", self.key)):
             if not Path(p).is_file():
                 raise DeployError(f"TLS: {what} {p} does not exist")
@@ -64,12 +72,24 @@ def bin_dir() -> Path:
 
 
 def project_root() -> Path:
-    """The folder that contains the `fedsim` package (put on PYTHONPATH of child processes
-    so a source checkout works without installing)."""
+    """The folder that contains the `fedsim` package.
+
+    It goes on the PYTHONPATH of child processes, so a source checkout works without installing.
+    """
     return Path(__file__).resolve().parents[2]
 
 
 def flower_env(home: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of a Flower child process (see the module docstring for why each variable).
+
+    Args:
+        home: its FLWR_HOME.
+        extra: variables set last (override the rest).
+
+    Returns:
+        A copy of os.environ with PATH, PYTHONPATH, FLWR_HOME, the Flower switches and
+        OMP_NUM_THREADS (default 1) set.
+    """
     env = dict(os.environ)
     env["PATH"] = f"{bin_dir()}{os.pathsep}{env.get('PATH', '')}"
     pp = env.get("PYTHONPATH")
@@ -91,7 +111,17 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def split_address(address: str) -> tuple[str, int]:
-    """'HOST:PORT' or '[v6]:PORT' -> (host, port); one-line error otherwise."""
+    """Parse 'HOST:PORT' or '[v6]:PORT' into (host, port).
+
+    Args:
+        address: the address.
+
+    Returns:
+        (host without brackets, port).
+
+    Raises:
+        DeployError: if it is not HOST:PORT with a port in 1..65535.
+    """
     host, sep, port = address.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise DeployError(f"address {address!r}: expected HOST:PORT")
@@ -99,6 +129,7 @@ def split_address(address: str) -> tuple[str, int]:
 
 
 def join_address(host: str, port: int) -> str:
+    """The inverse of `split_address`: 'HOST:PORT', bracketing IPv6 hosts."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
@@ -115,21 +146,32 @@ class Proc:
 
     @property
     def pid(self) -> int:
+        """The process id (also its session and process-group id)."""
         return self.popen.pid
 
     def alive(self) -> bool:
+        """Whether the process itself is still running (its children are not checked)."""
         return self.popen.poll() is None
 
     def log_text(self) -> str:
+        """Everything it has logged so far ("" if the log cannot be read)."""
         try:
             return self.log.read_text(errors="replace")
         except OSError:
             return ""
 
     def stop(self, grace: float = 10.0) -> int | None:
-        """SIGTERM the process, then its session (children such as flower-superexec and
-        the app processes it spawned; the session id is this process's PID), then SIGKILL
-        whatever is left after `grace` seconds."""
+        """SIGTERM the process, then its session, then SIGKILL whatever is left after `grace` seconds.
+
+        The session holds the children it spawned, such as flower-superexec and the app
+        processes; the session id is this process's PID.
+
+        Args:
+            grace: seconds to wait after each SIGTERM before killing.
+
+        Returns:
+            The process's exit code.
+        """
         pid = self.popen.pid
         if self.alive():
             with contextlib.suppress(ProcessLookupError):
@@ -178,6 +220,21 @@ def _group_alive(pgid: int) -> bool:
 
 def spawn(name: str, argv: Sequence[str], env: Mapping[str, str], log: Path,
           cwd: Path | None = None) -> Proc:
+    """Start a program in its own session, stdout and stderr appended to `log`.
+
+    Args:
+        name: label used in messages.
+        argv: the command line.
+        env: its environment.
+        log: the log file (its folder is created).
+        cwd: its working directory.
+
+    Returns:
+        The started process.
+
+    Raises:
+        DeployError: if the program cannot be started.
+    """
     log.parent.mkdir(parents=True, exist_ok=True)
     fh = open(log, "ab")
     try:
@@ -190,6 +247,18 @@ def spawn(name: str, argv: Sequence[str], env: Mapping[str, str], log: Path,
 
 
 def wait_until(check, timeout: float, what: str, proc: Proc | None = None, interval: float = 0.2) -> None:
+    """Poll `check()` until it is true.
+
+    Args:
+        check: a callable returning bool.
+        timeout: seconds before giving up.
+        what: what is awaited, for the error message.
+        proc: fail early (with its last log lines) if this process exits meanwhile.
+        interval: seconds between polls.
+
+    Raises:
+        DeployError: on timeout or if `proc` exits.
+    """
     deadline = time.monotonic() + timeout
     while True:
         if proc is not None and not proc.alive():
@@ -203,6 +272,7 @@ def wait_until(check, timeout: float, what: str, proc: Proc | None = None, inter
 
 
 def port_open(host: str, port: int) -> bool:
+    """Whether a TCP connection to host:port succeeds within one second."""
     try:
         with socket.create_connection((host, port), timeout=1.0):
             return True
@@ -226,18 +296,37 @@ def http_health(host: str, port: int, ca: Path | None) -> bool:
 
 @dataclass
 class SuperLink:
+    """A running SuperLink (started here or attached to) and the addresses clients and `flwr` dial."""
+
     proc: Proc | None  # None when attached to a SuperLink started elsewhere
     control: str  # HOST:PORT of the Control/Runtime API (HTTP(S)), what `flwr` dials
     fleet: str  # HOST:PORT of the Fleet API (gRPC), what SuperNodes dial
     tls: ServerTls | None
 
     def stop(self) -> None:
+        """Stop it if it was started here; an attached SuperLink is left running."""
         if self.proc is not None:
             self.proc.stop()
 
 
 def superlink_argv(host: str, control_port: int, fleet_host: str, fleet_port: int, tls: ServerTls | None,
                    node_auth: bool) -> list[str]:
+    """The `flower-superlink` command line: gRPC Fleet API, TLS or --insecure, optional node auth.
+
+    Args:
+        host: interface of the Control/Runtime (HTTP) API.
+        control_port: its port.
+        fleet_host: interface of the Fleet (gRPC) API.
+        fleet_port: its port.
+        tls: the TLS files, or None for --insecure.
+        node_auth: only registered SuperNode keys may connect.
+
+    Returns:
+        argv.
+
+    Raises:
+        DeployError: if node authentication is asked for without TLS.
+    """
     argv = [str(bin_dir() / "flower-superlink"), "--host", host, "--port", str(control_port),
             "--fleet-api-type", "grpc-rere", "--fleet-api-address", join_address(fleet_host, fleet_port),
             "--disable-runtime-dependency-installation"]
@@ -255,7 +344,24 @@ def superlink_argv(host: str, control_port: int, fleet_host: str, fleet_port: in
 def start_superlink(home: Path, *, host: str = "127.0.0.1", control_port: int | None = None,
                     fleet_host: str | None = None, fleet_port: int | None = None,
                     tls: ServerTls | None, node_auth: bool, timeout: float = 60.0) -> SuperLink:
-    """Start a SuperLink and wait until both its HTTP and its gRPC port answer."""
+    """Start a SuperLink and wait until both its HTTP and its gRPC port answer.
+
+    Args:
+        home: its FLWR_HOME and working folder (superlink.log goes here).
+        host: Control API interface.
+        control_port: Control API port (default: a free one).
+        fleet_host: Fleet API interface (default `host`).
+        fleet_port: Fleet API port (default: a free one).
+        tls: TLS files, or None for an insecure link.
+        node_auth: require registered SuperNode keys.
+        timeout: seconds to wait for both ports.
+
+    Returns:
+        The running SuperLink.
+
+    Raises:
+        DeployError: if it does not start or listen in time (it is stopped first).
+    """
     home.mkdir(parents=True, exist_ok=True)
     fleet_host = fleet_host or host
     control_port = control_port or free_port(host)
@@ -274,7 +380,13 @@ def start_superlink(home: Path, *, host: str = "127.0.0.1", control_port: int | 
 
 
 def write_connection(home: Path, control: str, ca: Path | None) -> None:
-    """Tell the `flwr` CLI (through $FLWR_HOME/config.toml) how to reach the SuperLink."""
+    """Tell the `flwr` CLI (through $FLWR_HOME/config.toml) how to reach the SuperLink.
+
+    Args:
+        home: the FLWR_HOME of the `flwr` calls.
+        control: HOST:PORT of the Control API.
+        ca: the CA certificate, or None for an insecure connection.
+    """
     home.mkdir(parents=True, exist_ok=True)
     lines = ["[superlink]", f'default = "{FEDERATION}"', "", f"[superlink.{FEDERATION}]",
              f"address = {json.dumps(control)}"]
@@ -284,6 +396,20 @@ def write_connection(home: Path, control: str, ca: Path | None) -> None:
 
 def flwr_cli(home: Path, args: Sequence[str], timeout: float = 60.0, cwd: Path | None = None
              ) -> subprocess.CompletedProcess:
+    """Run the `flwr` CLI and capture its output.
+
+    Args:
+        home: its FLWR_HOME (holding the connection config).
+        args: arguments after `flwr`.
+        timeout: seconds before giving up.
+        cwd: its working directory.
+
+    Returns:
+        The completed process (the caller checks the return code).
+
+    Raises:
+        DeployError: on timeout.
+    """
     try:
         return subprocess.run([str(bin_dir() / "flwr"), *args], env=flower_env(home), capture_output=True,
                               text=True, timeout=timeout, cwd=cwd, stdin=subprocess.DEVNULL)
@@ -292,7 +418,18 @@ def flwr_cli(home: Path, args: Sequence[str], timeout: float = 60.0, cwd: Path |
 
 
 def register_node(home: Path, public_key: Path) -> int:
-    """Register a SuperNode public key with the SuperLink (node authentication); its node id."""
+    """Register a SuperNode public key with the SuperLink (node authentication).
+
+    Args:
+        home: FLWR_HOME of the `flwr` CLI (with the connection config).
+        public_key: the SuperNode's public key file.
+
+    Returns:
+        The node id the SuperLink assigned.
+
+    Raises:
+        DeployError: if the key is missing or registration fails.
+    """
     if not Path(public_key).is_file():
         raise DeployError(f"public key {public_key} does not exist")
     res = flwr_cli(home, ["supernode", "register", str(Path(public_key).resolve()), FEDERATION,
@@ -309,6 +446,11 @@ def register_node(home: Path, public_key: Path) -> int:
 
 
 def list_nodes(home: Path) -> list[dict]:
+    """The SuperNodes the SuperLink knows, as `flwr supernode list --format json` reports them.
+
+    Raises:
+        DeployError: if the CLI output is not JSON.
+    """
     res = flwr_cli(home, ["supernode", "list", FEDERATION, "--format", "json"])
     try:
         payload = json.loads(res.stdout)
@@ -327,6 +469,23 @@ def node_config_arg(values: Mapping[str, object]) -> str:
 def supernode_argv(superlink: str, runtime_port: int, node_config: Mapping[str, object], *,
                    ca: Path | None, private_key: Path | None, max_retries: int | None = None,
                    max_wait: float | None = None) -> list[str]:
+    """The `flower-supernode` command line (gRPC to the Fleet API, ClientAppIo on 127.0.0.1).
+
+    Args:
+        superlink: HOST:PORT of the Fleet API.
+        runtime_port: local port for the ClientApp link.
+        node_config: node config values (e.g. the client id and data path).
+        ca: CA certificate, or None for --insecure.
+        private_key: the node's authentication key (needs `ca`).
+        max_retries: connection retries before giving up (Flower's default when None).
+        max_wait: seconds of retrying before giving up (Flower's default when None).
+
+    Returns:
+        argv.
+
+    Raises:
+        DeployError: if a node key is given without TLS.
+    """
     argv = [str(bin_dir() / "flower-supernode"), "--grpc-rere", "--superlink", superlink,
             "--host", "127.0.0.1", "--port", str(runtime_port), "--node-config", node_config_arg(node_config)]
     if ca is None:
@@ -348,7 +507,23 @@ def start_supernode(home: Path, superlink: str, node_config: Mapping[str, object
                     private_key: Path | None, runtime_port: int | None = None, name: str = "SuperNode",
                     env: Mapping[str, str] | None = None, max_retries: int | None = None,
                     max_wait: float | None = None) -> Proc:
-    """Start a SuperNode (its own FLWR_HOME) that dials the Fleet API at `superlink` over gRPC."""
+    """Start a SuperNode (its own FLWR_HOME) that dials the Fleet API at `superlink` over gRPC.
+
+    Args:
+        home: its FLWR_HOME and working folder (supernode.log goes here).
+        superlink: HOST:PORT of the Fleet API.
+        node_config: node config values.
+        ca: CA certificate, or None for an insecure link.
+        private_key: its authentication key, or None.
+        runtime_port: local ClientApp port (default: a free one).
+        name: label in messages.
+        env: extra environment variables.
+        max_retries: see `supernode_argv`.
+        max_wait: see `supernode_argv`.
+
+    Returns:
+        The started process (not yet connected; see `supernode_connected`).
+    """
     home.mkdir(parents=True, exist_ok=True)
     argv = supernode_argv(superlink, runtime_port or free_port(), node_config, ca=ca, private_key=private_key,
                           max_retries=max_retries, max_wait=max_wait)
@@ -367,6 +542,7 @@ CLIENT_APP = "fedsim.flower.client_app:app"
 
 
 def toml_value(v: object) -> str:
+    """Render a bool, number or string as a TOML literal (anything else as a string)."""
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, (int, float)):
@@ -376,9 +552,20 @@ def toml_value(v: object) -> str:
 
 def write_app(app_dir: Path, run_config: Mapping[str, object], server_app: str = SERVER_APP,
               client_app: str = CLIENT_APP) -> Path:
-    """Write the Flower app bundle `flwr run` ships: only a pyproject.toml naming fedsim's
-    ServerApp and ClientApp (fedsim itself must be installed on the server and on every
-    client) and the run config they read."""
+    """Write the Flower app bundle `flwr run` ships.
+
+    The bundle is only a pyproject.toml naming fedsim's ServerApp and ClientApp and the run
+    config they read; fedsim itself must be installed on the server and on every client.
+
+    Args:
+        app_dir: the bundle folder (created).
+        run_config: [tool.flwr.app.config] values.
+        server_app: `module:attribute` of the ServerApp.
+        client_app: `module:attribute` of the ClientApp.
+
+    Returns:
+        `app_dir`.
+    """
     app_dir.mkdir(parents=True, exist_ok=True)
     lines = ["[build-system]", 'requires = ["hatchling"]', 'build-backend = "hatchling.build"', "",
              "[project]", 'name = "fedsim-deploy"', 'version = "1.0.0"', "dependencies = []", "",
@@ -390,6 +577,15 @@ def write_app(app_dir: Path, run_config: Mapping[str, object], server_app: str =
 
 
 def flwr_run(home: Path, app_dir: Path, log: Path) -> Proc:
-    """Start `flwr run APP fedsim --stream` (returns when the run ends)."""
+    """Start `flwr run APP fedsim --stream`; the process exits when the run ends.
+
+    Args:
+        home: FLWR_HOME with the connection config.
+        app_dir: the app bundle.
+        log: where its streamed output goes.
+
+    Returns:
+        The started process.
+    """
     argv = [str(bin_dir() / "flwr"), "run", str(app_dir), FEDERATION, "--stream"]
     return spawn("flwr run", argv, flower_env(home), log, cwd=app_dir)

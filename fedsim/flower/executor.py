@@ -1,5 +1,8 @@
-"""Config of the `flower` executor. Its implementation is in `fedsim.flower.simulation`; this
-module imports no flwr, so validating a scenario that names the executor stays light."""
+"""Config of the `flower` executor.
+
+Its implementation is in `fedsim.flower.simulation`; this module imports no flwr, so
+validating a scenario that names the executor stays light.
+"""
 
 from __future__ import annotations
 
@@ -29,6 +32,11 @@ class Flower:
     job_timeout: float = bounded(3600.0, gt=0.0)
 
     def create(self):
+        """Build the executor (imports flwr and ray now, not when the scenario is validated).
+
+        Returns:
+            A `FlowerSimulation` that runs fedsim's engine inside a Flower ServerApp.
+        """
         from fedsim.flower.simulation import FlowerSimulation
 
         return FlowerSimulation(self)

@@ -22,7 +22,21 @@ from fedsim.data.federated import FederatedData
 
 def load_npz(path: str | Path, client: int, num_clients: int, num_classes: int,
              input_shape: tuple[int, ...]) -> FederatedData:
-    """Client `client`'s own data from `path`, checked against the scenario's task."""
+    """Client `client`'s own data from `path`, checked against the scenario's task.
+
+    Args:
+        path: the client's .npz (x_train, y_train, x_test, y_test).
+        client: the client's id.
+        num_clients: N of the scenario.
+        num_classes: the scenario's number of classes (0 = regression).
+        input_shape: the scenario's input shape; the file's must match.
+
+    Returns:
+        A federation in which only `client` has data.
+
+    Raises:
+        ValueError: if the file is missing or does not match the scenario.
+    """
     path = Path(path)
     where = f"client {client} data {path}"
     if not path.is_file():

@@ -1,5 +1,6 @@
-"""`fedsim deploy server` and `fedsim deploy client`: run a scenario's strategy against
-real clients (Flower SuperNodes) over gRPC.
+"""`fedsim deploy server` and `fedsim deploy client`: a scenario's strategy with real clients over gRPC.
+
+The clients are Flower SuperNodes.
 
 The server side starts a SuperLink (or attaches to a running one), registers the
 clients' public keys (node authentication), and submits one Flower run whose ServerApp
@@ -37,6 +38,12 @@ INSECURE_WARNING = ("WARNING: --insecure: traffic between server and clients is 
 
 @dataclass(frozen=True)
 class ServerOptions:
+    """How `serve` runs the server side (the `fedsim deploy server` flags).
+
+    Timeouts are in seconds: `client_timeout` per job, `wait_clients` for every client to
+    connect, `run_timeout` for the whole run (None = no limit).
+    """
+
     host: str = "127.0.0.1"  # where the Control/Runtime API (HTTP) listens
     port: int | None = None  # its port (free port when None)
     fleet: str | None = None  # HOST:PORT of the gRPC Fleet API (default HOST:9092)
@@ -52,6 +59,7 @@ class ServerOptions:
 
 
 def say(msg: str) -> None:
+    """Default log function: print and flush (progress lines must show up at once)."""
     print(msg, flush=True)
 
 
@@ -78,8 +86,21 @@ def public_keys(items: Sequence[str | Path]) -> tuple[Path, ...]:
 
 
 def with_clock(scenario, clock: str):
-    """`scenario` with `engine.clock` set for an async run (sync rounds keep the virtual clock:
-    a round waits for every participant, so arrival order does not change the result)."""
+    """`scenario` with `engine.clock` set for an async run.
+
+    Sync rounds keep the virtual clock: a round waits for every participant, so arrival order
+    does not change the result.
+
+    Args:
+        scenario: the scenario.
+        clock: "wall" (commit in real arrival order) or "virtual".
+
+    Returns:
+        The scenario, replaced only when it is async and its clock differs.
+
+    Raises:
+        DeployError: for another clock name.
+    """
     from dataclasses import replace
 
     if clock not in ("wall", "virtual"):
@@ -91,9 +112,22 @@ def with_clock(scenario, clock: str):
 
 def serve(scenario, out: Path, opts: ServerOptions, log: Callable[[str], None] = say,
           on_ready: Callable[[d.SuperLink], None] | None = None) -> Path:
-    """Run `scenario` against deployed clients; returns the results folder. `on_ready` is
-    called once the SuperLink listens and the client keys are registered (clients whose
-    keys are not registered yet are refused, so start them after this point)."""
+    """Run `scenario` against deployed clients.
+
+    Args:
+        scenario: the validated scenario.
+        out: the results folder.
+        opts: the server options.
+        log: receives one-line progress messages.
+        on_ready: called once the SuperLink listens and the client keys are registered
+            (clients whose keys are not registered yet are refused, so start them after this).
+
+    Returns:
+        The results folder.
+
+    Raises:
+        DeployError: for insecure use without --insecure, or any failed deployment step.
+    """
     from fedsim import scenario as scenario_mod
 
     scenario = with_clock(scenario, opts.clock)
@@ -163,8 +197,10 @@ def serve(scenario, out: Path, opts: ServerOptions, log: Callable[[str], None] =
 
 
 def _note_deployment(path: Path, sl: d.SuperLink, opts: ServerOptions) -> None:
-    """Say in summary.json that this run was deployed, and how (the scenario's `executor`
-    block was not used: the jobs went to real clients)."""
+    """Say in summary.json that this run was deployed, and how.
+
+    The scenario's `executor` block was not used: the jobs went to real clients.
+    """
     import json
 
     summary = json.loads(path.read_text(encoding="utf-8"))
@@ -178,6 +214,12 @@ def _note_deployment(path: Path, sl: d.SuperLink, opts: ServerOptions) -> None:
 
 @dataclass(frozen=True)
 class ClientOptions:
+    """How `run_client` / `start_client` run one client (the `fedsim deploy client` flags).
+
+    `data` is the client's own .npz (None = its partition of the scenario's data), `ca` and
+    `key` the CA certificate and node key, `home` its FLWR_HOME.
+    """
+
     server: str  # HOST:PORT of the SuperLink's Fleet API
     client_id: int
     data: Path | None = None
@@ -189,6 +231,7 @@ class ClientOptions:
 
 
 def client_node_config(opts: ClientOptions) -> dict[str, object]:
+    """The node config the SuperNode hands its ClientApp: client id, data path and test fault."""
     cfg: dict[str, object] = {NC_CLIENT: int(opts.client_id),
                               NC_DATA: str(Path(opts.data).resolve()) if opts.data else ""}
     if opts.fault:
@@ -197,7 +240,19 @@ def client_node_config(opts: ClientOptions) -> dict[str, object]:
 
 
 def start_client(opts: ClientOptions, log: Callable[[str], None] = say, **kwargs) -> d.Proc:
-    """Start a SuperNode for client `opts.client_id` (returns at once)."""
+    """Start a SuperNode for client `opts.client_id` (returns at once).
+
+    Args:
+        opts: the client options.
+        log: receives the --insecure warning.
+        **kwargs: passed to `deploy.start_supernode` (retries, environment).
+
+    Returns:
+        The SuperNode process.
+
+    Raises:
+        DeployError: for a bad address or id, missing files, or --insecure with --ca.
+    """
     d.split_address(opts.server)
     if opts.client_id < 0:
         raise d.DeployError(f"--client-id must be >= 0, got {opts.client_id}")
@@ -220,7 +275,17 @@ def start_client(opts: ClientOptions, log: Callable[[str], None] = say, **kwargs
 
 
 def run_client(opts: ClientOptions, log: Callable[[str], None] = say) -> int:
-    """`fedsim deploy client`: run a SuperNode in the foreground until it exits or Ctrl-C."""
+    """`fedsim deploy client`: run a SuperNode in the foreground until it exits or Ctrl-C.
+
+    Its log is echoed to stdout; the SuperNode is stopped on the way out.
+
+    Args:
+        opts: the client options.
+        log: receives one-line progress messages.
+
+    Returns:
+        0 when the SuperNode exited cleanly, 1 otherwise, 130 on Ctrl-C.
+    """
     proc = start_client(opts, log)
     log(f"client {opts.client_id}: SuperNode pid {proc.pid} dialling {opts.server} over gRPC; log {proc.log}")
     shown = 0

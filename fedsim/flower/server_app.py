@@ -1,5 +1,6 @@
-"""fedsim's Flower `ServerApp`s: the fedsim engine runs inside the ServerApp main function,
-and its executor is a `GridExecutor` over the ServerApp's Grid.
+"""fedsim's Flower `ServerApp`s: the engine runs inside the ServerApp's main function.
+
+Its executor is a `GridExecutor` over the ServerApp's Grid.
 
 - `hosting_app(body)`: a ServerApp whose main calls `body(grid, context)`; the `flower`
   executor uses it to run the engine of an ordinary `fedsim run` on Flower's simulation
@@ -26,6 +27,14 @@ from fedsim.flower.grid import GridExecutor
 
 
 def hosting_app(body: Callable[[Grid, Context], None]) -> ServerApp:
+    """A ServerApp whose main function calls `body(grid, context)` (the `flower` executor's host).
+
+    Args:
+        body: runs the engine with the Grid Flower passes in.
+
+    Returns:
+        The ServerApp.
+    """
     server = ServerApp()
 
     @server.main()
@@ -40,6 +49,12 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
+    """Deployment entry point: load the scenario named in the run config and run it on the Grid.
+
+    Args:
+        grid: Flower's Grid to the connected SuperNodes.
+        context: carries the run config keys listed in the module docstring.
+    """
     from fedsim import scenario as scenario_mod
     from fedsim.runner import build_data, run
 

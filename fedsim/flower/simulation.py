@@ -1,5 +1,7 @@
-"""The `flower` executor: fedsim's engine inside a Flower ServerApp, client jobs in Flower
-ClientApps on Flower's simulation engine (Ray backend), via `flwr.simulation.run_simulation`.
+"""The `flower` executor: fedsim's engine inside a Flower ServerApp, client jobs in ClientApps.
+
+The ClientApps run on Flower's simulation engine (Ray backend), via
+`flwr.simulation.run_simulation`.
 
 `host(fn)` starts the simulation; the ServerApp main attaches a `GridExecutor` to its Grid
 and calls `fn` (the engine's run loop) in the ServerApp thread. One virtual SuperNode per
@@ -23,6 +25,12 @@ from fedsim.types import Job, JobResult
 
 
 class FlowerSimulation:
+    """The executor the engine sees for `executor: {name: flower}`; jobs travel over a Flower Grid.
+
+    Args:
+        cfg: the `executor:` block (nodes, per-client CPUs/GPUs, threads, job timeout, Ray address).
+    """
+
     def __init__(self, cfg: Any):
         self.cfg = cfg
         self.setup: Any = None
@@ -32,6 +40,16 @@ class FlowerSimulation:
         self._abort = threading.Event()
 
     def start(self, setup: Any) -> None:
+        """Write the run's setup (data, model, client and strategy config) where ClientApps can load it.
+
+        The ClientApps find it through the setup config sent with each message (path and hash).
+
+        Args:
+            setup: the run's `Setup`.
+
+        Raises:
+            RunError: if more GPUs per client are asked for than are visible.
+        """
         from fedsim.errors import RunError
         from fedsim.flower.client_app import SETUP_KEY, SETUP_PATH, THREADS
 
@@ -50,10 +68,12 @@ class FlowerSimulation:
                               THREADS: int(self.cfg.threads)}
 
     def num_nodes(self) -> int:
+        """Virtual SuperNodes: one per client, capped by `nodes:` (client c then runs on c mod nodes)."""
         n = self.setup.data.num_clients
         return n if self.cfg.nodes is None else min(n, self.cfg.nodes)
 
     def backend_config(self) -> dict[str, Any]:
+        """Flower's Ray backend config: per-client resources, and Ray init arguments for a local cluster."""
         init: dict[str, Any] = {"include_dashboard": False}
         if self.cfg.address is not None:
             init["address"] = self.cfg.address
@@ -66,7 +86,18 @@ class FlowerSimulation:
                 "init_args": init}
 
     def host(self, fn: Callable[[], Any]) -> Any:
-        """Run `fn` (the engine loop) inside a Flower ServerApp on the simulation engine."""
+        """Run `fn` (the engine loop) inside a Flower ServerApp on the simulation engine.
+
+        Args:
+            fn: the engine's run loop; it calls `submit` / `next_result` meanwhile.
+
+        Returns:
+            What `fn` returned.
+
+        Raises:
+            RunError: if the backend fails or the ServerApp ends without finishing; errors raised
+                by `fn` itself reach the caller unchanged.
+        """
         from fedsim.errors import RunError
         from fedsim.flower import client_app
         from fedsim.flower.grid import GridExecutor
@@ -117,12 +148,15 @@ class FlowerSimulation:
         return out["value"]
 
     def submit(self, jobs: Sequence[Job]) -> None:
+        """Send jobs to their clients' SuperNodes (does not wait for results)."""
         self._grid_exec.submit(jobs)
 
     def next_result(self) -> JobResult:
+        """Block until the next job result (or failure) comes back, in arrival order."""
         return self._grid_exec.next_result()
 
     def close(self) -> None:
+        """Stop waiting for results and delete the setup file."""
         self._abort.set()
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)

@@ -1,2 +1,5 @@
-"""What a run leaves behind and what reads it: the history writer, fairness metrics, run
-folders (rundata), comparison tables and plots."""
+"""What a run leaves behind and what reads it.
+
+Modules: history (the writer), fairness (metrics), rundata (run folders), compare (tables) and
+plots.
+"""

@@ -1,6 +1,8 @@
-"""`fedsim compare`: one row per scenario (seeds pooled as mean ± std) with final accuracy,
-worst-10% client accuracy, Jain's index, rounds and virtual time to a target, bytes and
-wall time — as a rich table, Markdown and CSV. Reads run folders only (fedsim.results.rundata).
+"""`fedsim compare`: one row per scenario, seeds pooled as mean ± std.
+
+Columns: final accuracy, worst-10% client accuracy, Jain's index, rounds and virtual time to
+a target, bytes and wall time — as a rich table, Markdown and CSV. Reads run folders only
+(fedsim.results.rundata).
 
 Regression runs (no accuracy) report the distance to the optimum (or the test loss)
 instead, and the target is reached when that falls to or below it.
@@ -22,6 +24,8 @@ from fedsim.results.rundata import Group, Run, find_runs, group_runs
 
 @dataclass(frozen=True)
 class Column:
+    """One table column: its CSV name, heading and decimals."""
+
     key: str  # CSV name
     title: str  # table heading
     digits: int  # decimals shown
@@ -29,23 +33,36 @@ class Column:
 
 @dataclass(frozen=True)
 class Cell:
+    """One group's value in one column, one entry per seed."""
+
     values: tuple[float, ...]  # one per seed, NaN = not available / target not reached
 
     @property
     def reached(self) -> int:
+        """How many seeds have a finite value (e.g. reached the target)."""
         return int(np.isfinite(self.values).sum())
 
     @property
     def mean(self) -> float:
+        """Mean over the finite values (NaN if none)."""
         v = np.array(self.values)
         return float(v[np.isfinite(v)].mean()) if self.reached else math.nan
 
     @property
     def std(self) -> float:
+        """Population std over the finite values (NaN if none)."""
         v = np.array(self.values)
         return float(v[np.isfinite(v)].std()) if self.reached else math.nan
 
     def text(self, digits: int) -> str:
+        """Format as `mean ± std (reached/seeds)`; "—" when no seed has a value.
+
+        Args:
+            digits: decimals shown.
+
+        Returns:
+            The cell text (± only with more than one value, the count only when some are missing).
+        """
         if not self.reached:
             return "—"
         s = f"{self.mean:.{digits}f}"
@@ -58,6 +75,8 @@ class Cell:
 
 @dataclass(frozen=True)
 class Comparison:
+    """A comparison table: primary metric, target, columns and one row per group."""
+
     metric: str  # test_accuracy | optimum_distance | test_loss
     target: float
     target_note: str
@@ -103,6 +122,20 @@ def _default_target(groups: Sequence[Group], metric: str) -> tuple[float, str]:
 
 
 def compare(run_dirs: Sequence[str | Path], target: float | None = None, per_run: bool = False) -> Comparison:
+    """Build the comparison of the runs under `run_dirs`.
+
+    Args:
+        run_dirs: run folders or folders holding runs (e.g. a sweep).
+        target: value of the primary metric that counts as reached (accuracy: ≥, distance or
+            loss: ≤); default 95% of the lowest final accuracy, or twice the highest final value.
+        per_run: one row per run instead of per group of seeds.
+
+    Returns:
+        The table.
+
+    Raises:
+        RunDataError: if a folder is not a readable run.
+    """
     runs = find_runs(run_dirs)
     groups = group_runs(runs)
     if per_run:
@@ -137,20 +170,23 @@ def compare(run_dirs: Sequence[str | Path], target: float | None = None, per_run
 
 
 def title(c: Comparison) -> str:
+    """The table's title line: the target and where it came from."""
     op = "≥" if c.metric == "test_accuracy" else "≤"
     return f"target: {c.metric} {op} {c.target:g} ({c.target_note})"
 
 
 def to_markdown(c: Comparison) -> str:
+    """Render as a Markdown table, preceded by the title."""
     head = ["run", "seeds"] + [col.title for col in c.columns]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
     for label, n, cells in c.rows:
-        lines.append("| " + " | ".join([label.replace("|", "\\|"), str(n)]
-                                       + [cell.text(col.digits) for cell, col in zip(cells, c.columns)]) + " |")
+        texts = [cell.text(col.digits) for cell, col in zip(cells, c.columns, strict=True)]
+        lines.append("| " + " | ".join([label.replace("|", "\\|"), str(n)] + texts) + " |")
     return f"{title(c).capitalize()}.\n\n" + "\n".join(lines) + "\n"
 
 
 def to_csv(c: Comparison) -> str:
+    """Render as CSV: mean, std and count per column, then the target metric and value."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["run", "seeds"] + [f"{col.key}_{s}" for col in c.columns for s in ("mean", "std", "n")]
@@ -168,7 +204,15 @@ def _csv_num(v: float) -> str:
 
 
 def write(c: Comparison, out: Path) -> tuple[Path, Path]:
-    """Write `<out>.md` and `<out>.csv` (any extension on `out` is replaced)."""
+    """Write `<out>.md` and `<out>.csv` (any extension on `out` is replaced).
+
+    Args:
+        c: the table.
+        out: base path; its folder is created.
+
+    Returns:
+        (Markdown path, CSV path).
+    """
     out.parent.mkdir(parents=True, exist_ok=True)
     md, cs = out.with_suffix(".md"), out.with_suffix(".csv")
     md.write_text(to_markdown(c), encoding="utf-8")
@@ -177,6 +221,7 @@ def write(c: Comparison, out: Path) -> tuple[Path, Path]:
 
 
 def print_table(c: Comparison) -> None:
+    """Print as a rich table on stdout (200 columns wide when not a terminal)."""
     from rich.console import Console
     from rich.table import Table
 
@@ -186,7 +231,7 @@ def print_table(c: Comparison) -> None:
     for col in c.columns:
         t.add_column(col.title, justify="right")
     for label, n, cells in c.rows:
-        t.add_row(label, str(n), *[cell.text(col.digits) for cell, col in zip(cells, c.columns)])
+        t.add_row(label, str(n), *[cell.text(col.digits) for cell, col in zip(cells, c.columns, strict=True)])
     console = Console()
     if not console.is_terminal:
         console = Console(width=200)  # piped or logged: do not squeeze into 80 columns

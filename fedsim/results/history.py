@@ -5,6 +5,8 @@ at most the lines written since the last evaluation (the per-client rows of the 
 in progress included; the engine flushes those once written). Between evaluations, per-client
 rows and events are buffered: writing each of millions of event lines through to the OS
 would dominate a fast run.
+
+The files are described in docs/tutorial.md.
 """
 
 from __future__ import annotations
@@ -17,7 +19,14 @@ from typing import Any, Mapping
 
 
 def clean(value: Any) -> Any:
-    """JSON has no NaN/Inf: write them as null."""
+    """Make a value JSON-safe: NaN/Inf become null, numpy scalars plain numbers, tuples lists.
+
+    Args:
+        value: a scalar, numpy scalar, or nested dict/list/tuple of them.
+
+    Returns:
+        The cleaned value (containers are copied).
+    """
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
@@ -30,6 +39,13 @@ def clean(value: Any) -> Any:
 
 
 class History:
+    """Writer of a run's metrics.jsonl, clients.jsonl and events.jsonl, one JSON object per line.
+
+    Args:
+        out: the run folder (created if missing).
+        append: keep existing lines (resuming from a checkpoint that truncated them); else start empty.
+    """
+
     FILES = ("metrics", "clients", "events")
 
     def __init__(self, out: Path, append: bool = False):
@@ -46,17 +62,21 @@ class History:
             fh.flush()
 
     def metric(self, record: Mapping[str, Any]) -> None:
+        """Append one evaluation point to metrics.jsonl and flush all three files; kept as `last_metrics`."""
         self.last_metrics = dict(record)
         self._write("metrics", record, flush=False)
         self.flush()  # an evaluation point: everything up to it reaches the disk
 
     def client(self, record: Mapping[str, Any]) -> None:
+        """Append one per-client row to clients.jsonl (buffered until the next flush)."""
         self._write("clients", record, flush=False)
 
     def event(self, record: Mapping[str, Any]) -> None:
+        """Append one engine event (dispatch, arrival, drop, commit, ...) to events.jsonl (buffered)."""
         self._write("events", record, flush=False)
 
     def flush(self) -> None:
+        """Flush all three files to the OS."""
         for fh in self._fh.values():
             fh.flush()
 
@@ -66,12 +86,24 @@ class History:
         return {name: os.fstat(fh.fileno()).st_size for name, fh in self._fh.items()}
 
     def close(self) -> None:
+        """Close all three files (flushing them)."""
         for fh in self._fh.values():
             fh.close()
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Read a JSONL file, with a clear error naming the file and line on corruption."""
+    """Read a JSONL file, with a clear error naming the file and line on corruption.
+
+    Args:
+        path: the file; blank lines are skipped.
+
+    Returns:
+        One dict per line.
+
+    Raises:
+        FileNotFoundError: if the file does not exist.
+        ValueError: `path:line: not valid JSON (...)`.
+    """
     rows = []
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not found")

@@ -1,5 +1,6 @@
-"""Figures from run folders (DESIGN.md §3 output files only): convergence, fairness,
-participation, async and contribution plots.
+"""Figures from run folders: convergence, fairness, participation, async and contribution plots.
+
+Only the output files are read (their layout: docs/tutorial.md).
 
 Pure functions: groups of runs in, a matplotlib `Figure` out. Figures are built with
 `matplotlib.figure.Figure` directly (no pyplot, no global state, headless); `save` picks
@@ -29,8 +30,6 @@ WEIGHT_KEY = "fedau_weight"
 CONTRIBUTION_KEY = "fedce_contribution"
 
 
-
-
 def _colour(i: int) -> tuple[float, ...]:
     from matplotlib import colormaps
 
@@ -45,9 +44,12 @@ def _figure(width: float, height: float) -> Figure:
 
 
 def _by_step(runs: Sequence[Run], key: str) -> tuple[np.ndarray, np.ndarray]:
-    """x = the evaluation steps (rounds/versions); y[run, step]. Seeds evaluated at the same
-    steps (sync) are stacked as they are; otherwise (async runs evaluated on virtual time
-    commit different versions) they are interpolated onto a shared grid."""
+    """Stack a metric over seeds against evaluation steps: (x, y[run, step]).
+
+    Seeds evaluated at the same steps (sync) are stacked as they are; otherwise (async runs
+    evaluated on virtual time commit different versions) they are interpolated onto a shared
+    grid.
+    """
     steps = [np.array([r.get(run.step_key) for r in run.metrics], dtype=float) for run in runs]
     if all(len(s) == len(steps[0]) and np.array_equal(s, steps[0]) for s in steps):
         return steps[0], np.vstack([run.series(key) for run in runs])
@@ -55,17 +57,20 @@ def _by_step(runs: Sequence[Run], key: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _by_time(runs: Sequence[Run], xkey: str, key: str) -> tuple[np.ndarray, np.ndarray]:
-    """x = a shared grid up to the earliest end over runs; y[run, point] interpolated."""
+    """Interpolate a metric over seeds onto a shared grid up to the earliest end: (x, y[run, point])."""
     xs = [run.series(xkey) for run in runs]
     if len(runs) == 1:
         return xs[0], runs[0].series(key)[None, :]
     grid = np.linspace(max(x[0] for x in xs), min(x[-1] for x in xs), GRID_POINTS)
-    return grid, np.vstack([np.interp(grid, x, run.series(key)) for x, run in zip(xs, runs)])
+    return grid, np.vstack([np.interp(grid, x, run.series(key)) for x, run in zip(xs, runs, strict=True)])
 
 
 def _band(ax, x: np.ndarray, y: np.ndarray, colour, label: str | None, positive: bool = False, **kw) -> None:
-    """Mean line and ± one std band over seeds (rows of y). `positive`: a log axis, so the
-    band's lower edge stays above zero (at most a factor 10 below the mean)."""
+    """Draw the mean line and ± one std band over seeds (rows of y).
+
+    With `positive` (a log axis) the band's lower edge stays above zero, at most a factor 10
+    below the mean.
+    """
     mean = np.nanmean(y, axis=0) if np.isfinite(y).any() else y[0]
     ax.plot(x, mean, color=colour, label=label, **kw)
     if y.shape[0] > 1:
@@ -97,8 +102,16 @@ def _regression(groups: Sequence[Group]) -> bool:
 
 
 def convergence(groups: Sequence[Group]) -> Figure:
-    """Test accuracy (or, for regression, distance to the optimum) and test loss against
-    rounds/versions, virtual time and wall time."""
+    """Test accuracy and test loss against rounds/versions, virtual time and wall time.
+
+    Regression runs show the distance to the optimum (or only the loss) instead of accuracy.
+
+    Args:
+        groups: runs grouped by scenario (seeds pooled as mean ± one std).
+
+    Returns:
+        The figure.
+    """
     regression = _regression(groups)
     top = "optimum_distance" if regression and any(r.has("optimum_distance") for g in groups for r in g.runs) \
         else ("test_loss" if regression else "test_accuracy")
@@ -161,9 +174,18 @@ def _fair_stats(vals: np.ndarray, regression: bool) -> np.ndarray:
 
 
 def fairness(groups: Sequence[Group]) -> Figure:
-    """Per-client accuracy over time (median, IQR, worst 10%), Jain's index and std vs
-    step, and the final per-client accuracy sorted (fairness profile). Regression runs
-    use per-client loss (worst = highest) and have no Jain panel."""
+    """Per-client accuracy over time, Jain's index, its std, and the sorted final profile.
+
+    Accuracy over time is drawn as median, IQR and worst 10%; the profile is the final
+    per-client accuracy sorted. Regression runs use per-client loss (worst = highest) and have
+    no Jain panel.
+
+    Args:
+        groups: runs grouped by scenario (seeds pooled as mean ± one std).
+
+    Returns:
+        The figure.
+    """
     regression = _regression(groups)
     what = "client loss" if regression else "client accuracy"
     fig = _figure(12, 8)
@@ -211,8 +233,12 @@ def fairness(groups: Sequence[Group]) -> Figure:
 
 
 def _heat(run: Run) -> tuple[np.ndarray, str, tuple[float, float], np.ndarray, np.ndarray]:
-    """Share of each (client bin, time bin) cell that delivered an update, the x label,
-    the x extent, per-client arrival counts, and drop points (time, client)."""
+    """Bin a run's arrivals for the participation heatmap.
+
+    Returns:
+        Share of each (client bin, time bin) cell that delivered an update, the x label, the x
+        extent, per-client arrival counts, and drop points (time, client).
+    """
     n = int(run.scenario.get("data", {}).get("num_clients") or 0)
     arrive = [e for e in run.events if e.get("kind") == "arrive" and isinstance(e.get("client"), int)]
     drops = [e for e in run.events if e.get("kind") == "drop" and isinstance(e.get("client"), int)]
@@ -242,9 +268,23 @@ def _heat(run: Run) -> tuple[np.ndarray, str, tuple[float, float], np.ndarray, n
 
 
 def participation(groups: Sequence[Group], weight_key: str = WEIGHT_KEY) -> Figure:
-    """Who took part when (client × round heatmap from events.jsonl; red = dropped), each
-    client's participation vs its true p_n when known, and FedAU-style weight estimates
-    (clients.jsonl column `weight_key`) against the true 1/p_n. One row per group (first seed)."""
+    """Who took part when, participation against the true p_n, and FedAU-style weights against 1/p_n.
+
+    The heatmap is client × round (or virtual time) from events.jsonl, red = dropped; each
+    client's participation rate is drawn against its true p_n when known, and the weight
+    estimates (clients.jsonl column `weight_key`) against the true 1/p_n. One row per group
+    (its first seed), at most MAX_ROWS groups.
+
+    Args:
+        groups: runs grouped by scenario (seeds pooled as mean ± one std).
+        weight_key: the clients.jsonl column holding per-client aggregation weights.
+
+    Returns:
+        The figure.
+
+    Raises:
+        PlotError: if a run has no client events.
+    """
     shown = list(groups)[:MAX_ROWS]
     weights = any(weight_key in g.runs[0].client_keys() for g in shown)
     fig = _figure(14 if weights else 11, 3.6 * len(shown) + 0.6)
@@ -307,8 +347,17 @@ def _weight_panel(ax, run: Run, key: str, probs: np.ndarray | None, colour) -> N
 
 
 def asynchrony(groups: Sequence[Group]) -> Figure:
-    """Staleness histogram of arrived updates, commits (model versions) over virtual time,
-    and mean staleness over virtual time."""
+    """Staleness histogram of arrived updates, commits over virtual time, mean staleness over time.
+
+    Staleness is the number of model versions committed between the model a job started from
+    and the one its update is applied to.
+
+    Args:
+        groups: runs grouped by scenario (seeds pooled as mean ± one std).
+
+    Returns:
+        The figure.
+    """
     fig = _figure(14, 4.4)
     ax_h, ax_c, ax_s = fig.subplots(1, 3)
     top = 0
@@ -362,8 +411,21 @@ def asynchrony(groups: Sequence[Group]) -> Figure:
 
 
 def contributions(groups: Sequence[Group], key: str = CONTRIBUTION_KEY) -> Figure:
-    """Per-client contribution estimates (clients.jsonl column `key`, e.g. FedCE's): final
-    value per client (mean ± std over seeds) and their spread over time. One row per group."""
+    """Per-client contribution estimates: final value per client and their spread over time.
+
+    The estimates are clients.jsonl column `key` (e.g. FedCE's coefficients); the final value is
+    mean ± std over seeds, the spread the 10–90% band over clients. One row per group.
+
+    Args:
+        groups: runs grouped by scenario (seeds pooled as mean ± one std).
+        key: the clients.jsonl column to draw.
+
+    Returns:
+        The figure.
+
+    Raises:
+        PlotError: if no run has the column.
+    """
     shown = [g for g in groups if key in g.runs[0].client_keys()][:MAX_ROWS]
     if not shown:
         raise PlotError(f"no run has a '{key}' column in clients.jsonl (is the strategy logging it?)")
@@ -403,7 +465,17 @@ FIGURES: dict[str, Callable[..., Figure]] = {
 
 
 def applicable(kind: str, groups: Sequence[Group], contribution_key: str = CONTRIBUTION_KEY) -> bool:
-    """Whether `--kind all` should draw `kind` for these runs."""
+    """Whether `--kind all` should draw `kind` for these runs.
+
+    Args:
+        kind: one of KINDS.
+        groups: the runs.
+        contribution_key: the clients.jsonl column the contributions plot needs.
+
+    Returns:
+        False for async plots of sync runs, contributions without the column, fairness without
+        clients.jsonl rows; else True.
+    """
     runs = [r for g in groups for r in g.runs]
     if kind == "async":
         return any(r.mode == "async" for r in runs)
@@ -415,7 +487,18 @@ def applicable(kind: str, groups: Sequence[Group], contribution_key: str = CONTR
 
 
 def save(fig: Figure, path: Path) -> Path:
-    """Write `fig`; the format follows the extension (.png, .svg, .pdf)."""
+    """Write `fig`; the format follows the extension (.png, .svg, .pdf).
+
+    Args:
+        fig: the figure.
+        path: the file; its folder is created.
+
+    Returns:
+        `path`.
+
+    Raises:
+        PlotError: for any other extension.
+    """
     if path.suffix.lower() not in FORMATS:
         raise PlotError(f"{path}: unsupported format {path.suffix or '(none)'!r}; use {', '.join(FORMATS)}")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -424,7 +507,7 @@ def save(fig: Figure, path: Path) -> Path:
 
 
 def default_out_dir(runs: Sequence[Run]) -> Path:
-    """One run: <run>/plots; several: <their common parent>/plots."""
+    """Where figures go by default: <run>/plots for one run, <their common parent>/plots for several."""
     import os
 
     if len(runs) == 1:
@@ -435,8 +518,22 @@ def default_out_dir(runs: Sequence[Run]) -> Path:
 def plot(run_dirs: Sequence[str | Path], kind: str = "all", out: str | Path | None = None,
          weight_key: str = WEIGHT_KEY, contribution_key: str = CONTRIBUTION_KEY) -> list[Path]:
     """Draw `kind` (or every applicable kind for `all`) for the runs under `run_dirs`.
-    `out`: a file for one kind (`fig.pdf`); for `all`, `fig.pdf` gives `fig-<kind>.pdf`.
-    Default: `<default_out_dir>/<kind>.png`. Returns the files written."""
+
+    Args:
+        run_dirs: run folders or folders holding runs.
+        kind: one of KINDS, or "all".
+        out: a file for one kind (`fig.pdf`); for `all`, `fig.pdf` gives `fig-<kind>.pdf`.
+            Default: `<default_out_dir>/<kind>.png`.
+        weight_key: clients.jsonl column of per-client weights (participation plot).
+        contribution_key: clients.jsonl column of contribution estimates.
+
+    Returns:
+        The files written.
+
+    Raises:
+        PlotError: for an unknown kind, unsupported format or nothing to draw;
+            RunDataError for unreadable run folders.
+    """
     if kind != "all" and kind not in FIGURES:
         raise PlotError(f"unknown plot kind {kind!r}; one of: {', '.join(KINDS)}, all")
     runs = find_runs(run_dirs)

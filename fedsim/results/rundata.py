@@ -1,5 +1,7 @@
-"""Read finished (or running) run folders for plots and tables — output files only
-(DESIGN.md §3), never the code that wrote them — and group runs that differ only by seed.
+"""Read finished (or running) run folders for plots and tables, and group runs by seed.
+
+Only the output files are read (their layout: docs/tutorial.md), never the code that wrote
+them; runs that differ only by seed form a group.
 
 Every problem with a folder raises `RunDataError`, whose str() is one line naming the
 folder or file.
@@ -21,8 +23,6 @@ from fedsim.errors import RunDataError
 from fedsim.results.history import read_jsonl
 
 METRICS_REQUIRED = ("virtual_time", "wall_time", "test_loss")
-
-
 
 
 def _jsonl(path: Path) -> list[dict[str, Any]]:
@@ -55,6 +55,11 @@ class Run:
 
     @cached_property
     def scenario(self) -> dict[str, Any]:
+        """scenario.resolved.yaml as plain values.
+
+        Raises:
+            RunDataError: if it is missing or corrupt.
+        """
         p = self.path / "scenario.resolved.yaml"
         try:
             raw = yaml.safe_load(p.read_text(encoding="utf-8"))
@@ -68,6 +73,11 @@ class Run:
 
     @cached_property
     def metrics(self) -> list[dict[str, Any]]:
+        """metrics.jsonl rows, each checked for round/version, virtual_time, wall_time, test_loss.
+
+        Raises:
+            RunDataError: if the file is missing, empty, corrupt or lacks a required key.
+        """
         p = self.path / "metrics.jsonl"
         rows = _jsonl(p)
         if not rows:
@@ -81,6 +91,11 @@ class Run:
 
     @cached_property
     def clients(self) -> list[dict[str, Any]]:
+        """clients.jsonl rows (client, round or version, per-client metrics).
+
+        Raises:
+            RunDataError: if the file is missing, corrupt or a row lacks its keys.
+        """
         p = self.path / "clients.jsonl"
         rows = _jsonl(p)
         for i, row in enumerate(rows, start=1):
@@ -90,6 +105,11 @@ class Run:
 
     @cached_property
     def events(self) -> list[dict[str, Any]]:
+        """events.jsonl rows (kind, virtual_time, ...).
+
+        Raises:
+            RunDataError: if the file is missing, corrupt or a row lacks its keys.
+        """
         p = self.path / "events.jsonl"
         rows = _jsonl(p)
         for i, row in enumerate(rows, start=1):
@@ -127,19 +147,23 @@ class Run:
 
     @property
     def name(self) -> str:
+        """The scenario's name (the folder's name if the scenario has none)."""
         return str(self.scenario.get("name", self.path.name))
 
     @property
     def seed(self) -> Any:
+        """The scenario's root seed (None if absent)."""
         return self.scenario.get("seed")
 
     @property
     def mode(self) -> str:
+        """Engine mode, "sync" or "async"."""
         eng = self.scenario.get("engine")
         return str(eng.get("mode", "sync")) if isinstance(eng, dict) else "sync"
 
     @property
     def step_key(self) -> str:
+        """The step column of metrics.jsonl: "round" (sync) or "version" (async)."""
         return "round" if "round" in self.metrics[0] else "version"
 
     def series(self, key: str) -> np.ndarray:
@@ -147,6 +171,7 @@ class Run:
         return np.array([_num(r.get(key)) for r in self.metrics])
 
     def has(self, key: str) -> bool:
+        """Whether metrics.jsonl has at least one finite value in column `key`."""
         return bool(np.isfinite(self.series(key)).any())
 
     @property
@@ -169,6 +194,7 @@ class Run:
         return steps, out
 
     def client_keys(self) -> set[str]:
+        """Every column name that appears in clients.jsonl."""
         return set().union(*(r.keys() for r in self.clients)) if self.clients else set()
 
 
@@ -182,8 +208,20 @@ def _flatten(raw: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def find_runs(paths: Iterable[str | Path]) -> list[Run]:
-    """Run folders from the command line: a run folder itself, or a folder holding runs
-    (e.g. a sweep), searched recursively in sorted order. Duplicates are dropped."""
+    """Run folders from the command line: a run folder itself, or a folder holding runs.
+
+    A folder holding runs (e.g. a sweep) is searched recursively in sorted order. Duplicates
+    are dropped.
+
+    Args:
+        paths: folders as given.
+
+    Returns:
+        The runs, in the order found.
+
+    Raises:
+        RunDataError: if a path is not a folder or holds no run.
+    """
     runs: list[Run] = []
     seen: set[Path] = set()
     for raw in paths:
@@ -211,12 +249,22 @@ class Group:
 
     @property
     def seeds(self) -> list[Any]:
+        """The seed of each run, in group order."""
         return [r.seed for r in self.runs]
 
 
 def group_runs(runs: Sequence[Run]) -> list[Group]:
-    """Group by resolved scenario minus seed, in order of first appearance. Labels name the
-    scenario keys that differ between groups (`strategy.name=fedau`), else the scenario name."""
+    """Group by resolved scenario minus seed, in order of first appearance.
+
+    Labels name up to three scenario keys that differ between groups (`strategy.name=fedau`),
+    plugin names first, else the scenario name.
+
+    Args:
+        runs: the runs.
+
+    Returns:
+        The groups.
+    """
     keyed: dict[str, list[Run]] = {}
     flat: dict[str, dict[str, Any]] = {}
     for r in runs:

@@ -33,10 +33,14 @@ _FLOAT = re.compile(r"""^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[0-9]
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that reads `1e-3` as a number (YAML 1.2; PyYAML's 1.1 rules make it a
-    string) and rejects duplicate keys instead of silently keeping the last one."""
+    """SafeLoader that reads `1e-3` as a number and rejects duplicate keys.
+
+    YAML 1.2 reads `1e-3` as a float; PyYAML's 1.1 rules make it a string. A duplicate key is
+    an error instead of silently keeping the last one.
+    """
 
     def construct_mapping(self, node, deep=False):
+        """Build a mapping, refusing duplicate or unhashable keys (`ConstructorError`)."""
         seen: set[Any] = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=True)
@@ -76,9 +80,18 @@ def _parse(text: str) -> Any:
 
 
 def check_shape(value: Any) -> None:
-    """Refuse structures that would make later walks (deepcopy, validation, dumping) recurse
-    too deep, loop forever (recursive aliases) or expand exponentially (alias bombs).
-    Shared sub-trees are measured once, so the check itself is linear in the parsed size."""
+    """Refuse parsed YAML that later walks (deepcopy, validation, dumping) could not handle.
+
+    That is: nesting deeper than MAX_DEPTH, recursive aliases (an endless walk) and alias bombs
+    (more than MAX_NODES values once aliases are expanded). Shared sub-trees are measured once,
+    so the check itself is linear in the parsed size.
+
+    Args:
+        value: the parsed document.
+
+    Raises:
+        ScenarioError: naming the limit exceeded.
+    """
     memo: dict[int, tuple[int, int]] = {}  # id -> (expanded size, height)
     on_path: set[int] = set()
 
@@ -110,9 +123,11 @@ def check_shape(value: Any) -> None:
 
 
 def _read_bytes(path: Path) -> bytes:
-    """At most MAX_FILE_BYTES + 1 bytes of a regular file. A FIFO would block `open()` and a
-    device such as /dev/zero never ends, so anything that is not a regular file is refused
-    from its metadata before it is opened."""
+    """At most MAX_FILE_BYTES + 1 bytes of a regular file.
+
+    A FIFO would block `open()` and a device such as /dev/zero never ends, so anything that
+    is not a regular file is refused from its metadata before it is opened.
+    """
     st = path.stat()
     if stat.S_ISDIR(st.st_mode):
         raise IsADirectoryError(path)
@@ -159,7 +174,21 @@ def _read_yaml(path: Path) -> Any:
 
 
 def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """Apply CLI `a.b=value` overrides (values parsed as YAML) to a copy of `raw`."""
+    """Apply CLI `a.b=value` overrides (values parsed as YAML) to a copy of `raw`.
+
+    Setting a plugin's `name` to a different plugin drops the old plugin's other keys (with a
+    note on stderr).
+
+    Args:
+        raw: the parsed scenario document.
+        overrides: `key.path=value` strings, applied in order.
+
+    Returns:
+        The overridden copy.
+
+    Raises:
+        ConfigError: for a malformed override or a key inside a non-mapping.
+    """
     out = copy.deepcopy(raw)
     for item in overrides:
         key, sep, text = item.partition("=")
@@ -208,6 +237,18 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
 
 
 def from_mapping(raw: Mapping[str, Any], source: str = "<scenario>") -> Scenario:
+    """Build and validate a scenario from plain values (a parsed YAML document).
+
+    Args:
+        raw: the document; relative data paths are taken as they are.
+        source: prefix for error messages (the file name).
+
+    Returns:
+        The validated scenario, with every default filled in.
+
+    Raises:
+        ScenarioError: one line, `source: key: problem`.
+    """
     try:
         check_shape(raw)
         return config.build(Scenario, raw, "")
@@ -220,7 +261,18 @@ def from_mapping(raw: Mapping[str, Any], source: str = "<scenario>") -> Scenario
 
 
 def load(path: str | Path, overrides: Sequence[str] = ()) -> Scenario:
-    """Load, override and validate a scenario file. Raises ScenarioError (one line)."""
+    """Load, override and validate a scenario file.
+
+    Args:
+        path: the YAML file; relative data and trace paths are resolved against its folder.
+        overrides: `key.path=value` strings applied before validation (as `--set` on the CLI).
+
+    Returns:
+        The validated scenario.
+
+    Raises:
+        ScenarioError: one line, naming the file and the key.
+    """
     path = Path(path)
     raw = _read_yaml(path)
     try:
@@ -232,9 +284,11 @@ def load(path: str | Path, overrides: Sequence[str] = ()) -> Scenario:
 
 
 def to_yaml(scenario: Scenario) -> str:
+    """Dump a scenario with every default written out (the `scenario.resolved.yaml` of a run)."""
     raw = config.to_raw(scenario)
     return yaml.safe_dump(raw, sort_keys=False, default_flow_style=None)
 
 
 def replace(scenario: Scenario, **changes: Any) -> Scenario:
+    """A copy of `scenario` with top-level fields replaced (no re-validation)."""
     return dataclasses.replace(scenario, **changes)

@@ -19,8 +19,9 @@ from fedsim.scenario.fields import bounded, plugin
 
 @dataclass(frozen=True, kw_only=True)
 class ClientConfig:
-    """Local training: `local_steps` minibatch steps, or `local_epochs` passes
-    (an epoch = ceil(n_k / batch_size) steps, the last batch may be short).
+    """Local training: `local_steps` minibatch SGD steps, or `local_epochs` passes over the data.
+
+    An epoch is ceil(n_k / batch_size) steps; the last batch may be short.
 
     Args:
         local_steps: Q (FedAU), n_SGD (Fraboni).  local_epochs: E (overrides local_steps).
@@ -42,10 +43,12 @@ class ClientConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class ChannelConfig:
-    """Args:
-    downlink_noise_std: σ_d; client k receives z + N(0, σ_d² I).
-    uplink_noise_std: σ_u; the server receives the client's message + N(0, σ_u² I).
-    loss_prob: probability that an uplink message is lost.
+    """Communication channel: additive Gaussian noise on both links and uplink packet loss.
+
+    Args:
+        downlink_noise_std: σ_d; client k receives z + N(0, σ_d² I).
+        uplink_noise_std: σ_u; the server receives the client's message + N(0, σ_u² I).
+        loss_prob: probability that an uplink message is lost.
     """
 
     downlink_noise_std: float = bounded(0.0, ge=0.0, le=1e6)
@@ -54,6 +57,7 @@ class ChannelConfig:
 
     @property
     def noisy(self) -> bool:
+        """Whether either link adds noise (loss alone does not count)."""
         return self.downlink_noise_std > 0 or self.uplink_noise_std > 0
 
 
@@ -80,10 +84,12 @@ class SystemConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class ByzantineConfig:
-    """Args:
-    fraction: share of clients that are Byzantine (a fixed set, drawn once).
-    kind: sign_flip (−scale·Δ), scaled (scale·Δ) or random (N(0, scale²) per coordinate).
-    scale: attack strength.
+    """Byzantine clients: a fixed set that sends adversarial but well-formed updates.
+
+    Args:
+        fraction: share of clients that are Byzantine (a fixed set, drawn once).
+        kind: sign_flip (−scale·Δ), scaled (scale·Δ) or random (N(0, scale²) per coordinate).
+        scale: attack strength.
     """
 
     fraction: float = bounded(0.0, ge=0.0, le=1.0)
@@ -93,12 +99,14 @@ class ByzantineConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class FaultsConfig:
-    """Args:
-    client_crash_prob: probability that a job's client crashes before uploading.
-    nan_update_prob: probability that a job's update is all NaN.
-    straggler_timeout: abandon jobs whose upload arrives later than this many virtual
-        seconds after dispatch (unset = wait forever; works in sync and async mode).
-    byzantine: clients that send adversarial updates (see ByzantineConfig).
+    """Injected failures: crashes, NaN updates, straggler timeouts and Byzantine clients.
+
+    Args:
+        client_crash_prob: probability that a job's client crashes before uploading.
+        nan_update_prob: probability that a job's update is all NaN.
+        straggler_timeout: abandon jobs whose upload arrives later than this many virtual
+            seconds after dispatch (unset = wait forever; works in sync and async mode).
+        byzantine: clients that send adversarial updates (see ByzantineConfig).
     """
 
     client_crash_prob: float = bounded(0.0, ge=0.0, le=1.0)
@@ -108,16 +116,19 @@ class FaultsConfig:
 
     @property
     def active(self) -> bool:
+        """Whether any fault is configured; when False the engine skips fault injection."""
         return bool(self.client_crash_prob or self.nan_update_prob or self.straggler_timeout is not None
                     or self.byzantine.fraction)
 
 
 @dataclass(frozen=True, kw_only=True)
 class ValidationConfig:
-    """Args:
-    max_norm: reject updates whose delta has L2 norm above this (null = no bound). The default
-        1e6 is far above any honest update and stops absurd ones from corrupting the model.
-        Shapes and finiteness are always checked.
+    """Server-side checks every update must pass before aggregation.
+
+    Args:
+        max_norm: reject updates whose delta has L2 norm above this (null = no bound). The default
+            1e6 is far above any honest update and stops absurd ones from corrupting the model.
+            Shapes and finiteness are always checked.
     """
 
     max_norm: float | None = bounded(1e6, gt=0.0)
@@ -125,9 +136,11 @@ class ValidationConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class CheckpointConfig:
-    """Args:
-    every: save the engine state after every this many rounds (sync) or committed model
-        versions (async); unset = never.
+    """Periodic snapshots of the engine state, for `fedsim run --resume`.
+
+    Args:
+        every: save the engine state after every this many rounds (sync) or committed model
+            versions (async); unset = never.
     """
 
     every: int | None = bounded(None, ge=1, le=1_000_000_000)
@@ -135,8 +148,12 @@ class CheckpointConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class HardClients:
-    """Make some clients' data harder — their training data and local test split alike; the
-    global test set is untouched — to study per-client fairness (e.g. FedCE, specs §8).
+    """Make some clients' data harder, to study per-client fairness (e.g. with FedCE).
+
+    Their training data and local test split are altered alike; the global test set is untouched.
+    FedCE (M. Jiang, H. R. Roth, W. Li, D. Yang, C. Zhao, V. Nath, D. Xu, Q. Dou and Z. Xu, "Fair
+    Federated Medical Image Segmentation via Client Contribution Estimation", CVPR 2023) is
+    evaluated on sites with a shifted domain; `negate` is a synthetic stand-in for one.
 
     Args:
         clients: explicit client ids; when empty, `fraction` of the clients are drawn at random.
@@ -156,13 +173,15 @@ class HardClients:
 
 @dataclass(frozen=True, kw_only=True)
 class DataConfig:
-    """Args:
-    dataset: which data (see `fedsim list datasets`).
-    partition: how a pooled dataset is split across clients (`natural` for per-client data).
-    num_clients: N.
-    test_fraction: share of each client's data kept as its local test split (fairness).
-    hard_clients: optionally make some clients' data harder (label noise, feature noise, a
-        negated input domain); unset = nobody.
+    """The federation's data: which dataset, how it is split, and how many clients.
+
+    Args:
+        dataset: which data (see `fedsim list datasets`).
+        partition: how a pooled dataset is split across clients (`natural` for per-client data).
+        num_clients: N.
+        test_fraction: share of each client's data kept as its local test split (fairness).
+        hard_clients: optionally make some clients' data harder (label noise, feature noise, a
+            negated input domain); unset = nobody.
     """
 
     dataset: Any = plugin("dataset")
@@ -174,25 +193,27 @@ class DataConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class EngineConfig:
-    """Args:
-    mode: `sync` rounds or `async` arrivals on the virtual clock.
-    rounds: sync rounds to run.
-    deadline: sync only — clients still running this many virtual seconds after the round
-        started are dropped (unset = wait for the slowest).
-    empty_round_time: virtual seconds a round lasts when nobody takes part.
-    concurrency: async — jobs in flight.
-    max_versions / max_time / max_updates: async stop conditions (first reached wins).
-    slot: async — participation is redrawn every `slot` virtual seconds.
-    client_state: precision of stored per-client strategy state (`float16` halves its
-        memory; see fedsim.engine.client_state).
-    redispatch: async — `sample`: a freed slot goes at once to a uniformly drawn online idle
-        client; `on_commit`: a client whose update arrived restarts from the next committed
-        model (Fraboni et al.'s schedules). See docs/explanation-virtual-clock.md.
-    drop_offline: async — a job whose client goes offline before its upload arrives is dropped
-        (at the slot boundary where it goes offline).
-    clock: async — `virtual`: the system model fixes when each update arrives (reproducible);
-        `wall`: updates are committed in the order real clients return them, times are wall
-        seconds since the start (`fedsim deploy server` sets it; see docs/how-to-deploy.md).
+    """How the simulation advances: synchronous rounds or asynchronous arrivals on a clock.
+
+    Args:
+        mode: `sync` rounds or `async` arrivals on the virtual clock.
+        rounds: sync rounds to run.
+        deadline: sync only — clients still running this many virtual seconds after the round
+            started are dropped (unset = wait for the slowest).
+        empty_round_time: virtual seconds a round lasts when nobody takes part.
+        concurrency: async — jobs in flight.
+        max_versions / max_time / max_updates: async stop conditions (first reached wins).
+        slot: async — participation is redrawn every `slot` virtual seconds.
+        client_state: precision of stored per-client strategy state (`float16` halves its
+            memory; see fedsim.engine.client_state).
+        redispatch: async — `sample`: a freed slot goes at once to a uniformly drawn online idle
+            client; `on_commit`: a client whose update arrived restarts from the next committed
+            model (Fraboni et al.'s schedules). See docs/explanation-virtual-clock.md.
+        drop_offline: async — a job whose client goes offline before its upload arrives is dropped
+            (at the slot boundary where it goes offline).
+        clock: async — `virtual`: the system model fixes when each update arrives (reproducible);
+            `wall`: updates are committed in the order real clients return them, times are wall
+            seconds since the start (`fedsim deploy server` sets it; see docs/how-to-deploy.md).
     """
 
     mode: Literal["sync", "async"] = "sync"
@@ -210,6 +231,11 @@ class EngineConfig:
     clock: Literal["virtual", "wall"] = "virtual"
 
     def validate(self) -> None:
+        """Check the cross-field rules of the block.
+
+        Raises:
+            ConfigError: for the wall clock outside async mode, or an async run with no stop condition.
+        """
         if self.clock == "wall" and self.mode != "async":
             raise ConfigError("clock", "the wall clock is implemented for engine.mode async only")
         if self.mode == "async" and self.max_versions is None and self.max_time is None \
@@ -220,14 +246,16 @@ class EngineConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class MetricsConfig:
-    """Args:
-    eval_every: evaluate every this many rounds (sync) or versions (async); unset = every
-        round / version, except in async runs that set eval_every_time.
-    eval_every_time: async — evaluate every this many virtual seconds.
-    client_metrics: per-client rows in clients.jsonl at each evaluation: `all` (true),
-        `participants` (clients that have taken part so far) or `none` (false).
-    client_sample: per-client evaluation (clients.jsonl accuracy/loss and the fairness
-        metrics) on a fixed random sample of this many clients; unset = every client.
+    """When to evaluate the global model, and which per-client numbers to record.
+
+    Args:
+        eval_every: evaluate every this many rounds (sync) or versions (async); unset = every
+            round / version, except in async runs that set eval_every_time.
+        eval_every_time: async — evaluate every this many virtual seconds.
+        client_metrics: per-client rows in clients.jsonl at each evaluation: `all` (true),
+            `participants` (clients that have taken part so far) or `none` (false).
+        client_sample: per-client evaluation (clients.jsonl accuracy/loss and the fairness
+            metrics) on a fixed random sample of this many clients; unset = every client.
     """
 
     eval_every: int | None = bounded(None, ge=1, le=1_000_000_000)
@@ -263,13 +291,22 @@ class Scenario:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
     def validate(self) -> None:
+        """Check the rules that span blocks, reporting every problem at once.
+
+        Mode vs strategy, dataset vs partition and model, participation vs number of clients...
+
+        Raises:
+            ConfigError: one problem, naming the offending key (`ConfigErrors` for several).
+        """
         errors = [ConfigError(path, msg) for path, msg in self._cross_field_problems()]
         if errors:
             raise errors[0] if len(errors) == 1 else ConfigErrors(errors)
 
     def _cross_field_problems(self) -> list[tuple[str, str]]:
-        """Every (dotted path, message) that only a view of the whole scenario can find, all
-        of them, so that `fedsim validate` reports each in one pass before any data is built."""
+        """Every (dotted path, message) that only a view of the whole scenario can find.
+
+        All of them, so that `fedsim validate` reports each in one pass before any data is built.
+        """
         out: list[tuple[str, str]] = []
         # Plugins that can be wrong for a number of clients say so (`check_clients`).
         for path, block in (("participation", self.participation), ("strategy", self.strategy)):

@@ -294,7 +294,7 @@ class Chain:
 
     def update(self, step: np.ndarray, state: tuple, params: np.ndarray) -> tuple[np.ndarray, tuple]:
         new_states = []
-        for part, s in zip(self.parts, state):
+        for part, s in zip(self.parts, state, strict=True):
             step, s = part.update(step, s, params)
             new_states.append(s)
         return step, tuple(new_states)

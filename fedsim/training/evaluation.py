@@ -1,5 +1,7 @@
-"""Evaluation of the global model (global test set + every client's local test split) and
-fairness summaries of per-client accuracy."""
+"""Evaluation of the global model on the global test set and every client's local test split.
+
+Also the fairness summaries of per-client accuracy (see fedsim.results.fairness).
+"""
 
 from __future__ import annotations
 
@@ -15,13 +17,21 @@ from fedsim.training.flat import FlatModule
 
 
 class Evaluator:
-    """Evaluates flat parameters on the driver; one forward pass per data set, per-client
-    numbers by segment sums (no loop over clients)."""
+    """Evaluates flat parameters on the driver, per-client numbers by segment sums.
+
+    One forward pass per data set; no loop over clients. The test sets are copied to the
+    model's device once, here.
+
+    Args:
+        data: the federation (its global test set and local test splits).
+        model: the flat module to load parameters into.
+        batch: examples per forward pass.
+        clients: evaluate per-client numbers (and fairness) on these sorted client ids only;
+            None = every client. Per-client arrays are aligned with `self.clients`.
+    """
 
     def __init__(self, data: FederatedData, model: FlatModule, batch: int = 8192,
                  clients: np.ndarray | None = None):
-        """`clients`: evaluate per-client numbers (and fairness) on these client ids only
-        (sorted); None = every client. Per-client arrays are aligned with `self.clients`."""
         self.data, self.model, self.batch = data, model, batch
         dev = model.device
         self.regression = data.num_classes == 0
@@ -59,6 +69,21 @@ class Evaluator:
         return torch.cat(losses).double().cpu().numpy(), torch.cat(correct).double().cpu().numpy()
 
     def evaluate(self, params: np.ndarray, per_client: bool = True) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+        """Evaluate one global model.
+
+        Loss is cross-entropy for classification and ½(ŷ − y)² for regression, averaged over
+        examples; accuracy is NaN for regression.
+
+        Args:
+            params: flat global parameters.
+            per_client: also evaluate the local test splits (and the fairness summaries).
+
+        Returns:
+            (metrics, per-client arrays): metrics has test_loss, test_accuracy, the fairness keys
+            when `per_client`, and optimum_distance ‖params − w*‖ when the data has an optimum;
+            the arrays are {"loss", "accuracy"} aligned with `self.clients` (empty if not
+            `per_client`).
+        """
         self.model.load(params)
         loss, correct = self._per_example(self.x_test, self.y_test)
         out: dict[str, float] = {

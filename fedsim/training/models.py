@@ -20,8 +20,6 @@ if TYPE_CHECKING:
 Device = Literal["auto", "cpu", "cuda"]
 
 
-
-
 def _flat_dim(shape: tuple[int, ...]) -> int:
     return int(np.prod(shape))
 
@@ -33,6 +31,15 @@ class LogReg:
     device: Device = "auto"
 
     def build(self, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+        """Build a freshly initialised torch module (torch's default init, under the caller's seed).
+
+        Args:
+            input_shape: shape of one example (flattened).
+            num_classes: C; 0 (regression) gets a single output.
+
+        Returns:
+            The module, on the CPU.
+        """
         from torch import nn
 
         return nn.Sequential(nn.Flatten(), nn.Linear(_flat_dim(input_shape), max(num_classes, 1)))
@@ -50,10 +57,24 @@ class MLP:
     device: Device = "auto"
 
     def validate(self) -> None:
+        """Reject hidden widths outside 1..1000000.
+
+        Raises:
+            ValueError: for a bad width.
+        """
         if any(h < 1 or h > 1_000_000 for h in self.hidden):
             raise ValueError(f"hidden widths must be in 1..1000000, got {list(self.hidden)}")
 
     def build(self, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+        """Build a freshly initialised torch module (torch's default init, under the caller's seed).
+
+        Args:
+            input_shape: shape of one example (flattened).
+            num_classes: C; 0 (regression) gets a single output.
+
+        Returns:
+            The module, on the CPU.
+        """
         from torch import nn
 
         layers: list[nn.Module] = [nn.Flatten()]
@@ -67,11 +88,17 @@ class MLP:
 
 @dataclass(frozen=True, kw_only=True)
 class CNN:
-    """Two 3x3 conv layers (ReLU, 2x2 max-pool after each when the image is large enough),
-    then a hidden FC layer — the FedAU paper's small CNN shape, sized to the input.
+    """Two 3x3 conv layers, then a hidden FC layer: the FedAU paper's small CNN, sized to the input.
+
+    Each conv is followed by ReLU and, when the image is at least 4 pixels on a side, a 2x2
+    max-pool.
 
     Args:
         channels: conv widths.  hidden: FC width.
+
+    References:
+        Wang & Ji, ICLR 2024 (FedAU), experiments; official code IBM/fedau `model/` (the
+        SVHN / FashionMNIST CNN: two 3x3 conv(32) layers, then FC→128→classes).
     """
 
     channels: tuple[int, int] = (32, 32)
@@ -79,10 +106,23 @@ class CNN:
     device: Device = "auto"
 
     def validate(self) -> None:
+        """Refuse conv widths outside 1..100000 (a 0-channel layer would fail deep in torch)."""
         if not self.channels or any(c < 1 or c > 100_000 for c in self.channels):
             raise ValueError(f"channels must be conv widths in 1..100000, got {list(self.channels)}")
 
     def build(self, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+        """Build a freshly initialised torch module (torch's default init, under the caller's seed).
+
+        Args:
+            input_shape: shape of one example (C, H, W).
+            num_classes: C; 0 (regression) gets a single output.
+
+        Returns:
+            The module, on the CPU.
+
+        Raises:
+            ValueError: if the input is not image-shaped.
+        """
         from torch import nn
 
         if len(input_shape) != 3:
@@ -109,12 +149,15 @@ class Linear:
     device: Device = "auto"
 
     def build(self, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+        """Build a freshly initialised torch module (torch's default init, under the caller's seed).
+
+        Args:
+            input_shape: shape of one example (flattened).
+            num_classes: ignored: the output is one scalar.
+
+        Returns:
+            The module, on the CPU.
+        """
         from torch import nn
 
         return nn.Sequential(nn.Flatten(), nn.Linear(_flat_dim(input_shape), 1))
-
-
-
-
-
-

@@ -30,7 +30,13 @@ from fedsim.types import ClientUpdate
 
 
 class Faults:
-    """A run's fault injector (stateless apart from the fixed Byzantine set)."""
+    """A run's fault injector (stateless apart from the fixed Byzantine set).
+
+    Args:
+        cfg: the scenario's `faults:` block.
+        root: the run's root seed; every draw comes from streams keyed under it.
+        num_clients: N; round(fraction·N) of them are Byzantine.
+    """
 
     def __init__(self, cfg: FaultsConfig, root: int, num_clients: int):
         self.cfg, self.root = cfg, root
@@ -41,6 +47,7 @@ class Faults:
 
     @property
     def active(self) -> bool:
+        """Whether any fault is configured (when False the engine skips the injector)."""
         return self.cfg.active
 
     def _draws(self, client: int, dispatch: int) -> np.ndarray:
@@ -48,7 +55,19 @@ class Faults:
 
     def on_dispatch(self, client: int, dispatch: int, start: float, finish: float,
                     arrive: float) -> tuple[str, float] | None:
-        """(reason, virtual time the server learns of it) if this job will never arrive."""
+        """Decide at dispatch whether this job will never arrive.
+
+        Args:
+            client: the client.
+            dispatch: its dispatch index (keys the fault draws).
+            start: dispatch time, virtual seconds.
+            finish: when compute would finish.
+            arrive: when the upload would arrive.
+
+        Returns:
+            (reason, virtual time the server learns of it) for a crash or straggler timeout,
+            else None.
+        """
         u = self._draws(client, dispatch)
         if u[0] < self.cfg.client_crash_prob:
             return "client crashed", start + float(u[1]) * (finish - start)
@@ -58,7 +77,15 @@ class Faults:
         return None
 
     def corrupt(self, update: ClientUpdate, dispatch: int) -> tuple[ClientUpdate, str | None]:
-        """The update as the faulty client sends it, and which fault (None = honest)."""
+        """Apply a NaN or Byzantine fault to an update that does arrive.
+
+        Args:
+            update: the honest update.
+            dispatch: the job's dispatch index (keys the draws).
+
+        Returns:
+            (the update as sent, fault name: "nan", "byzantine" or None when honest).
+        """
         c = update.client
         if self.cfg.nan_update_prob and self._draws(c, dispatch)[2] < self.cfg.nan_update_prob:
             return replace(update, delta=np.full_like(update.delta, np.nan)), "nan"

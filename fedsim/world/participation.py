@@ -1,4 +1,4 @@
-"""Who is online when — the participation process, unknown to the server (specs §2.1).
+"""Who is online when — the participation process, unknown to the server.
 
 A plugin (frozen dataclass) builds a stateful process for one run; the engine calls
 `process.online(step, time)` once per round (sync) or per participation slot (async),
@@ -8,6 +8,12 @@ and to oracle baselines only, never to the server. Everything is vectorised over
 
 Per-client probabilities (`probs:`) are an explicit list or a plugin from `PROBS`:
 constant, uniform, dirichlet_over_labels (the FedAU paper's label-correlated p_n).
+
+References:
+    S. Wang and M. Ji, "A Lightweight Method for Tackling Unknown Participation Statistics in
+    Federated Averaging", ICLR 2024 — the Bernoulli, Markovian and cyclic participation
+    patterns of its experiments, as implemented in the official code (IBM/fedau,
+    `util/util.py`: `WorkerSampler`).
 """
 
 from __future__ import annotations
@@ -42,31 +48,49 @@ class ConstantProb:
     p: float = bounded(0.5, gt=0.0, le=1.0)
 
     def probabilities(self, ctx: Context) -> np.ndarray:
+        """Return the (N,) array of the constant probability `p`."""
         return np.full(ctx.num_clients, self.p)
 
 
 @dataclass(frozen=True, kw_only=True)
 class UniformProb:
-    """p_n ~ U(low, high), drawn once (specs §4.7 uses U(0.05, 0.9))."""
+    """p_n ~ U(low, high), drawn once per run.
+
+    The default U(0.05, 0.9) is the spread of the project's FedAU bias check on quadratics.
+    """
 
     low: float = bounded(0.05, gt=0.0, le=1.0)
     high: float = bounded(0.9, gt=0.0, le=1.0)
 
     def validate(self) -> None:
+        """Reject an empty interval.
+
+        Raises:
+            ValueError: if `low > high`.
+        """
         if self.low > self.high:
             raise ValueError(f"low ({self.low}) must be <= high ({self.high})")
 
     def probabilities(self, ctx: Context) -> np.ndarray:
+        """Return (N,) probabilities drawn i.i.d. from U(low, high) with `ctx.prob_rng`."""
         return ctx.prob_rng.uniform(self.low, self.high, size=ctx.num_clients)
 
 
 @dataclass(frozen=True, kw_only=True)
 class DirichletOverLabels:
-    """FedAU's label-correlated probabilities (specs §2.1 steps 2–3):
-    m ~ Dir(α_p·1_C);  p_n = max(p_min, C · p_mean · Σ_c π̂_n(c) m(c)), capped at 1.
+    """FedAU's label-correlated probabilities: clients rich in "favoured" labels participate more.
+
+    m ~ Dir(α_p·1_C) is drawn once, then p_n = max(p_min, C · p_mean · Σ_c π̂_n(c) m(c)), capped at 1,
+    where π̂_n is client n's measured label histogram.
 
     Args:
         mean: p_mean (0.1 in the paper).  min: p_min (0.02).  alpha: α_p (0.1).
+
+    References:
+        Wang & Ji, ICLR 2024 (see the module docstring), experimental setup; the formula is the
+        one in the official code (IBM/fedau, `util/util.py`, participation-probability
+        generation with `-participation-dirichlet-alpha`, `-participation-prob-mean`,
+        `-participation-prob-min`).
     """
 
     mean: float = bounded(0.1, gt=0.0, le=1.0)
@@ -74,6 +98,7 @@ class DirichletOverLabels:
     alpha: float = bounded(0.1, gt=0.0)
 
     def probabilities(self, ctx: Context) -> np.ndarray:
+        """Return (N,) probabilities from the clients' measured label histograms π̂ (N, C)."""
         hist = ctx.label_histograms()
         c = hist.shape[1]
         m = ctx.prob_rng.dirichlet(np.full(c, self.alpha))
@@ -112,7 +137,11 @@ class _Bernoulli:
 
 
 class _Markov:
-    """Two-state chain with stationary P(active) = p_n (specs §2.1)."""
+    """Two-state chain with stationary P(active) = p_n.
+
+    P(off→on) = a, P(on→off) = a(1/p_n − 1), both divided by the latter when it exceeds 1
+    (IBM/fedau `WorkerSampler`, `markov-a`). The state is updated before it is read.
+    """
 
     def __init__(self, p: np.ndarray, a: float, rng: np.random.Generator):
         self.rng = rng
@@ -133,7 +162,10 @@ class _Markov:
 
 
 class _Cyclic:
-    """A_n = max(1, round(L p_n)) active rounds, then B_n = max(1, L - A_n) inactive (specs §2.1)."""
+    """A_n = max(1, round(L p_n)) active rounds, then B_n = max(1, L - A_n) inactive, repeated.
+
+    Clients start inactive at a random phase (IBM/fedau `WorkerSampler`, `cyclic-L`).
+    """
 
     def __init__(self, p: np.ndarray, period: int, rng: np.random.Generator):
         self.on = np.maximum(1, np.round(period * p)).astype(np.int64)
@@ -157,6 +189,7 @@ class Full:
     """Every client, every round."""
 
     def process(self, ctx: Context):
+        """Return a process whose mask is all True at every step."""
         return _Const(np.ones(ctx.num_clients, dtype=bool))
 
 
@@ -180,6 +213,11 @@ class UniformSample:
         return [f"k: {self.k} is larger than data.num_clients ({num_clients})"] if self.k > num_clients else []
 
     def process(self, ctx: Context):
+        """Return a process drawing a fresh uniform k-subset at every step.
+
+        Raises:
+            ValueError: if `k` exceeds the number of clients.
+        """
         if self.k > ctx.num_clients:
             raise ValueError(f"participation.k ({self.k}) is larger than data.num_clients ({ctx.num_clients})")
         return _UniformK(ctx.num_clients, self.k, ctx.rng)
@@ -211,6 +249,7 @@ class Bernoulli:
         return _check_probs_length(self.probs, num_clients)
 
     def process(self, ctx: Context):
+        """Return a process with independent Bernoulli(p_n) draws per client and step."""
         return _Bernoulli(_resolve_probs(self.probs, ctx), ctx.rng)
 
 
@@ -230,6 +269,7 @@ class Markov:
         return _check_probs_length(self.probs, num_clients)
 
     def process(self, ctx: Context):
+        """Return the two-state chain, its initial state drawn from Bernoulli(p_n)."""
         return _Markov(_resolve_probs(self.probs, ctx), self.a, ctx.rng)
 
 
@@ -249,13 +289,15 @@ class Cyclic:
         return _check_probs_length(self.probs, num_clients)
 
     def process(self, ctx: Context):
+        """Return the deterministic on/off cycle with a random starting phase per client."""
         return _Cyclic(_resolve_probs(self.probs, ctx), self.period, ctx.rng)
 
 
 @dataclass(frozen=True, kw_only=True)
 class Trace:
-    """Replay availability from a CSV with columns client,start,end (virtual time; a client is
-    online at time t when start <= t < end for one of its rows).
+    """Replay availability from a CSV with columns client,start,end in virtual time.
+
+    A client is online at time t when start <= t < end for one of its rows.
 
     Args:
         path: the CSV file (relative paths are resolved against the scenario file's folder).
@@ -264,6 +306,17 @@ class Trace:
     path: str
 
     def load(self, num_clients: int) -> np.ndarray:
+        """Read and check the trace file.
+
+        Args:
+            num_clients: N; every `client` value must lie in 0..N-1.
+
+        Returns:
+            (R, 3) float array of (client, start, end) rows, in file order.
+
+        Raises:
+            ValueError: if the file is missing, not UTF-8 CSV, lacks a column or has a bad row.
+        """
         p = Path(self.path)
         if not p.is_file():
             raise ValueError(f"participation.path: trace file not found: {self.path}")
@@ -295,6 +348,7 @@ class Trace:
         return np.array(rows, dtype=np.float64).reshape(-1, 3)
 
     def process(self, ctx: Context):
+        """Return a process that is online at virtual time t where a row covers t."""
         return _Trace(self.load(ctx.num_clients), ctx.num_clients)
 
 

@@ -25,6 +25,7 @@ class Constant:
     time: float = bounded(1.0, gt=0.0, le=1e12)
 
     def draw(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """Return (n,) compute times, all equal to `time`; `rng` is unused."""
         return np.full(n, self.time)
 
 
@@ -36,6 +37,7 @@ class LogNormal:
     sigma: float = bounded(0.5, ge=0.0, le=10.0)
 
     def draw(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """Return (n,) lognormal compute times whose arithmetic mean is `mean`."""
         return rng.lognormal(np.log(self.mean) - self.sigma**2 / 2, self.sigma, size=n)
 
 
@@ -46,6 +48,7 @@ class Exponential:
     mean: float = bounded(1.0, gt=0.0, le=1e12)
 
     def draw(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """Return (n,) exponential compute times, floored at 1e-9 so none is zero."""
         return np.maximum(rng.exponential(self.mean, size=n), 1e-9)
 
 
@@ -57,26 +60,40 @@ class UniformCompute:
     high: float = bounded(1.5, gt=0.0, le=1e12)
 
     def validate(self) -> None:
+        """Reject an empty interval.
+
+        Raises:
+            ValueError: if `low > high`.
+        """
         if self.low > self.high:
             raise ValueError(f"low ({self.low}) must be <= high ({self.high})")
 
     def draw(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """Return (n,) compute times drawn i.i.d. from U(low, high)."""
         return rng.uniform(self.low, self.high, size=n)
 
 
 @dataclass(frozen=True, kw_only=True)
 class LinearSpread:
-    """FedFix's F-X scenario (specs §2.2): τ_i = slowest · (1 − (X/100) · i/(N−1)).
+    """FedFix's F-X scenario: τ_i = slowest · (1 − (X/100) · i/(N−1)), deterministic.
+
     Client 0 is the slowest; F-80 makes the fastest client 5x faster. No randomness.
 
     Args:
         spread: X in percent (0 = homogeneous).  slowest: τ of client 0.
+
+    References:
+        Y. Fraboni, R. Vidal, L. Kameni and M. Lorenzi, "A General Theory for Federated
+        Optimization with Asynchronous and Heterogeneous Clients Updates", JMLR 24 (2023), experiments
+        (time scenarios F-0 and F-80); official code Accenture/Labs-Federated-Learning, branch
+        `asynchronous_FL`, `FL/clients_schedule.py` (`--time_scenario F-X`).
     """
 
     spread: float = bounded(80.0, ge=0.0, lt=100.0)
     slowest: float = bounded(1.0, gt=0.0, le=1e12)
 
     def draw(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """Return (n,) compute times, linearly from `slowest` (client 0) down; `rng` is unused."""
         # Same float operations, in the same order, as Fraboni et al.'s `get_tau_i`
         # (1 - i * X / 100 / (M - 1)), so schedules match theirs bit for bit from step 0.
         i = np.arange(n, dtype=np.float64)
@@ -88,7 +105,14 @@ class LinearSpread:
 
 
 class SystemModel:
-    """Per-run system model: fixed per-client speeds, per-job draws from job-keyed streams."""
+    """Per-run system model: fixed per-client speeds, per-job draws from job-keyed streams.
+
+    Args:
+        cfg: the scenario's `system:` block.
+        num_clients: N; one compute time τ_c is drawn per client.
+        model_bytes: size of one model message, for the bandwidth term.
+        speed_rng: stream for the per-client compute times (drawn once, here).
+    """
 
     def __init__(self, cfg: SystemConfig, num_clients: int, model_bytes: int, speed_rng: np.random.Generator):
         self.cfg = cfg
@@ -99,8 +123,16 @@ class SystemModel:
         self.comm = 2 * (comm + cfg.latency)  # download + upload
 
     def duration(self, client: int, work: int, rng: np.random.Generator) -> tuple[float, float, bool]:
-        """(compute finished, upload arrived, dropped?) as offsets from dispatch, for one job;
-        `rng` is keyed by (client, dispatch)."""
+        """Draw one job's timing and dropout.
+
+        Args:
+            client: the client's index (selects τ_c).
+            work: the job's number of local steps (used when `time_per` is `step`).
+            rng: stream keyed by (client, dispatch), so the draw does not depend on execution order.
+
+        Returns:
+            (compute finished, upload arrived, dropped?), times in virtual seconds from dispatch.
+        """
         units = work if self.cfg.time_per == "step" else 1
         jitter = rng.lognormal(-self.cfg.jitter**2 / 2, self.cfg.jitter) if self.cfg.jitter > 0 else 1.0
         dropped = bool(rng.random() < self.cfg.dropout_prob) if self.cfg.dropout_prob > 0 else False
@@ -108,6 +140,16 @@ class SystemModel:
         return finish, finish + self.comm / 2, dropped
 
     def mean_durations(self, work: np.ndarray) -> np.ndarray:
-        """Expected job duration per client (an oracle for FedFix/FedBuff 'weight' variants)."""
+        """Expected job duration per client, ignoring jitter.
+
+        An oracle, used only by the FedFix/FedBuff "weight" variants of Fraboni et al. that the
+        official code computes from the precomputed schedule.
+
+        Args:
+            work: (N,) local steps per job for each client.
+
+        Returns:
+            (N,) expected durations in virtual seconds (compute plus download and upload).
+        """
         units = work if self.cfg.time_per == "step" else np.ones_like(work)
         return self.tau * units + self.comm

@@ -51,7 +51,7 @@ def local_gd_fixed_point(a_list, b_list, steps: int, lr: float, mu: float = 0.0)
     P_k = (A_k + μI)^{-1}(I − (I − lr(A_k + μI))^steps), so Σ_k P_k(A_k z − b_k) = 0."""
     d = a_list[0].shape[0]
     lhs, rhs = np.zeros((d, d)), np.zeros(d)
-    for a, b in zip(a_list, b_list):
+    for a, b in zip(a_list, b_list, strict=True):
         m = a + mu * np.eye(d)
         p = np.linalg.solve(m, np.eye(d) - np.linalg.matrix_power(np.eye(d) - lr * m, steps))
         lhs += p @ a

@@ -105,7 +105,7 @@ def test_noise_robust_admm_noiseless_reaches_proximal_fixed_point(tmp_path):
     a, b, w_star = least_squares_blocks(raw)
     k, d = len(a), a[0].shape[0]
     m = [np.linalg.inv(ak + np.eye(d)) for ak in a]
-    z = np.linalg.solve(np.eye(d) - sum(m) / k, sum(mk @ bk for mk, bk in zip(m, b)) / k)
+    z = np.linalg.solve(np.eye(d) - sum(m) / k, sum(mk @ bk for mk, bk in zip(m, b, strict=True)) / k)
     assert np.linalg.norm(res.params - z) < 1e-4
     assert np.linalg.norm(z - w_star) > 1e-3
 

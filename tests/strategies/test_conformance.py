@@ -92,6 +92,6 @@ def test_does_not_mutate_inputs(name, mode):
             if callable(getattr(strategy, "tick", None)):
                 new_state, out = strategy.tick(new_state, params, ArrivalInfo(n, 1.0, n, 0))
         assert np.array_equal(params, snap[0])
-        assert all(np.array_equal(u.delta, d) for u, d in zip(ups, snap[1]))
+        assert all(np.array_equal(u.delta, d) for u, d in zip(ups, snap[1], strict=True))
         assert pickle.dumps(state) == snap[2], "state was mutated in place"
         state = copy.deepcopy(new_state)

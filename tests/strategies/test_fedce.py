@@ -22,7 +22,7 @@ TOY = [[1, 0], [0, 1], [1, 1]]  # Δ_A, Δ_B, Δ_C of specs §8.6
 def ups(deltas, scores, clients=None) -> list[ClientUpdate]:
     clients = range(len(deltas)) if clients is None else clients
     return [ClientUpdate(k, np.asarray(d, np.float32), 10, 0, {SCORE_KEY: s})
-            for k, d, s in zip(clients, deltas, scores)]
+            for k, d, s in zip(clients, deltas, scores, strict=True)]
 
 
 def info(n: int) -> RoundInfo:

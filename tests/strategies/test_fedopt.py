@@ -53,7 +53,7 @@ def _flower(kind: str, x0: np.ndarray, rounds) -> np.ndarray:
     for r, ups in enumerate(rounds, start=1):
         current = strat.current_weights
         results = [(None, FitRes(Status(Code.OK, ""), ndarrays_to_parameters(
-            [w + dl for w, dl in zip(current, _layers(delta))]), n, {})) for delta, n in ups]
+            [w + dl for w, dl in zip(current, _layers(delta), strict=True)]), n, {})) for delta, n in ups]
         params, _ = strat.aggregate_fit(r, results, [])
     return np.concatenate([a.ravel() for a in parameters_to_ndarrays(params)])
 
