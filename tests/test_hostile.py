@@ -288,3 +288,13 @@ def test_participation_that_does_not_fit_the_clients_fails_validate(tmp_path, ca
     path = _write(tmp_path, "p.yaml", BASE + f"participation: {participation}\n")  # BASE has 4 clients
     rc = cli.main(["validate", str(path)])
     _assert_one_line_error(rc, capsys.readouterr().err, participation)
+
+
+def test_checkpoints_with_the_wall_clock_are_refused_in_one_line(tmp_path, capsys):
+    """checkpoint.every with engine.clock: wall used to validate as ok and then write nothing."""
+    path = _write(tmp_path, "wall.yaml", BASE.replace("engine: {rounds: 1}", "engine: {mode: async, clock: wall, "
+                  "max_versions: 3}") + "strategy: {name: fedbuff, buffer_size: 2}\ncheckpoint: {every: 2}\n")
+    rc = cli.main(["validate", str(path)])
+    err = capsys.readouterr().err
+    _assert_one_line_error(rc, err, "wall checkpoint")
+    assert "checkpoint.every: checkpoints are not implemented for engine.clock: wall" in err

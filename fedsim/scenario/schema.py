@@ -319,6 +319,11 @@ class Scenario:
                 or len(self.name) > 200:
             out.append(("name", f"{self.name!r} cannot name a results folder (no '/', '\\', "
                               "leading '.', at most 200 characters)"))
+        if self.checkpoint.every is not None and self.engine.clock == "wall":
+            # The wall-clock loop commits updates in real arrival order; a snapshot of it could not
+            # be replayed deterministically, and saving one silently nothing was worse than refusing.
+            out.append(("checkpoint.every", "checkpoints are not implemented for engine.clock: wall (deployed "
+                        "async runs); unset checkpoint.every"))
         if self.engine.mode == "async" and config.plugin_name("robust", self.robust) != "none":
             out.append(("robust.name", "robust aggregation needs a cohort (engine.mode: sync)"))
         supported = tuple(m for m, hooks in (("sync", ("aggregate",)), ("async", ("receive", "tick")))
