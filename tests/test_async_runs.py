@@ -157,3 +157,16 @@ def test_on_commit_deadlock_and_bad_strategy_setup_are_one_line_errors(tmp_path)
     with pytest.raises(RunError, match="strategy: .*never fill"):
         run_raw(merge(ASYNC_TINY, strategy={"name": "fedbuff", "buffer_size": 7, "one_per_client": True}),
                 tmp_path / "b")
+
+
+@pytest.mark.parametrize("failure", [{"faults": {"client_crash_prob": 1.0}}, {"system": {"dropout_prob": 1.0}}],
+                         ids=["every-client-crashes", "every-client-drops-out"])
+def test_async_run_where_nothing_arrives_stops_with_one_line(tmp_path, failure):
+    """Versions never advance when every job fails; without max_time the event loop used to run
+    forever. It stops after engine.max_failed_streak failed jobs in a row, with one line."""
+    from fedsim.errors import RunError
+
+    raw = merge(TINY, engine={"mode": "async", "max_versions": 5, "concurrency": 2, "max_failed_streak": 50},
+                strategy={"name": "fedbuff", "buffer_size": 2}, **failure)
+    with pytest.raises(RunError, match=r"^engine: no update arrived in the last 50 jobs"):
+        run_raw(raw, tmp_path / "run")

@@ -122,6 +122,7 @@ class AsyncLoop:
         self.wake_slot: int | None = None
         self.idle_slots = 0
         self.since_commit = 0
+        self.fail_streak = 0  # arrivals in a row that brought no usable update
         self.last_eval: tuple[int, float] | None = None
         m = eng.sc.metrics
         self.eval_every_time = m.eval_every_time
@@ -322,12 +323,25 @@ class AsyncLoop:
         if p.dropped is not None:
             eng.reject(p, p.dropped, f.drop_at)
             self.release(p.client, arrived=False)
+            self.failed()
             return
         update = eng.accept(p, self.result_of(job))  # logs the drop itself when rejected
         if update is None:
             self.release(p.client, arrived=False)
+            self.failed()
             return
+        self.fail_streak = 0
         self.deliver(f, update)
+
+    def failed(self) -> None:
+        """Stop a run that can no longer make progress: when every client drops out or crashes,
+        versions never advance and, without `max_time`, the event loop would go on forever."""
+        self.fail_streak += 1
+        limit = getattr(self.cfg, "max_failed_streak", None)  # tests drive the loop with stand-in configs
+        if limit is not None and self.fail_streak >= limit:
+            raise Stalled(f"no update arrived in the last {self.fail_streak} jobs (virtual time "
+                          f"{self.eng.now:g}, version {self.eng.version}): every client drops out, crashes "
+                          "or sends rejected updates (see events.jsonl; engine.max_failed_streak sets the limit)")
 
     def deliver(self, f: Flight, update: Any) -> None:
         """Hand an accepted update to the strategy at the current time (both clocks)."""

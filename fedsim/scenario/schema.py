@@ -211,7 +211,9 @@ class EngineConfig:
             model (Fraboni et al.'s schedules). See docs/explanation-virtual-clock.md.
         drop_offline: async — a job whose client goes offline before its upload arrives is dropped
             (at the slot boundary where it goes offline).
-        clock: async — `virtual`: the system model fixes when each update arrives (reproducible);
+        max_failed_streak: async — stop with an error after this many jobs in a row brought no usable
+        update (every client dropped out, crashed or was rejected); unset = never.
+    clock: async — `virtual`: the system model fixes when each update arrives (reproducible);
             `wall`: updates are committed in the order real clients return them, times are wall
             seconds since the start (`fedsim deploy server` sets it; see docs/how-to-deploy.md).
     """
@@ -229,6 +231,7 @@ class EngineConfig:
     redispatch: Literal["sample", "on_commit"] = "sample"
     drop_offline: bool = False
     clock: Literal["virtual", "wall"] = "virtual"
+    max_failed_streak: int | None = bounded(1000, ge=1, le=1_000_000_000)
 
     def validate(self) -> None:
         """Check the cross-field rules of the block.
