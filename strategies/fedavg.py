@@ -18,7 +18,7 @@ References:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import ClassVar, Literal, Sequence
 
 from fedsim.strategy.maths import (
     apply_delta,
@@ -37,6 +37,12 @@ class FedAvg:
         server_lr: η, the server learning rate (1.0 = classic FedAvg).
         weighting: `examples` (a_i ∝ n_i) or `uniform` (a_i = 1/|S_t|).
     """
+
+    modes: ClassVar[tuple[str, ...]] = ("sync",)
+    uses_oracle: ClassVar[bool] = False
+    sends: ClassVar[Literal["delta", "model"]] = "delta"
+    down_type: ClassVar[type | None] = None
+    up_type: ClassVar[type | None] = None
 
     server_lr: float = 1.0
     weighting: Literal["examples", "uniform"] = "examples"

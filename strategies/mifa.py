@@ -23,7 +23,7 @@ References:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import ClassVar, Literal, Sequence
 
 import numpy as np
 
@@ -45,6 +45,12 @@ class Mifa:
     Args:
         server_lr: η, the server learning rate.
     """
+
+    modes: ClassVar[tuple[str, ...]] = ("sync",)
+    uses_oracle: ClassVar[bool] = False
+    sends: ClassVar[Literal["delta", "model"]] = "delta"
+    down_type: ClassVar[type | None] = None
+    up_type: ClassVar[type | None] = None
 
     server_lr: float = bounded(1.0, gt=0.0)
 
