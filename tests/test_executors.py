@@ -220,6 +220,18 @@ def test_sync_identical_on_inline_ray_and_flower(tmp_path, stateful, ray_cluster
 
 
 @pytest.mark.slow
+def test_typed_messages_identical_on_inline_ray_and_flower(tmp_path, ray_cluster):
+    # SCAFFOLD's c (down) and Δc (up) travel as typed messages through the Flower codec.
+    raw = merge(SYNC, strategy={"name": "scaffold"})
+    run_raw(raw, tmp_path / "inline")
+    run_raw(merge(raw, executor={"name": "ray", "address": ray_cluster, "warmup_inline": False}), tmp_path / "ray")
+    run_raw(merge(raw, executor={"name": "flower", "address": ray_cluster}), tmp_path / "flower")
+    _same_run(tmp_path / "inline", tmp_path / "ray")
+    _same_run(tmp_path / "inline", tmp_path / "flower")
+    assert read_metrics(tmp_path / "inline")[-1]["num_failed"] == 0
+
+
+@pytest.mark.slow
 def test_async_identical_on_inline_ray_and_flower(tmp_path, ray_cluster):
     # Jobs overlap and come back in any order; the engine commits them in virtual time.
     run_raw(ASYNC, tmp_path / "inline")
