@@ -13,10 +13,11 @@ capabilities as class attributes (right after the class docstring):
 `uses_oracle` may instead be a property when it depends on the hyperparameters (FedFix).
 The hooks are the methods of the protocols below; a public name that is neither a hook,
 a capability nor a dataclass field is an error (a misspelt `client_updat` would otherwise
-silently leave the default local SGD in place). The idea follows Gymnasium's
-`check_env` (Towers et al., "Gymnasium: A Standard Interface for Reinforcement Learning
-Environments", 2024, §3): catch interface mistakes once, at load time, with a readable
-message, instead of as wrong numbers later.
+silently leave the default local SGD in place). The idea follows Gymnasium's environment
+checker, `gymnasium.utils.env_checker.check_env` (Towers et al., "Gymnasium: A Standard
+Interface for Reinforcement Learning Environments", arXiv:2407.17032, 2024): catch
+interface mistakes once, at load time, with a readable message, instead of as wrong
+numbers later.
 """
 
 from __future__ import annotations
@@ -37,9 +38,10 @@ MODES = ("sync", "async")
 SENDS = ("delta", "model")
 # Declared capabilities and the value an out-of-tree class that omits one gets.
 CAPABILITIES: dict[str, Any] = {"uses_oracle": False, "sends": "delta", "down_type": None, "up_type": None}
-# hook -> number of positional arguments after self
+# hook -> number of positional arguments after self (`validate()` is the config-block check
+# that fedsim.scenario.fields runs after building the strategy)
 HOOKS: dict[str, int] = {"init": 2, "aggregate": 4, "receive": 4, "tick": 3, "configure": 3,
-                         "client_update": 3, "client_report": 1, "validate": 1}
+                         "client_update": 3, "client_report": 1, "validate": 0}
 # public names a strategy class may carry besides its hooks and dataclass fields
 KNOWN = frozenset(HOOKS) | frozenset(CAPABILITIES) | {"modes", "commit_interval"}
 # field types that travel in a typed message (fedsim.flower.codec encodes exactly these)
@@ -316,6 +318,8 @@ def strategy_problems(cls: type) -> list[str]:
     """
     if not isinstance(cls, type):
         return [f"is a {type(cls).__name__}, not a class"]
+    if not dataclasses.is_dataclass(cls):  # not a strategy at all: name checks would only add noise
+        return _dataclass_problems(cls) + _mode_problems(cls)
     problems = _dataclass_problems(cls) + _name_problems(cls)
     problems += _mode_problems(cls) + _capability_problems(cls) + _arity_problems(cls)
     return problems
@@ -369,7 +373,7 @@ def _public_names(cls: type) -> set[str]:
 
 
 def _name_problems(cls: type) -> list[str]:
-    fields = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
+    fields = {f.name for f in dataclasses.fields(cls)}
     out = []
     for name in sorted(_public_names(cls) - KNOWN - fields):
         close = difflib.get_close_matches(name, sorted(KNOWN), n=1, cutoff=0.6)
@@ -443,18 +447,17 @@ def _message_problems(label: str, tp: Any) -> list[str]:
 
 
 def _positional_ok(fn: Any, n: int) -> bool:
+    """Whether `fn(self, a_1, ..., a_n)` binds: n within the positional parameters' range and
+    no keyword-only parameter without a default."""
     try:
-        sig = inspect.signature(fn)
+        params = list(inspect.signature(fn).parameters.values())[1:]  # drop self
     except (TypeError, ValueError):
         return True  # builtins and the like: nothing to check
-    params = list(sig.parameters.values())[1:]  # drop self
-    if any(p.kind is p.VAR_POSITIONAL for p in params):
-        return sum(p.default is p.empty for p in params if p.kind in (p.POSITIONAL_ONLY,
-                                                                        p.POSITIONAL_OR_KEYWORD)) <= n
     positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    required = [p for p in positional if p.default is p.empty]
-    kw_required = [p for p in params if p.kind is p.KEYWORD_ONLY and p.default is p.empty]
-    return len(required) <= n <= len(positional) and not kw_required
+    required = sum(p.default is p.empty for p in positional)
+    most = n if any(p.kind is p.VAR_POSITIONAL for p in params) else len(positional)
+    kw_required = any(p.kind is p.KEYWORD_ONLY and p.default is p.empty for p in params)
+    return required <= n <= most and not kw_required
 
 
 def _accepts_keyword(fn: Any, name: str) -> bool:

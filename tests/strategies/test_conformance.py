@@ -18,7 +18,7 @@ from fedsim import registry
 from fedsim.errors import ContractError, ScenarioError
 from fedsim.scenario.fields import build_plugin
 from fedsim.scenario.loading import from_mapping
-from fedsim.strategy.contracts import check_strategy, declared, modes
+from fedsim.strategy.contracts import check_strategy, declared, modes, strategy_problems
 from fedsim.types import ArrivalInfo, ClientUpdate, Oracle, RoundInfo
 
 STRATEGIES = registry.table("strategy")
@@ -218,3 +218,48 @@ def test_misspelt_hook_in_a_plugin_fails_the_scenario_in_one_line():
     text = str(info.value)
     assert "\n" not in text and text.startswith("plugin.yaml: strategy.name: 'test_conformance:Misspelt': ")
     assert "did you mean 'client_update'?" in text
+
+
+@dataclass(frozen=True)
+class Untyped:
+    """An up message with a field the codec cannot carry."""
+
+    extra: dict
+
+
+@dataclass(frozen=True, kw_only=True)
+class BadMessages:
+    """A timer without a period, an untyped up message, and a model sent by the default client."""
+
+    modes: ClassVar[tuple[str, ...]] = ("async",)
+    sends: ClassVar[str] = "model"
+    up_type: ClassVar[type] = Untyped
+
+    def init(self, params, num_clients):
+        return None
+
+    def receive(self, state, params, update, info):
+        return state, None
+
+    def tick(self, state, params, info):
+        return state, params
+
+
+def test_checker_reports_every_problem_of_a_class_at_once():
+    problems = strategy_problems(BadMessages)
+    assert "has tick but no commit_interval (the timer period)" in problems
+    assert "sends a model but has no client_update (the default client sends a delta)" in problems
+    assert "has an up_type but no client_update to send it" in problems
+    assert any("up_type Untyped.extra must be typed np.ndarray, float, int, bool or str" in p for p in problems)
+    assert strategy_problems(int) == ["is not a dataclass (strategies are frozen dataclasses of their "
+                                      "hyperparameters)", 'declares no modes (add modes: ClassVar[tuple[str, ...]] '
+                                      '= ("sync",) and/or "async")']
+
+
+def test_oracle_may_be_a_property_and_modes_follow_the_declaration():
+    from strategies.fedfix import FedFix
+
+    assert check_strategy(FedFix) is FedFix  # uses_oracle is a property; init takes oracle=
+    assert FedFix().uses_oracle and not FedFix(weighting="identical").uses_oracle
+    assert modes(FedFix) == ("async",) and modes(NoReceive) == ("sync", "async")
+    assert modes(object()) == ()
