@@ -80,6 +80,7 @@ class Admm:
     sends: ClassVar[Literal["delta", "model"]] = "model"
     down_type: ClassVar[type | None] = None
     up_type: ClassVar[type | None] = None
+    client_state_type: ClassVar[type | None] = AdmmClient
 
     rho: float = bounded(1.0, gt=0.0)
     mu: float = bounded(0.2, gt=0.0, le=1.0)

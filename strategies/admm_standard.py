@@ -62,6 +62,7 @@ class AdmmStandard:
     sends: ClassVar[Literal["delta", "model"]] = "model"
     down_type: ClassVar[type | None] = None
     up_type: ClassVar[type | None] = None
+    client_state_type: ClassVar[type | None] = AdmmStandardClient
 
     rho: float = bounded(1.0, gt=0.0)
     message: Literal["w_plus_dual", "w"] = "w_plus_dual"

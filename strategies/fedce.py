@@ -135,6 +135,7 @@ class FedCE:
     sends: ClassVar[Literal["delta", "model"]] = "delta"
     down_type: ClassVar[type | None] = FedCEDown
     up_type: ClassVar[type | None] = FedCEUp
+    client_state_type: ClassVar[type | None] = FedCEClientState
 
     mode: Literal["plus", "times"] = "plus"
     clip: Literal["before", "after"] = "before"

@@ -24,6 +24,7 @@ import pytest
 from conftest import TINY, merge, read_metrics, run_raw
 
 from fedsim.types import ClientTask, ClientUpdate, Job, JobResult
+from strategies.admm import AdmmClient
 from strategies.fedavg import FedAvg
 from strategies.fedce import FedCEDown
 from strategies.scaffold import ScaffoldDown, ScaffoldUp
@@ -114,6 +115,14 @@ def test_codec_round_trips_jobs_and_results_exactly():
     model = ClientUpdate(2, params, 11, 1, kind="model")
     back_model = codec.decode_result(codec.encode_result(JobResult(3, 2, model, None))).update
     assert back_model.kind == "model" and np.array_equal(back_model.model, params)
+    admm_state = AdmmClient(np.arange(3.0), np.ones(3), 4)  # a dataclass client state: its declared type
+    job_back = codec.decode_job(codec.encode_job(Job(1, job.task, admm_state)), ScaffoldDown, AdmmClient)
+    assert type(job_back.client_state) is AdmmClient and job_back.client_state.round == 4
+    assert job_back.client_state.w.dtype == np.float64 and np.array_equal(job_back.client_state.w, np.arange(3.0))
+    res_back = codec.decode_result(codec.encode_result(JobResult(3, 2, up, admm_state)), ScaffoldUp, AdmmClient)
+    assert np.array_equal(res_back.client_state.z, np.ones(3))
+    with pytest.raises(ValueError, match="declares no client_state_type"):
+        codec.decode_result(codec.encode_result(JobResult(3, 2, up, admm_state)), ScaffoldUp)
     failed = codec.decode_result(codec.encode_result(JobResult(4, 1, None, None, "boom", 0.0)))
     assert failed.update is None and failed.error == "boom"
     with pytest.raises(TypeError, match="client_state"):
@@ -220,9 +229,11 @@ def test_sync_identical_on_inline_ray_and_flower(tmp_path, stateful, ray_cluster
 
 
 @pytest.mark.slow
-def test_typed_messages_identical_on_inline_ray_and_flower(tmp_path, ray_cluster):
-    # SCAFFOLD's c (down) and Δc (up) travel as typed messages through the Flower codec.
-    raw = merge(SYNC, strategy={"name": "scaffold"})
+@pytest.mark.parametrize("strategy", ["scaffold", "fedce", "admm"])
+def test_typed_messages_identical_on_inline_ray_and_flower(tmp_path, ray_cluster, strategy):
+    # SCAFFOLD's c / Δc and FedCE's coefficient / score travel as typed messages through the
+    # Flower codec; ADMM's updates carry models; FedCE's and ADMM's client states are dataclasses.
+    raw = merge(SYNC, strategy={"name": strategy})
     run_raw(raw, tmp_path / "inline")
     run_raw(merge(raw, executor={"name": "ray", "address": ray_cluster, "warmup_inline": False}), tmp_path / "ray")
     run_raw(merge(raw, executor={"name": "flower", "address": ray_cluster}), tmp_path / "flower")

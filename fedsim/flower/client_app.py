@@ -114,7 +114,8 @@ def train(msg: Message, context: Context) -> Message:
         return Message(codec.encode_result(JobResult(job_id, client, None, None,
                                                      f"client setup: {_error_text(exc)}")), reply_to=msg)
     try:
-        job = codec.decode_job(content, declared(rt.strategy, "down_type"))
+        job = codec.decode_job(content, declared(rt.strategy, "down_type"),
+                               declared(rt.strategy, "client_state_type"))
     except Exception as exc:  # noqa: BLE001
         return Message(codec.encode_result(JobResult(job_id, client, None, None,
                                                      f"bad job message: {_error_text(exc)}")), reply_to=msg)

@@ -12,7 +12,8 @@ arrays and scalars, and lists / tuples / dicts of these. The strategy's typed me
 (`ClientTask.down`, `ClientUpdate.up`, frozen dataclasses of arrays and scalars) travel as
 their fields only — no type name on the wire — and are rebuilt with the `down_type` /
 `up_type` the receiving side's strategy declares, so a peer cannot choose what class is
-instantiated.
+instantiated. A client state that is a dataclass (ADMM's, FedCE's) travels the same way
+and is rebuilt with the strategy's `client_state_type`.
 """
 
 from __future__ import annotations
@@ -117,6 +118,18 @@ def _message(fields: Any, cls: type | None, what: str) -> Any:
     return cls(**fields)
 
 
+def _state_fields(state: Any) -> dict[str, Any]:
+    """A client state for the tree: plain values as they are, a dataclass as its fields."""
+    if dataclasses.is_dataclass(state) and not isinstance(state, type):
+        return {"client_state": None, "client_state_fields": _message_fields(state, "client_state")}
+    return {"client_state": state, "client_state_fields": None}
+
+
+def _state(tree: Mapping[str, Any], state_type: type | None) -> Any:
+    fields = tree.get("client_state_fields")
+    return tree["client_state"] if fields is None else _message(fields, state_type, "client_state")
+
+
 # -- jobs --------------------------------------------------------------------------------
 
 def encode_job(job: Job, extra_config: Mapping[str, Any] | None = None) -> RecordDict:
@@ -132,16 +145,17 @@ def encode_job(job: Job, extra_config: Mapping[str, Any] | None = None) -> Recor
     t = job.task
     tree = {"id": job.id, "client": t.client, "params": t.params, "version": t.version, "round": t.round,
             "dispatch": t.dispatch, "seed": t.seed, "down": _message_fields(t.down, "down"),
-            "client_state": job.client_state, "finish_time": job.finish_time}
+            **_state_fields(job.client_state), "finish_time": job.finish_time}
     return pack(tree, extra_config)
 
 
-def decode_job(content: RecordDict, down_type: type | None = None) -> Job:
+def decode_job(content: RecordDict, down_type: type | None = None, state_type: type | None = None) -> Job:
     """RecordDict -> Job, rebuilding the down message as `down_type`.
 
     Args:
         content: the message content.
         down_type: the strategy's declared down message type (None: none expected).
+        state_type: the strategy's declared `client_state_type` (None: states are plain values).
 
     Returns:
         The job.
@@ -149,7 +163,7 @@ def decode_job(content: RecordDict, down_type: type | None = None) -> Job:
     d = unpack(content)
     task = ClientTask(int(d["client"]), d["params"], int(d["version"]), int(d["round"]), int(d["dispatch"]),
                       int(d["seed"]), _message(d["down"], down_type, "down"))
-    return Job(int(d["id"]), task, d["client_state"], float(d["finish_time"]))
+    return Job(int(d["id"]), task, _state(d, state_type), float(d["finish_time"]))
 
 
 def encode_result(result: JobResult) -> RecordDict:
@@ -165,17 +179,18 @@ def encode_result(result: JobResult) -> RecordDict:
     update = None if u is None else {
         "client": u.client, "vector": u.vector, "kind": u.kind, "num_examples": u.num_examples,
         "base_version": u.base_version, "metrics": dict(u.metrics), "up": _message_fields(u.up, "up")}
-    tree = {"id": result.id, "client": result.client, "update": update, "client_state": result.client_state,
+    tree = {"id": result.id, "client": result.client, "update": update, **_state_fields(result.client_state),
             "error": result.error, "wall_seconds": result.wall_seconds}
     return pack(tree)
 
 
-def decode_result(content: RecordDict, up_type: type | None = None) -> JobResult:
+def decode_result(content: RecordDict, up_type: type | None = None, state_type: type | None = None) -> JobResult:
     """RecordDict -> JobResult, rebuilding the up message as `up_type`.
 
     Args:
         content: the reply content.
         up_type: the strategy's declared up message type (None: none expected).
+        state_type: the strategy's declared `client_state_type` (None: states are plain values).
 
     Returns:
         The result (the engine validates the update before use).
@@ -185,5 +200,5 @@ def decode_result(content: RecordDict, up_type: type | None = None) -> JobResult
     update = None if u is None else ClientUpdate(int(u["client"]), u["vector"], int(u["num_examples"]),
                                                  int(u["base_version"]), u["metrics"],
                                                  _message(u["up"], up_type, "up"), str(u["kind"]))
-    return JobResult(int(d["id"]), int(d["client"]), update, d["client_state"], d["error"],
+    return JobResult(int(d["id"]), int(d["client"]), update, _state(d, state_type), d["error"],
                      float(d["wall_seconds"]))

@@ -55,6 +55,7 @@ def main(grid: Grid, context: Context) -> None:
     executor = GridExecutor(grid, setup_config, int(cfg.get("num-nodes", 1)),
                             job_timeout=float(cfg.get("job-timeout", 3600.0)),
                             connect_timeout=float(cfg.get("connect-timeout", 600.0)),
-                            up_type=declared(sc.strategy, "up_type"))
+                            up_type=declared(sc.strategy, "up_type"),
+                            state_type=declared(sc.strategy, "client_state_type"))
     out = Path(str(cfg["out"])) if "out" in cfg else None
     run(sc, out, executor=executor)

@@ -79,7 +79,8 @@ class FlowerSimulation:
             try:
                 self._grid_exec = GridExecutor(grid, self._setup_config, self.num_nodes(),
                                                job_timeout=self.cfg.job_timeout, abort=self._abort,
-                                               up_type=declared(self.setup.strategy, "up_type"))
+                                               up_type=declared(self.setup.strategy, "up_type"),
+                                               state_type=declared(self.setup.strategy, "client_state_type"))
                 try:
                     self._grid_exec.connect()
                 except (RuntimeError, TimeoutError) as exc:

@@ -10,6 +10,9 @@ capabilities as class attributes (right after the class docstring):
     down_type: ClassVar[type | None] = None             # frozen dataclass configure() returns
     up_type: ClassVar[type | None] = None               # frozen dataclass client_update() sends
 
+Optional: `client_state_type: ClassVar[type | None]`, the frozen dataclass a client rule
+keeps as its per-client state when that state is a dataclass (so the Flower codec can
+rebuild it without pickle); plain arrays and tuples need no declaration.
 `uses_oracle` may instead be a property when it depends on the hyperparameters (FedFix).
 The hooks are the methods of the protocols below; a public name that is neither a hook,
 a capability nor a dataclass field is an error (a misspelt `client_updat` would otherwise
@@ -37,7 +40,8 @@ from fedsim.types import ArrivalInfo, ClientTask, ClientUpdate, Params, RoundInf
 MODES = ("sync", "async")
 SENDS = ("delta", "model")
 # Declared capabilities and the value an out-of-tree class that omits one gets.
-CAPABILITIES: dict[str, Any] = {"uses_oracle": False, "sends": "delta", "down_type": None, "up_type": None}
+CAPABILITIES: dict[str, Any] = {"uses_oracle": False, "sends": "delta", "down_type": None, "up_type": None,
+                                "client_state_type": None}
 # hook -> number of positional arguments after self (`validate()` is the config-block check
 # that fedsim.scenario.fields runs after building the strategy)
 HOOKS: dict[str, int] = {"init": 2, "aggregate": 4, "receive": 4, "tick": 3, "configure": 3,
@@ -426,7 +430,10 @@ def _capability_problems(cls: type) -> list[str]:
         out.append("has configure but no down_type" if down is None else "has a down_type but no configure")
     if up is not None and not _has(cls, "client_update"):
         out.append("has an up_type but no client_update to send it")
-    for label, tp in (("down_type", down), ("up_type", up)):
+    state = getattr(cls, "client_state_type", None)
+    if state is not None and not _has(cls, "client_update"):
+        out.append("has a client_state_type but no client_update to keep it")
+    for label, tp in (("down_type", down), ("up_type", up), ("client_state_type", state)):
         if tp is not None:
             out += _message_problems(label, tp)
     return out

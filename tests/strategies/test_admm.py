@@ -25,7 +25,7 @@ def test_admm_first_schedule_is_proximal_solution():
     np.testing.assert_allclose(update.model, [0.75, 0.0], atol=1e-6)  # the message is w_k itself
     assert update.kind == "model" and s.sends == "model"
     with pytest.raises(TypeError, match="carries a model, not a delta"):  # never mistaken for a delta
-        update.delta
+        _ = update.delta
     assert st.round == 0 and np.allclose(st.z, [1, 0])
 
 

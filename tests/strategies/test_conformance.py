@@ -251,9 +251,10 @@ def test_checker_reports_every_problem_of_a_class_at_once():
     assert "sends a model but has no client_update (the default client sends a delta)" in problems
     assert "has an up_type but no client_update to send it" in problems
     assert any("up_type Untyped.extra must be typed np.ndarray, float, int, bool or str" in p for p in problems)
-    assert strategy_problems(int) == ["is not a dataclass (strategies are frozen dataclasses of their "
-                                      "hyperparameters)", 'declares no modes (add modes: ClassVar[tuple[str, ...]] '
-                                      '= ("sync",) and/or "async")']
+    assert strategy_problems(int) == [
+        "is not a dataclass (strategies are frozen dataclasses of their hyperparameters)",
+        'declares no modes (add modes: ClassVar[tuple[str, ...]] = ("sync",) and/or "async")',
+    ]
 
 
 def test_oracle_may_be_a_property_and_modes_follow_the_declaration():
