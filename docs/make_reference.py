@@ -229,7 +229,23 @@ def strategies_page() -> str:
         extras = [m for m in ("configure", "client_update", "client_report") if callable(getattr(cls, m, None))]
         if extras:
             out += ["", "Implements: " + ", ".join(f"`{m}`" for m in extras) + "."]
+        out += _messages(cls)
     return "\n".join(out).rstrip() + "\n"
+
+
+def _messages(cls: type) -> list[str]:
+    """The declared client↔server messages of a strategy (fedsim.strategy.contracts)."""
+    from fedsim.strategy.contracts import declared
+
+    parts = []
+    if declared(cls, "sends") == "model":
+        parts.append("clients upload their model, not a delta (updates of kind `model`)")
+    for label, attr in (("down", "down_type"), ("up", "up_type")):
+        tp = declared(cls, attr)
+        if tp is not None:
+            fields = ", ".join(f"{f.name}: {f.type}" for f in dataclasses.fields(tp))
+            parts.append(f"{label} message `{tp.__name__}({fields})`")
+    return ["", "Messages: " + "; ".join(parts) + "."] if parts else []
 
 
 def render() -> dict[str, str]:

@@ -38,6 +38,14 @@ class ScenarioError(Exception):
     """A scenario cannot be used; str() is one line naming the file and the dotted path."""
 
 
+class ContractError(TypeError):
+    """A strategy class breaks the strategy contract (fedsim.check_strategy).
+
+    str() is one line naming the class and every problem, e.g. a misspelt hook with a
+    did-you-mean.
+    """
+
+
 class Stalled(RuntimeError):
     """The run cannot go on: every busy client waits for a commit that cannot come."""
 
@@ -61,5 +69,5 @@ class SweepError(ValueError):
     """Bad sweep arguments; str() is one line."""
 
 
-__all__ = ["ConfigError", "ConfigErrors", "PlotError", "RunDataError", "RunError", "ScenarioError", "Stalled",
-           "SweepError"]
+__all__ = ["ConfigError", "ConfigErrors", "ContractError", "PlotError", "RunDataError", "RunError",
+           "ScenarioError", "Stalled", "SweepError"]

@@ -1,14 +1,14 @@
 """Plain values passed between the engine, strategies and executors (numpy only).
 
 Model parameters travel as one flat float32 vector (`Params`); `fedsim.training.models.Layout`
-maps it to a torch module. Deltas follow the paper convention of specs §1:
+maps it to a torch module. Deltas follow Reddi et al. (ICLR 2021, Alg. 1):
 `delta = (local model after training) - (model the client started from)`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
 import numpy as np
 
@@ -35,19 +35,44 @@ class ClientTask:
     round: int  # sync round, or the version for async runs
     dispatch: int  # global dispatch index of this job (stable id)
     seed: int
-    config: Mapping[str, Any] = field(default_factory=_empty)  # per-client values from Strategy.configure
+    down: Any = None  # the strategy's down message (an instance of its `down_type`), from configure
 
 
 @dataclass(frozen=True)
 class ClientUpdate:
-    """What a client sends back (before uplink noise)."""
+    """What a client sends back (before uplink noise).
+
+    `vector` is the flat float32 vector the client uploads and `kind` says what it is:
+    a `delta` (local model − model received, the default) or a `model` (the local model
+    itself, e.g. ADMM's w_k). The field is deliberately not called `delta`: reading it
+    through the `delta` or `model` accessor raises on the wrong kind, so code written
+    for deltas cannot average models by accident, and validation, norm bounds, noise and
+    attacks can act on the right thing (a model's norm bound applies to model − base).
+    `up` is the strategy's typed up message (an instance of its `up_type`, e.g.
+    SCAFFOLD's Δc_i), or None.
+    """
 
     client: ClientId
-    delta: Params
+    vector: Params
     num_examples: int
     base_version: int
     metrics: Mapping[str, float] = field(default_factory=_empty)  # train_loss, strategy scalars
-    payload: Mapping[str, np.ndarray] = field(default_factory=_empty)  # extra vectors (e.g. SCAFFOLD)
+    up: Any = None
+    kind: Literal["delta", "model"] = "delta"
+
+    @property
+    def delta(self) -> Params:
+        """The uploaded delta; raises TypeError when the update carries a model."""
+        if self.kind != "delta":
+            raise TypeError(f"client {self.client}'s update carries a {self.kind}, not a delta")
+        return self.vector
+
+    @property
+    def model(self) -> Params:
+        """The uploaded local model; raises TypeError when the update carries a delta."""
+        if self.kind != "model":
+            raise TypeError(f"client {self.client}'s update carries a {self.kind}, not a model")
+        return self.vector
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,10 @@ iterations when it is next scheduled gives exactly the state it would have had b
 iterating every round (`continual: false` freezes it instead).
 The client's first schedule sets w_k = w°_k(z̃_k).
 
-Message convention: the uplink message is the local model itself, so for this strategy
-`ClientUpdate.delta` carries w_k (not w_k − z̃_k); the engine's uplink noise is applied to
-it exactly as the paper's channel model (specs §2.3) says.
+Message convention: the uplink message is the local model itself (`sends = "model"`: the
+update's kind is "model" and `ClientUpdate.model` is w_k, not w_k − z̃_k); the engine's
+uplink noise is applied to it exactly as the paper's channel model says, and its norm
+bound, attacks and robust aggregation act on w_k − z̃_k / on w_k accordingly.
 
 Local solve: closed form for the `linear` model on least-squares data; otherwise
 `local_steps` SGD steps on f_k(w) + (ρ/2)‖w − z̃‖² (the client block's lr), documented as
@@ -36,7 +37,7 @@ References:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, ClassVar, Literal, Mapping, Sequence
 
 import numpy as np
 
@@ -75,6 +76,13 @@ class Admm:
             iteration's (costs one model per client on the server).
     """
 
+    modes: ClassVar[tuple[str, ...]] = ("sync",)
+    uses_oracle: ClassVar[bool] = False
+    sends: ClassVar[Literal["delta", "model"]] = "model"
+    down_type: ClassVar[type | None] = None
+    up_type: ClassVar[type | None] = None
+    client_state_type: ClassVar[type | None] = AdmmClient
+
     rho: float = bounded(1.0, gt=0.0)
     mu: float = bounded(0.2, gt=0.0, le=1.0)
     continual: bool = True
@@ -95,9 +103,7 @@ class Admm:
                 w = continual_iterations(w, prox_solve(trainer, state.z, self.rho, start=w), self.mu, missed)
             w = continual_iterations(w, prox_solve(trainer, z, self.rho, start=w), self.mu, 1)
         loss = trainer.evaluate(w.astype(np.float32), split="train")["loss"]
-        update = ClientUpdate(task.client, w.astype(np.float32), trainer.num_examples, task.version,
-                              {"train_loss": loss})  # delta field carries the message w_k
-        return update, AdmmClient(w, z, task.round)
+        return trainer.make_model_update(w, loss), AdmmClient(w, z, task.round)  # the message is w_k
 
     def aggregate(self, state: AdmmServer, params: Params, updates: Sequence[ClientUpdate],
                   info: RoundInfo) -> tuple[AdmmServer, Params]:

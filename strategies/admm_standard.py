@@ -11,7 +11,7 @@ server: z ← mean of the received messages of this iteration (or, with server_m
 every client's last received message). Empty schedule: z unchanged. Unscheduled clients
 are frozen (their stale duals persist, §9.6).
 
-Message convention: as for `admm`, `ClientUpdate.delta` carries the message itself.
+Message convention: as for `admm`, the update carries the message itself (kind "model").
 Noiseless with full participation this reaches the least-squares optimum exactly (T11).
 Local solve: closed form for the `linear` model, else local SGD (see `admm`).
 
@@ -26,7 +26,7 @@ References:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, ClassVar, Literal, Mapping, Sequence
 
 import numpy as np
 
@@ -58,6 +58,13 @@ class AdmmStandard:
             this iteration's.
     """
 
+    modes: ClassVar[tuple[str, ...]] = ("sync",)
+    uses_oracle: ClassVar[bool] = False
+    sends: ClassVar[Literal["delta", "model"]] = "model"
+    down_type: ClassVar[type | None] = None
+    up_type: ClassVar[type | None] = None
+    client_state_type: ClassVar[type | None] = AdmmStandardClient
+
     rho: float = bounded(1.0, gt=0.0)
     message: Literal["w_plus_dual", "w"] = "w_plus_dual"
     server_memory: bool = False
@@ -75,9 +82,7 @@ class AdmmStandard:
         w = prox_solve(trainer, z, self.rho, linear=lam, start=start)
         msg = w + lam / self.rho if self.message == "w_plus_dual" else w
         loss = trainer.evaluate(w.astype(np.float32), split="train")["loss"]
-        update = ClientUpdate(task.client, msg.astype(np.float32), trainer.num_examples, task.version,
-                              {"train_loss": loss})  # delta field carries the message
-        return update, AdmmStandardClient(w, lam)
+        return trainer.make_model_update(msg, loss), AdmmStandardClient(w, lam)  # the message itself
 
     def aggregate(self, state: AdmmStandardServer, params: Params, updates: Sequence[ClientUpdate],
                   info: RoundInfo) -> tuple[AdmmStandardServer, Params]:

@@ -32,7 +32,7 @@ References:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
@@ -50,6 +50,12 @@ class AsyncFedAvgState:
 @dataclass(frozen=True, kw_only=True)
 class AsyncFedAvg:
     """Asynchronous FedAvg / FedAsync: every arrival is a new version (mixing α, staleness decay)."""
+
+    modes: ClassVar[tuple[str, ...]] = ("async",)
+    # uses_oracle is a property below: it depends on the weighting
+    sends: ClassVar[Literal["delta", "model"]] = "delta"
+    down_type: ClassVar[type | None] = None
+    up_type: ClassVar[type | None] = None
 
     alpha: float = bounded(1.0, gt=0.0, le=1e6)
     rule: Literal["delta", "mix"] = "delta"

@@ -18,7 +18,7 @@ References:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, ClassVar, Literal, Sequence
 
 from fedsim.scenario.fields import bounded
 from fedsim.strategy.maths import apply_delta, sorted_updates, weighted_sum
@@ -33,6 +33,12 @@ class AverageAll:
     Args:
         server_lr: η, the server learning rate (the paper's grid picks a large one, e.g. 10).
     """
+
+    modes: ClassVar[tuple[str, ...]] = ("sync",)
+    uses_oracle: ClassVar[bool] = False
+    sends: ClassVar[Literal["delta", "model"]] = "delta"
+    down_type: ClassVar[type | None] = None
+    up_type: ClassVar[type | None] = None
 
     server_lr: float = bounded(1.0, gt=0.0)
     server_opt: Any = server_opt_field()

@@ -27,7 +27,7 @@ References:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, ClassVar, Literal, Sequence
 
 import numpy as np
 
@@ -50,9 +50,10 @@ class FedAUState:
     total: np.ndarray  # Σ_n
     records: np.ndarray  # M_n
 
-    def weights(self) -> np.ndarray:
-        """ω_n = Σ_n / M_n, or 1 before the first recorded interval (specs §4.3 step 3)."""
-        return np.where(self.records > 0, self.total / np.maximum(self.records, 1), 1.0)
+
+def interval_weights(state: FedAUState) -> np.ndarray:
+    """ω_n = Σ_n / M_n, or 1 before the first recorded interval (Wang & Ji, ICLR 2024, Alg. 1)."""
+    return np.where(state.records > 0, state.total / np.maximum(state.records, 1), 1.0)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -64,6 +65,12 @@ class FedAU:
         cutoff: K, the longest interval recorded; a client absent for K rounds records K.
             100000 stands for K = ∞ (the code's default).
     """
+
+    modes: ClassVar[tuple[str, ...]] = ("sync",)
+    uses_oracle: ClassVar[bool] = False
+    sends: ClassVar[Literal["delta", "model"]] = "delta"
+    down_type: ClassVar[type | None] = None
+    up_type: ClassVar[type | None] = None
 
     server_lr: float = bounded(1.0, gt=0.0)
     cutoff: int = bounded(100_000, ge=1, le=10**12)
@@ -77,7 +84,7 @@ class FedAU:
                   info: RoundInfo) -> tuple[FedAUState, Params]:
         n = len(state.count)
         ups = sorted_updates(updates)
-        omega = state.weights()  # specs §4.3 step 3: intervals completed before round t only
+        omega = interval_weights(state)  # specs §4.3 step 3: intervals completed before round t only
         if ups:
             w = [omega[u.client] / n for u in ups]  # ω_n / N
             params = apply_delta(params, scaled(weighted_sum([u.delta for u in ups], w), self.server_lr))  # step 4
@@ -94,6 +101,6 @@ class FedAU:
 
     def client_report(self, state: FedAUState) -> dict[int, dict[str, Any]]:
         """Each client's current weight estimate ω_n (≈ 1/p_n) and number of recorded intervals."""
-        w = state.weights()
+        w = interval_weights(state)
         return {k: {"fedau_weight": float(w[k]), "fedau_intervals": int(state.records[k])}
                 for k in range(len(w))}

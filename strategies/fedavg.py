@@ -18,7 +18,7 @@ References:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal, Sequence
+from typing import Any, ClassVar, Literal, Sequence
 
 from fedsim.strategy.maths import (
     apply_delta,
@@ -38,6 +38,12 @@ class FedAvg:
         server_lr: η, the server learning rate (1.0 = classic FedAvg).
         weighting: `examples` (a_i ∝ n_i) or `uniform` (a_i = 1/|S_t|).
     """
+
+    modes: ClassVar[tuple[str, ...]] = ("sync",)
+    uses_oracle: ClassVar[bool] = False
+    sends: ClassVar[Literal["delta", "model"]] = "delta"
+    down_type: ClassVar[type | None] = None
+    up_type: ClassVar[type | None] = None
 
     server_lr: float = 1.0
     weighting: Literal["examples", "uniform"] = "examples"

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
@@ -73,6 +73,12 @@ class FedBuffState:
 @dataclass(frozen=True, kw_only=True)
 class FedBuff:
     """Buffered async aggregation: a server step every K arrivals, with staleness weights."""
+
+    modes: ClassVar[tuple[str, ...]] = ("async",)
+    uses_oracle: ClassVar[bool] = False
+    sends: ClassVar[Literal["delta", "model"]] = "delta"
+    down_type: ClassVar[type | None] = None
+    up_type: ClassVar[type | None] = None
 
     buffer_size: int = bounded(10, ge=1, le=1_000_000)
     server_lr: float = bounded(1.0, gt=0.0, le=1e6)

@@ -7,7 +7,7 @@ previous local model w_j^prev (kept in its per-client state), build the minus mo
     m_j = (x_t − c_j w_j^prev) / (1 − c_j)                               (§8.3 step 2)
 and score it on its local validation split (`score_split`), D_j = metric(m_j) ∈ [0, 1]
 (accuracy; for regression 1/(1 + loss)). At its first participation D_j := 0 (the paper's round-0 rule).
-It trains as usual and sends Δ_j with s_j = 1 − mean_r D_j^(r) (`fedce_minus_val`, §8.3 step 4).
+It trains as usual and sends Δ_j with s_j = 1 − mean_r D_j^(r) (`FedCEUp.score`, §8.3 step 4).
 
 Server (`aggregate`):
     prior p_j = c_j (a never-seen client: 1/(n_known + 1)), normalised over J
@@ -39,8 +39,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
@@ -49,8 +50,19 @@ from fedsim.strategy.maths import apply_delta, sorted_updates, weighted_sum
 from fedsim.strategy.server_opt import scaled, server_opt_field
 from fedsim.types import ClientTask, ClientUpdate, Params, RoundInfo
 
-SCORE_KEY = "fedce_minus_val"  # s_j, client → server (NVFlare's metadata key)
-COEF_KEY = "fedce_coef"  # c_j, server → client
+
+@dataclass(frozen=True)
+class FedCEDown:
+    """Server → client: the coefficient for the client's minus model."""
+
+    coef: float  # c_j
+
+
+@dataclass(frozen=True)
+class FedCEUp:
+    """Client → server: the data-space score (NVFlare's `fedce_minus_val` metadata)."""
+
+    score: float  # s_j = 1 − mean_r D_j^(r)
 
 
 def normalise(values: np.ndarray, epsilon: float, clip: str) -> np.ndarray:
@@ -89,10 +101,11 @@ class FedCEState:
     data_score: np.ndarray  # last s_j received
     rejected: np.ndarray  # updates left out for lack of a finite score
 
-    def prior(self, client: int) -> float:
-        """c_j, or 1/(n_known + 1) for a client that has no coefficient yet (port rule)."""
-        c = self.coef[client]
-        return float(c) if np.isfinite(c) else 1.0 / (int(np.isfinite(self.coef).sum()) + 1)
+
+def prior_coefficient(state: FedCEState, client: int) -> float:
+    """c_j, or 1/(n_known + 1) for a client that has no coefficient yet (port rule)."""
+    c = state.coef[client]
+    return float(c) if np.isfinite(c) else 1.0 / (int(np.isfinite(state.coef).sum()) + 1)
 
 
 @dataclass(frozen=True)
@@ -118,6 +131,13 @@ class FedCE:
             fairness metrics) or `train` (keeps those metrics out of the weighting).
     """
 
+    modes: ClassVar[tuple[str, ...]] = ("sync",)
+    uses_oracle: ClassVar[bool] = False
+    sends: ClassVar[Literal["delta", "model"]] = "delta"
+    down_type: ClassVar[type | None] = FedCEDown
+    up_type: ClassVar[type | None] = FedCEUp
+    client_state_type: ClassVar[type | None] = FedCEClientState
+
     mode: Literal["plus", "times"] = "plus"
     clip: Literal["before", "after"] = "before"
     epsilon: float = bounded(1e-6, gt=0.0, lt=1.0)
@@ -130,14 +150,14 @@ class FedCE:
         return FedCEState(nan, np.zeros(num_clients), np.zeros(num_clients, dtype=np.int64), nan.copy(),
                           nan.copy(), np.zeros(num_clients, dtype=np.int64))
 
-    def configure(self, state: FedCEState, client: int, info: Any) -> dict[str, float]:
-        return {COEF_KEY: state.prior(client)}  # c_j for the client's minus model
+    def configure(self, state: FedCEState, client: int, info: Any) -> FedCEDown:
+        return FedCEDown(prior_coefficient(state, client))  # c_j for the client's minus model
 
     # -- client side (specs §8.3) ------------------------------------------------------------
 
     def client_update(self, task: ClientTask, trainer: Any,
                       client_state: FedCEClientState | None) -> tuple[ClientUpdate, FedCEClientState]:
-        c = task.config.get(COEF_KEY)
+        c = None if task.down is None else task.down.coef
         total, count = (client_state.score_sum, client_state.score_count) if client_state else (0.0, 0)
         score = None
         if client_state is None:
@@ -150,10 +170,11 @@ class FedCE:
             total, count = total + score, count + 1
         new, loss = trainer.sgd(task.params)
         s = 1.0 - (total / count if count else 0.0)  # s_j = 1 − mean_r D_j^(r)  (§8.3 step 4)
-        metrics = {SCORE_KEY: s}
+        metrics = {}
         if score is not None and math.isfinite(score):
             metrics["fedce_minus_metric"] = score  # D_j^(t), for inspection
-        return trainer.make_update(new, loss, **metrics), FedCEClientState(new.astype(np.float32), total, count)
+        update = trainer.make_update(new, loss, FedCEUp(s), **metrics)
+        return update, FedCEClientState(new.astype(np.float32), total, count)
 
     # -- server side (specs §8.4) ------------------------------------------------------------
 
@@ -161,7 +182,7 @@ class FedCE:
                   info: RoundInfo) -> tuple[FedCEState, Params]:
         ups, rejected = [], state.rejected.copy()
         for u in sorted_updates(updates):
-            s = _score(u.metrics)
+            s = _score(u.up)
             if s is None:
                 rejected[u.client] += 1
             else:
@@ -170,7 +191,7 @@ class FedCE:
             return dataclasses.replace(state, rejected=rejected), params  # empty round: no change
         clients = np.array([u.client for u, _ in ups])
         deltas = [u.delta.astype(np.float64) for u, _ in ups]
-        prior = normalise(np.array([state.prior(int(k)) for k in clients]), self.epsilon, self.clip)
+        prior = normalise(np.array([prior_coefficient(state, int(k)) for k in clients]), self.epsilon, self.clip)
         consensus = weighted_sum(deltas, prior)  # G = Σ p_k Δ_k  (step 1)
         cos = np.array([cosine(d, consensus - p * d) for d, p in zip(deltas, prior)])  # step 2: G_{−j}
         count = state.cos_count.copy()
@@ -203,9 +224,10 @@ def minus_metric(result: Mapping[str, float], regression: bool) -> float:
     return float(result["accuracy"])
 
 
-def _score(metrics: Mapping[str, float]) -> float | None:
-    """s_j from an update, clipped to [0, 1] (its range by construction), or None if absent/non-finite."""
-    s = metrics.get(SCORE_KEY)
+def _score(up: FedCEUp | None) -> float | None:
+    """s_j from an update's up message, clipped to [0, 1] (its range by construction), or None
+    if absent/non-finite."""
+    s = getattr(up, "score", None)
     if s is None:
         return None
     try:

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
@@ -63,6 +63,12 @@ def importance(kind: str, num_clients: int, oracle: Oracle | None) -> np.ndarray
 @dataclass(frozen=True, kw_only=True)
 class FedFix:
     """Commit every Δt of virtual time with weights d_i = ⌈τ_i/Δt⌉ P_i (or identical)."""
+
+    modes: ClassVar[tuple[str, ...]] = ("async",)
+    # uses_oracle is a property below: it depends on the weighting
+    sends: ClassVar[Literal["delta", "model"]] = "delta"
+    down_type: ClassVar[type | None] = None
+    up_type: ClassVar[type | None] = None
 
     commit_interval: float = bounded(1.0, gt=0.0, le=1e12)
     server_lr: float = bounded(1.0, gt=0.0, le=1e6)

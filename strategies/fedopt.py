@@ -8,9 +8,9 @@ Update rule (Reddi et al., Alg. 2), per round t with cohort S_t:
         = v_{t−1} − (1 − β2) Δ_t² sign(v_{t−1} − Δ_t²)  (FedYogi)
         = v_{t−1} + Δ_t²                                (FedAdagrad)
     x_{t+1} = x_t + η m_t / (√v_t + τ)
-Each is `fedavg` with a different default `server_opt` (fedsim.strategy.server_opt), so
-`strategy: {name: fedadam}` equals `strategy: {name: fedavg, server_opt: {name: adam}}`; the
-defaults are those of Flower's FedAdam / FedYogi / FedAdagrad:
+Each aggregates as `fedavg` (x + Σ a_i Δ_i) and differs only in its default `server_opt`
+(fedsim.strategy.server_opt), so `strategy: {name: fedadam}` equals `strategy: {name: fedavg,
+server_opt: {name: adam}}`; the defaults are those of Flower's FedAdam / FedYogi / FedAdagrad:
 
     strategy     η       β1    β2     τ      η_l (client.lr)
     fedadam      0.1     0.9   0.99   1e-9   0.1
@@ -33,47 +33,110 @@ References:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar, Literal, Sequence
 
 from fedsim.scenario.fields import plugin
+from fedsim.strategy.maths import apply_delta, example_weights, sorted_updates, weighted_sum
 from fedsim.strategy.server_opt import SERVER_OPT_DOC
-from strategies.fedavg import FedAvg
+from fedsim.types import ClientUpdate, Params, RoundInfo
+
+
+def averaged_model(params: Params, updates: Sequence[ClientUpdate], weighting: str) -> Params:
+    """FedAvg's proposal x + Σ a_i Δ_i, i.e. Δ_t of Reddi et al. (ICLR 2021), Alg. 2, added to x.
+
+    The engine turns Δ_t = proposal − x into the adaptive step with `server_opt`.
+
+    Args:
+        params: the global model x_t.
+        updates: the cohort's deltas (not empty).
+        weighting: `examples` (a_i ∝ n_i) or `uniform`.
+
+    Returns:
+        The proposed model, float32.
+    """
+    ups = sorted_updates(updates)
+    return apply_delta(params, weighted_sum([u.delta for u in ups], example_weights(ups, weighting)))
 
 
 @dataclass(frozen=True, kw_only=True)
-class FedAdam(FedAvg):
+class FedAdam:
     """FedAvg aggregation with a server Adam step (Reddi et al., ICLR 2021, Alg. 2).
 
     Args:
-        server_lr: keep at 1 (the step size is `server_opt.lr`, η).
         weighting: `examples` (a_i ∝ n_i, Flower's) or `uniform`.
         server_opt: the adaptive step; `{name: adam}` with Flower's η = 0.1, β1 = 0.9, β2 = 0.99, τ = 1e-9.
     """
 
+    modes: ClassVar[tuple[str, ...]] = ("sync",)
+    uses_oracle: ClassVar[bool] = False
+    sends: ClassVar[Literal["delta", "model"]] = "delta"
+    down_type: ClassVar[type | None] = None
+    up_type: ClassVar[type | None] = None
+
+    weighting: Literal["examples", "uniform"] = "examples"
     server_opt: Any = plugin("server_opt", {"name": "adam"}, doc=SERVER_OPT_DOC)
+
+    def init(self, params: Params, num_clients: int) -> None:
+        """No server state besides the optimiser's, which the engine keeps."""
+        return None
+
+    def aggregate(self, state: None, params: Params, updates: Sequence[ClientUpdate],
+                  info: RoundInfo) -> tuple[None, Params]:
+        """Propose FedAvg's model; an empty round leaves the model (and the moments) unchanged."""
+        return state, (averaged_model(params, updates, self.weighting) if updates else params)
 
 
 @dataclass(frozen=True, kw_only=True)
-class FedYogi(FedAvg):
+class FedYogi:
     """FedAvg aggregation with a server Yogi step (Reddi et al., ICLR 2021, Alg. 2).
 
     Args:
-        server_lr: keep at 1 (the step size is `server_opt.lr`, η).
         weighting: `examples` (a_i ∝ n_i, Flower's) or `uniform`.
         server_opt: the adaptive step; `{name: yogi}` with Flower's η = 0.01, β1 = 0.9, β2 = 0.99, τ = 1e-3.
     """
 
+    modes: ClassVar[tuple[str, ...]] = ("sync",)
+    uses_oracle: ClassVar[bool] = False
+    sends: ClassVar[Literal["delta", "model"]] = "delta"
+    down_type: ClassVar[type | None] = None
+    up_type: ClassVar[type | None] = None
+
+    weighting: Literal["examples", "uniform"] = "examples"
     server_opt: Any = plugin("server_opt", {"name": "yogi"}, doc=SERVER_OPT_DOC)
+
+    def init(self, params: Params, num_clients: int) -> None:
+        """No server state besides the optimiser's, which the engine keeps."""
+        return None
+
+    def aggregate(self, state: None, params: Params, updates: Sequence[ClientUpdate],
+                  info: RoundInfo) -> tuple[None, Params]:
+        """Propose FedAvg's model; an empty round leaves the model (and the moments) unchanged."""
+        return state, (averaged_model(params, updates, self.weighting) if updates else params)
 
 
 @dataclass(frozen=True, kw_only=True)
-class FedAdagrad(FedAvg):
+class FedAdagrad:
     """FedAvg aggregation with a server Adagrad step (Reddi et al., ICLR 2021, Alg. 2).
 
     Args:
-        server_lr: keep at 1 (the step size is `server_opt.lr`, η).
         weighting: `examples` (a_i ∝ n_i, Flower's) or `uniform`.
         server_opt: the adaptive step; `{name: adagrad}` with Flower's η = 0.1, β1 = 0, τ = 1e-9.
     """
 
+    modes: ClassVar[tuple[str, ...]] = ("sync",)
+    uses_oracle: ClassVar[bool] = False
+    sends: ClassVar[Literal["delta", "model"]] = "delta"
+    down_type: ClassVar[type | None] = None
+    up_type: ClassVar[type | None] = None
+
+    weighting: Literal["examples", "uniform"] = "examples"
     server_opt: Any = plugin("server_opt", {"name": "adagrad"}, doc=SERVER_OPT_DOC)
+
+    def init(self, params: Params, num_clients: int) -> None:
+        """No server state besides the optimiser's, which the engine keeps."""
+        return None
+
+    def aggregate(self, state: None, params: Params, updates: Sequence[ClientUpdate],
+                  info: RoundInfo) -> tuple[None, Params]:
+        """Propose FedAvg's model; an empty round leaves the model (and the moments) unchanged."""
+        return state, (averaged_model(params, updates, self.weighting) if updates else params)

@@ -17,7 +17,7 @@ References:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal, Sequence
+from typing import Any, ClassVar, Literal, Sequence
 
 from fedsim.scenario.fields import bounded
 from fedsim.strategy.maths import (
@@ -39,6 +39,12 @@ class FedProx:
         server_lr: η, the server learning rate.
         weighting: `examples` (a_i ∝ n_i) or `uniform` (a_i = 1/|S_t|).
     """
+
+    modes: ClassVar[tuple[str, ...]] = ("sync",)
+    uses_oracle: ClassVar[bool] = False
+    sends: ClassVar[Literal["delta", "model"]] = "delta"
+    down_type: ClassVar[type | None] = None
+    up_type: ClassVar[type | None] = None
 
     mu: float = bounded(0.01, ge=0.0)
     server_lr: float = bounded(1.0, gt=0.0)

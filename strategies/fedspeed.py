@@ -25,7 +25,7 @@ References:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, ClassVar, Literal, Sequence
 
 import numpy as np
 
@@ -50,6 +50,12 @@ class FedSpeed:
         weight_decay: wd; the local step uses wd + λ.
         clip_norm: global-norm clip of the corrected gradient (10 in the code).
     """
+
+    modes: ClassVar[tuple[str, ...]] = ("sync",)
+    uses_oracle: ClassVar[bool] = False
+    sends: ClassVar[Literal["delta", "model"]] = "delta"
+    down_type: ClassVar[type | None] = None
+    up_type: ClassVar[type | None] = None
 
     lamb: float = bounded(0.1, gt=0.0)
     rho: float = bounded(0.1, ge=0.0)

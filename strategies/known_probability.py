@@ -19,7 +19,7 @@ References:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar, Literal, Sequence
 
 import numpy as np
 
@@ -37,7 +37,12 @@ class KnownProbability:
         server_lr: η, the server learning rate.
     """
 
+    modes: ClassVar[tuple[str, ...]] = ("sync",)
     uses_oracle: ClassVar[bool] = True
+    sends: ClassVar[Literal["delta", "model"]] = "delta"
+    down_type: ClassVar[type | None] = None
+    up_type: ClassVar[type | None] = None
+
     server_lr: float = bounded(1.0, gt=0.0)
     server_opt: Any = server_opt_field()
 

@@ -8,8 +8,9 @@ Update rule:
     server:
         x_{t+1} = x_t + η_g · (1/|S|) Σ_{i∈S} Δy_i              (line 16)
         c ← c + (1/N) Σ_{i∈S} Δc_i                             (line 17, |S|/N · mean)
-`c` lives in the strategy state and goes down with the model (task.config["c"]);
-`c_i` is per-client state kept by the engine; Δc_i travels in `ClientUpdate.payload`.
+`c` lives in the strategy state and goes down with the model as `ScaffoldDown(c)` (the
+task's `down`); `c_i` is per-client state kept by the engine; Δc_i comes back as
+`ScaffoldUp(delta_c)` (the update's `up`), which the engine validates (finite, shape (d,)).
 Channel noise is applied by the engine to the model delta only, not to c or Δc.
 Empty round: no change.
 
@@ -23,8 +24,8 @@ References:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import Any, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal, Sequence
 
 import numpy as np
 
@@ -32,6 +33,20 @@ from fedsim.scenario.fields import bounded
 from fedsim.strategy.maths import apply_delta, sorted_updates, weighted_sum
 from fedsim.strategy.server_opt import scaled, server_opt_field
 from fedsim.types import ClientTask, ClientUpdate, Params, RoundInfo
+
+
+@dataclass(frozen=True)
+class ScaffoldDown:
+    """Server → client: the server control variate."""
+
+    c: np.ndarray  # c (float32 copy: the client can never alias server state)
+
+
+@dataclass(frozen=True)
+class ScaffoldUp:
+    """Client → server: the change of the client's control variate."""
+
+    delta_c: np.ndarray  # Δc_i = c_i⁺ − c_i (float32)
 
 
 @dataclass(frozen=True)
@@ -47,27 +62,31 @@ class Scaffold:
         server_lr: η_g, the global step size.
     """
 
+    modes: ClassVar[tuple[str, ...]] = ("sync",)
+    uses_oracle: ClassVar[bool] = False
+    sends: ClassVar[Literal["delta", "model"]] = "delta"
+    down_type: ClassVar[type | None] = ScaffoldDown
+    up_type: ClassVar[type | None] = ScaffoldUp
+
     server_lr: float = bounded(1.0, gt=0.0)
     server_opt: Any = server_opt_field()
-    payload_keys = ("delta_c",)  # the engine rejects updates without a finite (d,) Δc
 
     def init(self, params: Params, num_clients: int) -> ScaffoldState:
         return ScaffoldState(np.zeros(params.size, dtype=np.float64))
 
-    def configure(self, state: ScaffoldState, client: int, info: RoundInfo) -> dict[str, Any]:
-        return {"c": state.c.astype(np.float32)}  # a copy: the client can never alias server state
+    def configure(self, state: ScaffoldState, client: int, info: RoundInfo) -> ScaffoldDown:
+        return ScaffoldDown(state.c.astype(np.float32))  # a copy: the client can never alias server state
 
     def client_update(self, task: ClientTask, trainer, state: Any) -> tuple[ClientUpdate, Any]:
         d = task.params.size
-        c = np.asarray(task.config.get("c", np.zeros(d)), dtype=np.float32)
+        c = np.asarray(np.zeros(d) if task.down is None else task.down.c, dtype=np.float32)
         c_i = np.zeros(d, dtype=np.float32) if state is None else np.asarray(state, dtype=np.float32)
         corr = trainer.tensor(c - c_i)  # −c_i + c, constant over the job
         new, loss = trainer.sgd(task.params, extra_grad=lambda w: corr)
         steps, lr = trainer.steps, trainer.lr
         x = task.params.astype(np.float64)
         c_new = c_i.astype(np.float64) - c + (x - new.astype(np.float64)) / (steps * lr)  # option II
-        update = trainer.make_update(new, loss)
-        update = replace(update, payload={"delta_c": (c_new - c_i).astype(np.float32)})
+        update = trainer.make_update(new, loss, ScaffoldUp((c_new - c_i).astype(np.float32)))
         return update, c_new.astype(np.float32)
 
     def aggregate(self, state: ScaffoldState, params: Params, updates: Sequence[ClientUpdate],
@@ -77,5 +96,5 @@ class Scaffold:
         ups = sorted_updates(updates)
         m = len(ups)
         step = weighted_sum([u.delta for u in ups], np.full(m, 1.0 / m))  # mean Δy
-        dc = weighted_sum([u.payload["delta_c"] for u in ups], np.full(m, 1.0 / info.num_clients))
+        dc = weighted_sum([u.up.delta_c for u in ups], np.full(m, 1.0 / info.num_clients))
         return ScaffoldState(state.c + dc), apply_delta(params, scaled(step, self.server_lr))

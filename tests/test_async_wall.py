@@ -158,7 +158,7 @@ def test_grid_executor_poll_times_out_then_reports_the_job_failed(monkeypatch):
     monkeypatch.setattr(grid, "Message", lambda *a, **k: object())
     ex = GridExecutor(SilentGrid(), {}, 1, poll=0.001, job_timeout=0.05)
     ex.nodes = [7]
-    ex.submit([Job(0, ClientTask(0, np.zeros(2, dtype=np.float32), 0, 0, 0, 1, {}))])
+    ex.submit([Job(0, ClientTask(0, np.zeros(2, dtype=np.float32), 0, 0, 0, 1))])
     assert ex.poll(0.0) is None  # nothing back yet, the job is still in flight
     r = ex.next_result()  # blocks until the job timeout turns it into a failure
     assert (r.id, r.client, r.update, r.error) == (0, 0, None, "no reply within 0.05 s")

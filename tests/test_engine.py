@@ -1,7 +1,9 @@
 """Sync engine behaviour: determinism, drops, deadlines, failing and malicious clients."""
 
+import dataclasses
 import json
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 from conftest import TINY, merge, read_metrics, run_raw
@@ -9,6 +11,7 @@ from conftest import TINY, merge, read_metrics, run_raw
 from fedsim.engine.validation import validate_update
 from fedsim.scenario.loading import from_mapping
 from fedsim.types import ClientUpdate
+from strategies.scaffold import Scaffold, ScaffoldUp
 
 
 def events(out):
@@ -45,6 +48,8 @@ def test_round_lasts_until_slowest_and_deadline_drops_late_clients(tmp_path):
 class Saboteur:
     """Test strategy: FedAvg server, but client 1 crashes and client 2 sends NaN."""
 
+    modes: ClassVar[tuple[str, ...]] = ("sync",)
+
     def init(self, params, num_clients):
         return None
 
@@ -77,6 +82,31 @@ def test_failing_and_malicious_clients_are_recorded_and_excluded(tmp_path):
     assert last["test_accuracy"] > 0.5
 
 
+@dataclass(frozen=True, kw_only=True)
+class LyingScaffold(Scaffold):
+    """Test strategy: SCAFFOLD whose client 1 omits Δc and client 2 sends a NaN Δc."""
+
+    def client_update(self, task, trainer, state):
+        update, c_i = super().client_update(task, trainer, state)
+        if task.client == 1:
+            return dataclasses.replace(update, up=None), c_i
+        if task.client == 2:
+            return dataclasses.replace(update, up=ScaffoldUp(np.full_like(update.up.delta_c, np.nan))), c_i
+        return update, c_i
+
+
+def test_scaffold_up_message_is_validated_end_to_end(tmp_path):
+    raw = merge(TINY, engine={"rounds": 2})
+    raw["strategy"] = {"name": "test_engine:LyingScaffold"}
+    from fedsim.runner import run
+
+    res = run(from_mapping(raw), tmp_path)
+    assert np.all(np.isfinite(res.params))
+    drops = {(e["client"], e["reason"]) for e in events(tmp_path) if e["kind"] == "drop"}
+    assert drops == {(1, "up message missing or not a ScaffoldUp (got NoneType)"),
+                     (2, "non-finite values in up field 'delta_c'")}
+
+
 def test_validate_update_rejects_bad_shapes_and_norms():
     good = ClientUpdate(0, np.ones(4, np.float32), 3, 0)
     assert validate_update(good, 4, 0) is None
@@ -104,8 +134,12 @@ def test_thread_pool_executor_gives_identical_history(tmp_path):
     assert events(tmp_path / "serial") == events(tmp_path / "pool")
 
 
-def test_validate_update_checks_declared_payload():
-    up = ClientUpdate(0, np.ones(4, np.float32), 3, 0, payload={"delta_c": np.ones(3, np.float32)})
-    assert "payload 'delta_c' missing or of wrong shape" == validate_update(up, 4, 0, payload_keys=("delta_c",))
-    up = ClientUpdate(0, np.ones(4, np.float32), 3, 0, payload={"delta_c": np.full(4, np.inf, np.float32)})
-    assert "non-finite values in payload 'delta_c'" == validate_update(up, 4, 0, payload_keys=("delta_c",))
+def test_validate_update_checks_the_declared_up_message():
+    up = ClientUpdate(0, np.ones(4, np.float32), 3, 0)  # SCAFFOLD update without Δc
+    assert "up message missing or not a ScaffoldUp (got NoneType)" == validate_update(up, 4, 0, up_type=ScaffoldUp)
+    up = ClientUpdate(0, np.ones(4, np.float32), 3, 0, up=ScaffoldUp(np.ones(3, np.float32)))
+    assert "up field 'delta_c' missing or of wrong shape" == validate_update(up, 4, 0, up_type=ScaffoldUp)
+    up = ClientUpdate(0, np.ones(4, np.float32), 3, 0, up=ScaffoldUp(np.array([0, np.nan, 0, 0], np.float32)))
+    assert "non-finite values in up field 'delta_c'" == validate_update(up, 4, 0, up_type=ScaffoldUp)
+    up = ClientUpdate(0, np.ones(4, np.float32), 3, 0, up=ScaffoldUp(np.ones(4, np.float32)))
+    assert validate_update(up, 4, 0, up_type=ScaffoldUp) is None

@@ -17,13 +17,17 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
 from conftest import TINY, merge, read_metrics, run_raw
 
 from fedsim.types import ClientTask, ClientUpdate, Job, JobResult
+from strategies.admm import AdmmClient
 from strategies.fedavg import FedAvg
+from strategies.fedce import FedCEDown
+from strategies.scaffold import ScaffoldDown, ScaffoldUp
 
 RAY_BIN = Path(sys.executable).parent / "ray"
 
@@ -33,6 +37,8 @@ class Stateful:
     """Test strategy: FedAvg whose client keeps per-client state between its jobs (a
     tuple with a numpy counter, to exercise the codec) that changes its local step size,
     so a lost or misrouted state changes the metrics; client `fail` raises."""
+
+    modes: ClassVar[tuple[str, ...]] = ("sync",)
 
     fail: int = -1
 
@@ -77,7 +83,7 @@ def test_longest_first_orders_by_examples_pushed_through_the_model():
     assert [setup.work(c) for c in range(5)] == [15, 80, 50, 5, 80]
     epochs = Setup(data, None, ClientConfig(local_epochs=2, batch_size=16), None, 0)
     assert [epochs.work(c) for c in range(5)] == [6, 80, 20, 2, 40]  # 2 passes over n rows
-    jobs = [Job(i, ClientTask(c, None, 0, 0, i, 0, {}), None) for i, c in enumerate([0, 1, 2, 3, 4])]
+    jobs = [Job(i, ClientTask(c, None, 0, 0, i, 0), None) for i, c in enumerate([0, 1, 2, 3, 4])]
     assert [j.task.client for j in longest_first(jobs, setup)] == [1, 4, 2, 0, 3]  # ties: submission order
 
 
@@ -87,19 +93,36 @@ def test_codec_round_trips_jobs_and_results_exactly():
     codec = pytest.importorskip("fedsim.flower.codec")
     params = np.random.default_rng(0).normal(size=7).astype(np.float32)
     state = {"c": np.arange(3.0), "t": (1, np.float32(0.1), "x"), 5: [None, True, 1e-310, float("nan")]}
-    job = Job(3, ClientTask(2, params, 1, 1, 3, 2**63 + 5, {"mu": 0.25, "k": np.int64(4)}), state, 1.5)
-    back = codec.decode_job(codec.encode_job(job))
+    job = Job(3, ClientTask(2, params, 1, 1, 3, 2**63 + 5, ScaffoldDown(params[:3])), state, 1.5)
+    back = codec.decode_job(codec.encode_job(job), ScaffoldDown)
     assert back.id == 3 and back.task.seed == 2**63 + 5 and back.finish_time == 1.5
     assert back.task.params.dtype == np.float32 and np.array_equal(back.task.params, params)
-    assert back.task.config["k"] == 4 and type(back.task.config["k"]) is np.int64
+    assert type(back.task.down) is ScaffoldDown and np.array_equal(back.task.down.c, params[:3])
+    fedce = codec.decode_job(codec.encode_job(Job(1, ClientTask(0, params, 0, 0, 1, 0, FedCEDown(0.25)))), FedCEDown)
+    assert fedce.task.down == FedCEDown(0.25)
+    with pytest.raises(ValueError, match="declares no down_type"):  # a message the strategy does not expect
+        codec.decode_job(codec.encode_job(job))
+    with pytest.raises(ValueError, match="expected fields"):  # the fields of another message type
+        codec.decode_job(codec.encode_job(job), FedCEDown)
     s = back.client_state
     assert set(s) == {"c", "t", 5} and np.array_equal(s["c"], np.arange(3.0)) and s["c"].dtype == np.float64
     assert s["t"][0] == 1 and s["t"][1] == np.float32(0.1) and type(s["t"][1]) is np.float32 and s["t"][2] == "x"
     assert s[5][:3] == [None, True, 1e-310] and np.isnan(s[5][3])
-    up = ClientUpdate(2, params * 2, 11, 1, {"train_loss": 0.5}, {"c": params})
-    res = codec.decode_result(codec.encode_result(JobResult(3, 2, up, state, None, 0.01)))
+    up = ClientUpdate(2, params * 2, 11, 1, {"train_loss": 0.5}, ScaffoldUp(params))
+    res = codec.decode_result(codec.encode_result(JobResult(3, 2, up, state, None, 0.01)), ScaffoldUp)
     assert np.array_equal(res.update.delta, params * 2) and res.update.num_examples == 11
-    assert np.array_equal(res.update.payload["c"], params) and res.update.metrics == {"train_loss": 0.5}
+    assert np.array_equal(res.update.up.delta_c, params) and res.update.metrics == {"train_loss": 0.5}
+    model = ClientUpdate(2, params, 11, 1, kind="model")
+    back_model = codec.decode_result(codec.encode_result(JobResult(3, 2, model, None))).update
+    assert back_model.kind == "model" and np.array_equal(back_model.model, params)
+    admm_state = AdmmClient(np.arange(3.0), np.ones(3), 4)  # a dataclass client state: its declared type
+    job_back = codec.decode_job(codec.encode_job(Job(1, job.task, admm_state)), ScaffoldDown, AdmmClient)
+    assert type(job_back.client_state) is AdmmClient and job_back.client_state.round == 4
+    assert job_back.client_state.w.dtype == np.float64 and np.array_equal(job_back.client_state.w, np.arange(3.0))
+    res_back = codec.decode_result(codec.encode_result(JobResult(3, 2, up, admm_state)), ScaffoldUp, AdmmClient)
+    assert np.array_equal(res_back.client_state.z, np.ones(3))
+    with pytest.raises(ValueError, match="declares no client_state_type"):
+        codec.decode_result(codec.encode_result(JobResult(3, 2, up, admm_state)), ScaffoldUp)
     failed = codec.decode_result(codec.encode_result(JobResult(4, 1, None, None, "boom", 0.0)))
     assert failed.update is None and failed.error == "boom"
     with pytest.raises(TypeError, match="client_state"):
@@ -203,6 +226,20 @@ def test_sync_identical_on_inline_ray_and_flower(tmp_path, stateful, ray_cluster
     _same_run(tmp_path / "inline", tmp_path / "ray_warm")
     _same_run(tmp_path / "inline", tmp_path / "flower")
     assert read_metrics(tmp_path / "inline")[-1]["num_updates"] == 16
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["scaffold", "fedce", "admm"])
+def test_typed_messages_identical_on_inline_ray_and_flower(tmp_path, ray_cluster, strategy):
+    # SCAFFOLD's c / Δc and FedCE's coefficient / score travel as typed messages through the
+    # Flower codec; ADMM's updates carry models; FedCE's and ADMM's client states are dataclasses.
+    raw = merge(SYNC, strategy={"name": strategy})
+    run_raw(raw, tmp_path / "inline")
+    run_raw(merge(raw, executor={"name": "ray", "address": ray_cluster, "warmup_inline": False}), tmp_path / "ray")
+    run_raw(merge(raw, executor={"name": "flower", "address": ray_cluster}), tmp_path / "flower")
+    _same_run(tmp_path / "inline", tmp_path / "ray")
+    _same_run(tmp_path / "inline", tmp_path / "flower")
+    assert read_metrics(tmp_path / "inline")[-1]["num_failed"] == 0
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +27,15 @@ from fedsim.world.faults import Faults
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _up(client: int, delta, n: int = 1, **payload) -> ClientUpdate:
-    return ClientUpdate(client, np.asarray(delta, dtype=np.float32), n, 0, {}, payload)
+@dataclass(frozen=True)
+class Msg:
+    """A typed up message with one vector field (like SCAFFOLD's ScaffoldUp)."""
+
+    c: np.ndarray
+
+
+def _up(client: int, delta, n: int = 1, c=None) -> ClientUpdate:
+    return ClientUpdate(client, np.asarray(delta, dtype=np.float32), n, 0, {}, None if c is None else Msg(c))
 
 
 def _events(out: Path) -> list[dict]:
@@ -57,7 +65,7 @@ def test_robust_wrapper_replaces_vectors_keeps_the_rest():
            _up(2, [3, -30], 9, c=np.array([100.0]))]
     out = Median().apply(ups)
     assert [u.delta.tolist() for u in out] == [[2.0, 10.0]] * 3  # coordinate-wise median
-    assert [u.payload["c"].tolist() for u in out] == [[3.0]] * 3  # payload vectors too
+    assert [u.up.c.tolist() for u in out] == [[3.0]] * 3  # every ndarray field of the up message too
     assert [(u.client, u.num_examples) for u in out] == [(0, 5), (1, 7), (2, 9)]
     assert ups[0].delta.tolist() == [1.0, 10.0]  # inputs untouched
     assert TrimmedMean(trim=0.34).apply(ups)[0].delta.tolist() == [2.0, 10.0]  # ⌊0.34·3⌋ = 1 each end
@@ -68,26 +76,52 @@ def test_robust_wrapper_replaces_vectors_keeps_the_rest():
 # --- update validation ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("update,expected", [
-    (None, "no update"),
-    (_up(1, [0, 0, 0]), "claims client 1"),
-    (_up(0, [0, 0]), "wrong shape"),
-    (ClientUpdate(0, np.zeros(3, dtype=np.int64), 1, 0), "dtype"),
-    (_up(0, [0, np.nan, 0]), "non-finite values in update"),
-    (_up(0, [0, np.inf, 0]), "non-finite values in update"),
-    (_up(0, [0, 0, 0], c=np.array([np.nan])), "non-finite values in payload 'c'"),
-    (_up(0, [0, 0, 0], c="junk"), "not a numeric array"),
-    (_up(0, [3, 4, 0]), "update norm 5 exceeds bound 4.9"),
-    (_up(0, [0, 0, 0], -1), "bad num_examples"),
+@pytest.mark.parametrize("update,up_type,expected", [
+    (None, None, "no update"),
+    (_up(1, [0, 0, 0]), None, "claims client 1"),
+    (_up(0, [0, 0]), None, "wrong shape"),
+    (ClientUpdate(0, np.zeros(3, dtype=np.int64), 1, 0), None, "dtype"),
+    (_up(0, [0, np.nan, 0]), None, "non-finite values in update"),
+    (_up(0, [0, np.inf, 0]), None, "non-finite values in update"),
+    (_up(0, [0, 0, 0]), Msg, "up message missing or not a Msg"),
+    (_up(0, [0, 0, 0], c=np.ones(3)), None, "unexpected up message Msg"),
+    (_up(0, [0, 0, 0], c=np.array([0.0, np.nan, 0.0])), Msg, "non-finite values in up field 'c'"),
+    (_up(0, [0, 0, 0], c=np.ones(2)), Msg, "up field 'c' missing or of wrong shape"),
+    (_up(0, [0, 0, 0], c="junk"), Msg, "up field 'c' missing or of wrong shape"),
+    (_up(0, [0, 0, 0], c=np.ones(3, dtype=np.int64)), Msg, "up field 'c' is not a float array"),
+    (ClientUpdate(0, np.zeros(3, np.float32), 1, 0, kind="model"), None, "carries a 'model'"),
+    (_up(0, [3, 4, 0]), None, "update norm 5 exceeds bound 4.9"),
+    (_up(0, [0, 0, 0], -1), None, "bad num_examples"),
 ])
-def test_validate_update_reasons(update, expected):
-    why = validate_update(update, 3, 0, max_norm=4.9)
+def test_validate_update_reasons(update, up_type, expected):
+    why = validate_update(update, 3, 0, max_norm=4.9, up_type=up_type)
     assert why is not None and expected in why
 
 
 def test_validate_update_accepts_good_update():
     assert validate_update(_up(0, [3, 4, 0]), 3, 0, max_norm=5.0) is None  # ‖Δ‖ = 5 is within the bound
     assert validate_update(_up(0, [3, 4, 0]), 3, 0) is None
+
+
+def test_model_update_norm_bound_acts_on_model_minus_base():
+    # base z = [10, 0, 0], model w = [13, 4, 0]: ‖w‖ = 13.6 but the move ‖w − z‖ = ‖[3, 4, 0]‖ = 5
+    base = np.array([10.0, 0.0, 0.0], np.float32)
+    up = ClientUpdate(0, np.array([13.0, 4.0, 0.0], np.float32), 1, 0, kind="model")
+    assert validate_update(up, 3, 0, max_norm=5.0, sends="model", base=base) is None
+    assert "update norm 5 exceeds bound 4.9" in validate_update(up, 3, 0, max_norm=4.9, sends="model", base=base)
+    assert "carries a 'delta'" in validate_update(_up(0, [0, 0, 0]), 3, 0, sends="model", base=base)
+
+
+def test_sign_flip_of_a_model_flips_around_the_base():
+    # base z = [1, 1], model w = [2, -1]: the proposed move is w − z = [1, −2]; with scale 3 the
+    # attacker sends z − 3(w − z) = [1 − 3, 1 + 6] = [−2, 7] (not −3w = [−6, 3]).
+    f = Faults(FaultsConfig(byzantine=ByzantineConfig(fraction=1.0, kind="sign_flip", scale=3.0)), 0, 2)
+    up = ClientUpdate(1, np.array([2.0, -1.0], np.float32), 1, 0, kind="model")
+    sent, fault = f.corrupt(up, 0, np.array([1.0, 1.0], np.float32))
+    assert fault == "byzantine" and sent.kind == "model" and sent.model.tolist() == [-2.0, 7.0]
+    scaled = Faults(FaultsConfig(byzantine=ByzantineConfig(fraction=1.0, kind="scaled", scale=2.0)), 0, 2)
+    # z + 2(w − z) = [1 + 2, 1 − 4]
+    assert scaled.corrupt(up, 0, np.array([1.0, 1.0], np.float32))[0].model.tolist() == [3.0, -3.0]
 
 
 # --- the injector -------------------------------------------------------------------------

@@ -43,6 +43,7 @@ import numpy as np
 from fedsim import seeding
 from fedsim.engine import checkpoint
 from fedsim.errors import Stalled
+from fedsim.strategy.contracts import hook, modes, supports_async
 from fedsim.types import ArrivalInfo, JobResult
 
 # event priorities at equal virtual time
@@ -128,10 +129,11 @@ class AsyncLoop:
         self.eval_every_time = m.eval_every_time
         # async: evaluate every `eval_every` versions; unset = 1 unless timed evaluation is on
         self.eval_every = m.eval_every if m.eval_every is not None else (None if m.eval_every_time else 1)
-        self.interval = getattr(self.strategy, "commit_interval", None)
-        if not callable(getattr(self.strategy, "receive", None)):
-            raise ValueError("async mode needs a strategy with receive(); "
-                             f"{type(self.strategy).__name__} has none")
+        if not supports_async(self.strategy):
+            raise ValueError(f"async mode needs a strategy that declares modes containing 'async'; "
+                             f"{type(self.strategy).__name__} declares {modes(self.strategy) or 'none'}")
+        # a TimedStrategy (one with tick) commits every commit_interval of virtual time
+        self.interval = self.strategy.commit_interval if hook(self.strategy, "tick") else None
         self.checkpoint_every = getattr(eng, "checkpoint_every", None)
         self.saved_version = eng.version  # the version of the last checkpoint (or of the start)
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-FORMAT = 1
+FORMAT = 2  # 2: typed down/up messages in jobs (ClientTask.down, ClientUpdate.up)
 FILE = Path("checkpoint") / "state.pkl"
 
 

@@ -11,6 +11,7 @@ deadline); the strategy aggregates the arrived updates in arrival order.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
@@ -26,6 +27,7 @@ from fedsim.engine.wall_loop import WallLoop
 from fedsim.results.history import History
 from fedsim.scenario.schema import FaultsConfig
 from fedsim.strategy import server_opt
+from fedsim.strategy.contracts import declared, hook, message_nbytes
 from fedsim.types import ClientTask, ClientUpdate, Job, JobResult, Oracle, RoundInfo
 from fedsim.world import channel
 from fedsim.world.faults import Faults
@@ -73,7 +75,11 @@ class Engine:
         self.checkpoint_every = getattr(getattr(scenario, "checkpoint", None), "every", None)
         self.start_round = 0  # > 0 when resumed from a checkpoint (fedsim.engine.checkpoint.restore)
         self.resume_loop: dict | None = None  # async: the event loop's checkpointed state
-        if getattr(self.strategy, "uses_oracle", False):
+        # declared capabilities (fedsim.strategy.contracts), read once
+        self.sends = declared(self.strategy, "sends")
+        self.down_type = declared(self.strategy, "down_type")
+        self.up_type = declared(self.strategy, "up_type")
+        if declared(self.strategy, "uses_oracle"):
             self.state = self.strategy.init(self.params, self.n, oracle=oracle)
         else:
             self.state = self.strategy.init(self.params, self.n)
@@ -92,11 +98,12 @@ class Engine:
         """Create client `client`'s next job at virtual time `start` from the current model."""
         d = self.counters.dispatches
         self.counters.dispatches += 1
-        configure = getattr(self.strategy, "configure", None)
-        cfg = configure(self.state, client, RoundInfo(round_index, self.n, (), start)) if configure else {}
+        down = None
+        if self.down_type is not None:  # declared: the strategy sends a typed down message
+            down = self.strategy.configure(self.state, client, RoundInfo(round_index, self.n, (), start))
         received = channel.downlink(self.sc.channel, self.params, self.root, client, d)
         task = ClientTask(client, received, self.version, round_index, d,
-                          seeding.seed_of(self.root, "job", client, d), cfg)
+                          seeding.seed_of(self.root, "job", client, d), down)
         fin, arr, dropped = self.system.duration(client, int(self.work[client]),
                                                  seeding.rng(self.root, "system_job", client, d))
         job = Job(d, task, self.client_states.get(client), start + arr)
@@ -117,19 +124,19 @@ class Engine:
         if channel.lost(self.sc.channel, self.root, p.client, p.job.id):
             return self.reject(p, "lost in channel", p.arrive)
         update, fault = result.update, None
-        if self.faults.active and update is not None:
-            update, fault = self.faults.corrupt(update, p.job.id)
+        base = p.job.task.params  # the model the client started from (as received)
+        if self.faults.active and isinstance(update, ClientUpdate):
+            update, fault = self.faults.corrupt(update, p.job.id, base)
         why = validate_update(update, self.params.size, p.client, self.max_norm,
-                              payload_keys=getattr(self.strategy, "payload_keys", ()))
+                              sends=self.sends, up_type=self.up_type, base=base)
         if why is not None:
             return self.reject(p, why, p.arrive, **({"fault": fault} if fault else {}))
         assert update is not None
         self.client_states[p.client] = result.client_state
-        if self.sc.channel.uplink_noise_std > 0:
-            update = ClientUpdate(update.client, channel.uplink(self.sc.channel, update.delta, self.root,
-                                                                p.client, p.job.id),
-                                  update.num_examples, update.base_version, update.metrics, update.payload)
-        self.counters.bytes_up += update.delta.nbytes + sum(v.nbytes for v in update.payload.values())
+        if self.sc.channel.uplink_noise_std > 0:  # the channel perturbs the vector as sent (delta or model)
+            update = replace(update, vector=channel.uplink(self.sc.channel, update.vector, self.root,
+                                                           p.client, p.job.id))
+        self.counters.bytes_up += update.vector.nbytes + message_nbytes(update.up)
         self.participations[p.client] += 1
         return update
 
@@ -171,7 +178,7 @@ class Engine:
         cm = self.sc.metrics.client_metrics
         rows = "all" if cm is True else "none" if cm is False else cm
         if rows != "none":
-            report_fn = getattr(self.strategy, "client_report", None)
+            report_fn = hook(self.strategy, "client_report")
             report = report_fn(self.state) if report_fn else {}
             step_key = ("round", round_index) if round_index is not None else ("version", self.version)
             ids = self.evaluator.clients  # every client, or the fixed `metrics.client_sample`

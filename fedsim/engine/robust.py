@@ -1,14 +1,15 @@
 """Server-side defenses: update validation limits and robust aggregation around ANY strategy.
 
 Validation (`validation:` block) runs on every update before a strategy sees it
-(fedsim.engine.validate_update): the delta (and every payload vector) must have the
-model's shape and finite values, and, when `max_norm` is set, ‖Δ‖₂ ≤ max_norm. A rejected
+(fedsim.engine.validation.validate_update): the uploaded vector (and every ndarray field of
+the strategy's up message) must have the model's shape and finite values, and, when
+`max_norm` is set, ‖Δ‖₂ ≤ max_norm (for a model w: ‖w − base‖₂). A rejected
 update is a `drop` event in events.jsonl with the reason; training goes on without it.
 
 Robust aggregation (`robust:` block, sync mode) is a wrapper, not a strategy: before the
-strategy's `aggregate` runs, every vector the cohort sent — the delta and each payload
-key — is replaced by the cohort's coordinate-wise robust centre (median, or β-trimmed
-mean). The strategy then runs unchanged on a cohort whose clients all "agree":
+strategy's `aggregate` runs, every vector the cohort sent — the delta (or model) and each
+ndarray field of the up message — is replaced by the cohort's coordinate-wise robust
+centre (median, or β-trimmed mean). The strategy then runs unchanged on a cohort whose clients all "agree":
   * FedAvg (weights a_i summing to 1): x + η·Σ a_i Δ̃ = x + η·Δ̃ — exactly the median /
     trimmed-mean aggregators of Yin et al. (ICML 2018), with FedAvg's server learning rate;
   * strategies with their own weights or per-client statistics (FedAU, SCAFFOLD, ...)
@@ -31,6 +32,7 @@ from typing import Sequence
 import numpy as np
 
 from fedsim.scenario.fields import bounded
+from fedsim.strategy.contracts import message_arrays
 from fedsim.types import ClientUpdate
 
 
@@ -52,11 +54,14 @@ def trimmed_mean(stack: np.ndarray, trim: float) -> np.ndarray:
 def _robustify(updates: Sequence[ClientUpdate], centre) -> list[ClientUpdate]:
     if len(updates) < 2:
         return list(updates)
-    delta = centre(np.stack([u.delta.astype(np.float64) for u in updates])).astype(np.float32)
-    keys = set.intersection(*(set(u.payload) for u in updates))
-    payload = {k: centre(np.stack([np.asarray(u.payload[k], dtype=np.float64) for u in updates]))
-               .astype(np.asarray(updates[0].payload[k]).dtype) for k in sorted(keys)}
-    return [replace(u, delta=delta, payload={**u.payload, **payload}) for u in updates]
+    vector = centre(np.stack([u.vector.astype(np.float64) for u in updates])).astype(np.float32)
+    ups = [u.up for u in updates]
+    up_fields: dict[str, np.ndarray] = {}
+    if ups[0] is not None and all(type(m) is type(ups[0]) for m in ups):  # validated: one up_type
+        for name, first in message_arrays(ups[0]).items():
+            stack = np.stack([np.asarray(getattr(m, name), dtype=np.float64) for m in ups])
+            up_fields[name] = centre(stack).astype(np.asarray(first).dtype)
+    return [replace(u, vector=vector, up=replace(u.up, **up_fields) if up_fields else u.up) for u in updates]
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -26,6 +26,7 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedsim.flower import codec
+from fedsim.strategy.contracts import declared
 from fedsim.types import JobResult
 
 SETUP_KEY = "fedsim.setup-key"
@@ -104,18 +105,21 @@ def train(msg: Message, context: Context) -> Message:
     """One fedsim job. Any failure (setup, decoding, training) comes back as a failed
     JobResult in a normal reply, so the server records a drop and goes on."""
     content = msg.content
-    try:
-        job = codec.decode_job(content)
-    except Exception as exc:  # noqa: BLE001 — reported to the server, never raised
-        meta = _peek_ids(content)
-        return Message(codec.encode_result(JobResult(meta[0], meta[1], None, None,
-                                                     f"bad job message: {_error_text(exc)}")), reply_to=msg)
     nc = context.node_config
     fault = str(nc.get(NODE_FAULT, ""))  # testing only (fedsim.flower.client_faults); "" in real use
+    job_id, client = _peek_ids(content)
+    try:  # the runtime first: its strategy's down_type decodes the job's down message
+        rt = runtime_for(codec.config_of(content), str(nc.get(NODE_DATA, "")), client)
+    except Exception as exc:  # noqa: BLE001 — reported to the server, never raised
+        return Message(codec.encode_result(JobResult(job_id, client, None, None,
+                                                     f"client setup: {_error_text(exc)}")), reply_to=msg)
     try:
-        result = runtime_for(codec.config_of(content), str(nc.get(NODE_DATA, "")), job.task.client).run(job)
+        job = codec.decode_job(content, declared(rt.strategy, "down_type"),
+                               declared(rt.strategy, "client_state_type"))
     except Exception as exc:  # noqa: BLE001
-        result = JobResult(job.id, job.task.client, None, job.client_state, f"client setup: {_error_text(exc)}")
+        return Message(codec.encode_result(JobResult(job_id, client, None, None,
+                                                     f"bad job message: {_error_text(exc)}")), reply_to=msg)
+    result = rt.run(job)
     if fault:
         from fedsim.flower import client_faults as faults
 

@@ -77,7 +77,7 @@ def after(spec: str, result: JobResult, round_index: int) -> JobResult:
     kind, rnd = parse(spec)
     if rnd is not None and rnd != round_index:
         return result
-    delta = result.update.delta.copy()
+    delta = result.update.vector.copy()
     if kind == "nan":
         delta[0] = np.nan
     elif kind == "inf":
@@ -88,4 +88,4 @@ def after(spec: str, result: JobResult, round_index: int) -> JobResult:
         delta = (delta + 1.0) * np.float32(1e30)
     else:
         return result
-    return dataclasses.replace(result, update=dataclasses.replace(result.update, delta=delta))
+    return dataclasses.replace(result, update=dataclasses.replace(result.update, vector=delta))

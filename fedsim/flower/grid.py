@@ -35,12 +35,16 @@ class GridExecutor:
         job_timeout: wall seconds after which a job with no reply is recorded as failed.
         connect_timeout: wall seconds to wait for `num_nodes` nodes.
         abort: set by the host when the backend died; the waits then raise `BackendGone`.
+        up_type: the strategy's declared up message type, to decode replies with.
+        state_type: the strategy's declared client state type (dataclass states), likewise.
     """
 
     def __init__(self, grid: Grid, setup_config: Mapping[str, Any], num_nodes: int, *, poll: float = 0.005,
                  job_timeout: float = 3600.0, connect_timeout: float = 600.0,
-                 abort: threading.Event | None = None):
+                 abort: threading.Event | None = None, up_type: type | None = None,
+                 state_type: type | None = None):
         self.grid = grid
+        self.up_type, self.state_type = up_type, state_type
         self.setup_config = dict(setup_config)
         self.num_nodes = num_nodes
         self.poll_interval = poll
@@ -150,13 +154,12 @@ class GridExecutor:
             self._ready.append(self._result(job, rep))
         return len(replies)
 
-    @staticmethod
-    def _result(job: Job, rep: Message) -> JobResult:
+    def _result(self, job: Job, rep: Message) -> JobResult:
         if rep.has_error():
             return JobResult(job.id, job.task.client, None, job.client_state,
                              f"ClientApp error: {rep.error.reason}")
         try:
-            res = codec.decode_result(rep.content)
+            res = codec.decode_result(rep.content, self.up_type, self.state_type)
         except Exception as exc:  # noqa: BLE001 — a malformed reply is a failed job, not a crash
             return JobResult(job.id, job.task.client, None, job.client_state,
                              f"malformed reply: {type(exc).__name__}: {exc}")

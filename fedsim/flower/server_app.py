@@ -57,6 +57,7 @@ def main(grid: Grid, context: Context) -> None:
     """
     from fedsim import scenario as scenario_mod
     from fedsim.runner import build_data, run
+    from fedsim.strategy.contracts import declared
 
     cfg = context.run_config
     sc = scenario_mod.load(str(cfg["scenario"]), str(cfg.get("overrides", "")).split())
@@ -68,6 +69,8 @@ def main(grid: Grid, context: Context) -> None:
                                       "input_shape": list(data.input_shape)})
     executor = GridExecutor(grid, setup_config, int(cfg.get("num-nodes", 1)),
                             job_timeout=float(cfg.get("job-timeout", 3600.0)),
-                            connect_timeout=float(cfg.get("connect-timeout", 600.0)))
+                            connect_timeout=float(cfg.get("connect-timeout", 600.0)),
+                            up_type=declared(sc.strategy, "up_type"),
+                            state_type=declared(sc.strategy, "client_state_type"))
     out = Path(str(cfg["out"])) if "out" in cfg else None
     run(sc, out, executor=executor)

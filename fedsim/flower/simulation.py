@@ -102,13 +102,16 @@ class FlowerSimulation:
         from fedsim.flower import client_app
         from fedsim.flower.grid import GridExecutor
         from fedsim.flower.server_app import hosting_app
+        from fedsim.strategy.contracts import declared
 
         out: dict[str, Any] = {}
 
         def body(grid, context) -> None:
             try:
                 self._grid_exec = GridExecutor(grid, self._setup_config, self.num_nodes(),
-                                               job_timeout=self.cfg.job_timeout, abort=self._abort)
+                                               job_timeout=self.cfg.job_timeout, abort=self._abort,
+                                               up_type=declared(self.setup.strategy, "up_type"),
+                                               state_type=declared(self.setup.strategy, "client_state_type"))
                 try:
                     self._grid_exec.connect()
                 except (RuntimeError, TimeoutError) as exc:

@@ -236,7 +236,7 @@ def build_plugin(family: str, raw: Mapping[str, Any], path: str) -> Any:
         checker = registry.CHECKS.get(family)  # e.g. fedsim.check_strategy's findings
         problems = registry.import_entry(checker)(cls) if checker else []
         if problems:
-            raise ConfigError(_join(path, "name"), f"{name!r} breaks the {family} contract: {'; '.join(problems)}")
+            raise ConfigError(_join(path, "name"), f"{name!r}: {'; '.join(problems)}")
     else:
         raise ConfigError(_join(path, "name"), f"unknown {family} {name!r}{_suggest(name, known)}; "
                           f"known: {', '.join(sorted(known))}")

@@ -5,7 +5,18 @@ SyncStrategy / AsyncStrategy / TimedStrategy / ClientRule protocols and `check_s
 `maths` holds weighted sums, staleness discounts, proximal solves and the like.
 """
 
-from fedsim.strategy.contracts import Strategy, modes, supports_async, supports_sync
+from fedsim.strategy.contracts import (
+    AsyncStrategy,
+    ClientRule,
+    Strategy,
+    SyncStrategy,
+    TimedStrategy,
+    check_strategy,
+    modes,
+    strategy_problems,
+    supports_async,
+    supports_sync,
+)
 from fedsim.strategy.maths import (
     apply_delta,
     consensus_average,
@@ -19,6 +30,25 @@ from fedsim.strategy.maths import (
     weighted_sum,
 )
 
-__all__ = ["Strategy", "apply_delta", "consensus_average", "example_weights", "least_squares_moments",
-           "modes", "participant_mask", "prox_solve", "replace_rows", "sorted_updates", "staleness_weight",
-           "supports_async", "supports_sync", "weighted_sum"]
+__all__ = [
+    "AsyncStrategy",
+    "ClientRule",
+    "Strategy",
+    "SyncStrategy",
+    "TimedStrategy",
+    "apply_delta",
+    "check_strategy",
+    "consensus_average",
+    "example_weights",
+    "least_squares_moments",
+    "modes",
+    "participant_mask",
+    "prox_solve",
+    "replace_rows",
+    "sorted_updates",
+    "staleness_weight",
+    "strategy_problems",
+    "supports_async",
+    "supports_sync",
+    "weighted_sum",
+]

@@ -2,22 +2,9 @@
 
 A strategy is a frozen dataclass whose fields are its hyperparameters (= the YAML keys
 under `strategy:`). Its mutable server state is an explicit value returned by `init`
-and threaded through every call; the strategy object itself never changes.
-
-Server side (at least one of):
-  * `aggregate(state, params, updates, info: RoundInfo) -> (state, params)` for sync rounds;
-  * `receive(state, params, update, info: ArrivalInfo) -> (state, params | None)` for async
-    arrivals, returning new params when it commits (FedBuff commits every K arrivals).
-  * `tick(state, params, info: ArrivalInfo) -> (state, params | None)` for strategies that
-    commit on a timer (`commit_interval` attribute, e.g. FedFix).
-
-Optional:
-  * `configure(state, client, info) -> dict` — per-client values sent down with the model.
-  * `client_update(task, trainer, client_state) -> (ClientUpdate, client_state)` — the
-    client-side rule when the algorithm changes local training (FedProx, SCAFFOLD,
-    FedSpeed, ADMM, FedCE); per-client state is stored by the engine, keyed by client id.
-  * `client_report(state) -> {client: {key: value}}` — per-client numbers logged in
-    clients.jsonl (FedAU weight estimates, FedCE contributions).
+and threaded through every call; the strategy object itself never changes. What a
+strategy declares and which hooks it has (aggregate, receive, tick, configure,
+client_update, client_report) is the contract of `fedsim.strategy.contracts`.
 
 Strategies must never mutate `params`, `state` or the updates passed in.
 """
@@ -143,16 +130,16 @@ def consensus_average(last: Mapping[int, np.ndarray], updates: Sequence[ClientUp
                       memory: bool) -> tuple[dict[int, np.ndarray], np.ndarray]:
     """Consensus-ADMM server step z = mean of the messages (specs §9.3 / §9.4).
 
-    The message is carried in `update.delta`. Without memory, the mean runs over this
+    The message is the update's model (`ClientUpdate.model`). Without memory, the mean runs over this
     round's messages; with memory, over every client's last message (`last`, returned
     updated). Callers handle the empty round.
     """
     ups = sorted_updates(updates)
     if not memory:
-        msgs = [u.delta for u in ups]
+        msgs = [u.model for u in ups]
         return dict(last), weighted_sum(msgs, np.full(len(msgs), 1.0 / len(msgs))).astype(np.float32)
     new = dict(last)
-    new.update({u.client: u.delta.copy() for u in ups})
+    new.update({u.client: u.model.copy() for u in ups})
     msgs = [new[k] for k in sorted(new)]
     return new, weighted_sum(msgs, np.full(len(msgs), 1.0 / len(msgs))).astype(np.float32)
 

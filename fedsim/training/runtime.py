@@ -18,6 +18,7 @@ from torch.nn import functional as F
 
 from fedsim.data.federated import FederatedData
 from fedsim.scenario.schema import ClientConfig
+from fedsim.strategy.contracts import hook
 from fedsim.training.flat import FlatModule, resolve_device
 from fedsim.types import ClientTask, ClientUpdate, Job, JobResult
 
@@ -52,7 +53,7 @@ class ClientRuntime:
         task = job.task
         try:
             trainer = LocalTrainer(self, task)
-            rule = getattr(self.strategy, "client_update", None)
+            rule = hook(self.strategy, "client_update")  # a ClientRule, else plain local SGD
             if rule is None:
                 update, state = default_client_update(task, trainer, job.client_state)
             else:
@@ -163,13 +164,38 @@ class LocalTrainer:
         acc = float("nan") if self.rt.regression else float((out.argmax(1) == y).float().mean())
         return {"loss": loss, "accuracy": acc}
 
-    def make_update(self, new_params: np.ndarray, loss: float, **metrics: float) -> ClientUpdate:
+    def make_update(self, new_params: np.ndarray, loss: float, up: Any = None, **metrics: float) -> ClientUpdate:
+        """The delta update new − received, with the train loss and extra scalar metrics.
+
+        Args:
+            new_params: the local model after training.
+            loss: the mean training loss of the job.
+            up: the strategy's up message (an instance of its `up_type`), or None.
+            **metrics: further scalars for inspection.
+
+        Returns:
+            A `ClientUpdate` of kind "delta".
+        """
         delta = new_params.astype(np.float32) - self.task.params.astype(np.float32)
         return ClientUpdate(self.task.client, delta, self.num_examples, self.task.version,
-                            {"train_loss": loss, **metrics})
+                            {"train_loss": loss, **metrics}, up)
+
+    def make_model_update(self, model: np.ndarray, loss: float, **metrics: float) -> ClientUpdate:
+        """An update that carries the local model itself (ADMM-style strategies, `sends = "model"`).
+
+        Args:
+            model: the local model to upload.
+            loss: the training loss to report.
+            **metrics: further scalars for inspection.
+
+        Returns:
+            A `ClientUpdate` of kind "model".
+        """
+        return ClientUpdate(self.task.client, np.asarray(model, dtype=np.float32), self.num_examples,
+                            self.task.version, {"train_loss": loss, **metrics}, None, "model")
 
 
 def default_client_update(task: ClientTask, trainer: LocalTrainer, state: Any) -> tuple[ClientUpdate, Any]:
-    """Plain local SGD (FedAvg's client, specs §3)."""
+    """Plain local SGD (FedAvg's client: McMahan et al., AISTATS 2017, Alg. 1 ClientUpdate)."""
     new, loss = trainer.sgd(task.params)
     return trainer.make_update(new, loss), state

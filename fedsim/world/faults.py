@@ -13,7 +13,11 @@ Per job (dispatch d of client k), three uniforms u = rng(seed, faults, k, d).ran
   * straggler: a job whose upload would arrive more than `straggler_timeout` virtual
     seconds after dispatch is abandoned at dispatch + timeout (reason `straggler timeout`).
 Byzantine clients are a fixed set of round(fraction·N) clients; every update they send is
-  sign_flip: Δ' = −scale·Δ;   scaled: Δ' = scale·Δ;   random: Δ' ~ N(0, scale²·I).
+  sign_flip: Δ' = −scale·Δ;   scaled: Δ' = scale·Δ;   random: Δ' ~ N(0, scale²·I),
+where, for a strategy whose clients send their model w (ADMM), Δ = w − base (the model
+the client started from) and the client sends base + Δ' — a sign flip mirrors the model
+around the base instead of negating it (Baruch et al., NeurIPS 2019, §2, attack on the
+proposed step).
 Byzantine updates are well-formed, so validation passes them unless a norm bound
 (`validation.max_norm`) catches them; robust aggregation (fedsim.engine.robust) limits the rest.
 """
@@ -76,27 +80,33 @@ class Faults:
             return "straggler timeout", start + timeout
         return None
 
-    def corrupt(self, update: ClientUpdate, dispatch: int) -> tuple[ClientUpdate, str | None]:
-        """Apply a NaN or Byzantine fault to an update that does arrive.
+    def corrupt(self, update: ClientUpdate, dispatch: int,
+                base: np.ndarray | None = None) -> tuple[ClientUpdate, str | None]:
+        """The update as the faulty client sends it, and which fault (None = honest).
 
         Args:
             update: the honest update.
             dispatch: the job's dispatch index (keys the draws).
+            base: the model the client started from; a model update is attacked around
+                it (the attack acts on model − base), a delta update ignores it.
 
         Returns:
             (the update as sent, fault name: "nan", "byzantine" or None when honest).
         """
         c = update.client
+        v = update.vector
         if self.cfg.nan_update_prob and self._draws(c, dispatch)[2] < self.cfg.nan_update_prob:
-            return replace(update, delta=np.full_like(update.delta, np.nan)), "nan"
+            return replace(update, vector=np.full_like(v, np.nan)), "nan"
         if self.byzantine[c]:
             b = self.cfg.byzantine
+            around = update.kind == "model" and base is not None
+            origin = np.asarray(base, dtype=np.float64) if around else 0.0
+            step = v.astype(np.float64) - origin  # the move the client proposes
             if b.kind == "sign_flip":
-                delta = (-b.scale * update.delta.astype(np.float64)).astype(np.float32)
+                bad = -b.scale * step
             elif b.kind == "scaled":
-                delta = (b.scale * update.delta.astype(np.float64)).astype(np.float32)
+                bad = b.scale * step
             else:
-                noise = seeding.rng(self.root, "faults", c, dispatch, 1).normal(0.0, b.scale, update.delta.shape)
-                delta = noise.astype(np.float32)
-            return replace(update, delta=delta), "byzantine"
+                bad = seeding.rng(self.root, "faults", c, dispatch, 1).normal(0.0, b.scale, v.shape)
+            return replace(update, vector=(origin + bad if around else bad).astype(np.float32)), "byzantine"
         return update, None

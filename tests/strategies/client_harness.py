@@ -3,7 +3,7 @@ so client rules can be checked against numbers worked out by hand."""
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -15,7 +15,7 @@ from fedsim.types import ClientTask
 
 
 def make_trainer(x, y, params, strategy, *, steps: int = 1, lr: float = 0.1, round: int = 0,
-                 config: Mapping[str, Any] | None = None) -> tuple[LocalTrainer, ClientTask]:
+                 down: Any = None) -> tuple[LocalTrainer, ClientTask]:
     """One client holding (x, y), model `linear` (params = [w..., b]), full-batch steps."""
     x = np.asarray(x, dtype=np.float32)
     y = np.asarray(y, dtype=np.float32)
@@ -25,7 +25,7 @@ def make_trainer(x, y, params, strategy, *, steps: int = 1, lr: float = 0.1, rou
                          np.array([0, 0]), none_x, none_y)
     cfg = ClientConfig(local_steps=steps, batch_size=1000, lr=lr)
     rt = ClientRuntime(data, Linear(device="cpu"), cfg, strategy, threads=0)
-    task = ClientTask(0, np.asarray(params, dtype=np.float32), 0, round, 0, 1, dict(config or {}))
+    task = ClientTask(0, np.asarray(params, dtype=np.float32), 0, round, 0, 1, down)
     return LocalTrainer(rt, task), task
 
 

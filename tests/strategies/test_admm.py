@@ -3,6 +3,7 @@ solves and server steps; exact / stated fixed points on least squares (T11); the
 must-show: lower steady-state error than standard ADMM and FedAvg under link noise."""
 
 import numpy as np
+import pytest
 from client_harness import least_squares_blocks, make_trainer
 from conftest import LINREG, merge, read_metrics, run_raw
 
@@ -21,7 +22,10 @@ def test_admm_first_schedule_is_proximal_solution():
     s = Admm(rho=1.0, mu=0.5)
     trainer, task = make_trainer(X, Y, [1.0, 0.0], s, round=0)
     update, st = s.client_update(task, trainer, None)
-    np.testing.assert_allclose(update.delta, [0.75, 0.0], atol=1e-6)  # the message is w_k itself
+    np.testing.assert_allclose(update.model, [0.75, 0.0], atol=1e-6)  # the message is w_k itself
+    assert update.kind == "model" and s.sends == "model"
+    with pytest.raises(TypeError, match="carries a model, not a delta"):  # never mistaken for a delta
+        _ = update.delta
     assert st.round == 0 and np.allclose(st.z, [1, 0])
 
 
@@ -35,7 +39,7 @@ def test_admm_continual_updates_by_hand():
         s = Admm(rho=1.0, mu=0.5, continual=continual)
         trainer, task = make_trainer(X, Y, [0.0, 1.0], s, round=3)
         update, st = s.client_update(task, trainer, state)
-        np.testing.assert_allclose(update.delta, expected, atol=1e-6)
+        np.testing.assert_allclose(update.model, expected, atol=1e-6)
         assert st.round == 3 and np.allclose(st.z, [0, 1])
     assert np.all(state.w == 0)  # input state not mutated
 
@@ -56,20 +60,20 @@ def test_admm_standard_client_by_hand():
     s = AdmmStandard(rho=1.0)
     trainer, task = make_trainer(X, Y, [1.0, 0.0], s)
     u1, st = s.client_update(task, trainer, None)
-    np.testing.assert_allclose(u1.delta, [0.75, 0.0], atol=1e-6)
+    np.testing.assert_allclose(u1.model, [0.75, 0.0], atol=1e-6)
     trainer, task = make_trainer(X, Y, [0.0, 1.0], s, round=1)
     u2, st2 = s.client_update(task, trainer, st)
-    np.testing.assert_allclose(u2.delta, [0.5625, 0.9375], atol=1e-6)
+    np.testing.assert_allclose(u2.model, [0.5625, 0.9375], atol=1e-6)
     np.testing.assert_allclose(st2.lam, [0.75, -1.0], atol=1e-6)
     u3, _ = AdmmStandard(rho=1.0, message="w").client_update(task, trainer, st)
-    np.testing.assert_allclose(u3.delta, [-0.1875, 1.9375], atol=1e-6)
+    np.testing.assert_allclose(u3.model, [-0.1875, 1.9375], atol=1e-6)
     assert isinstance(st, AdmmStandardClient) and np.all(st.lam == 0)
 
 
 def test_servers_by_hand():
     # round 1: messages [1, 2] (client 0), [3, 4] (client 1) -> z = [2, 3]
     # round 2: only client 1 sends [5, 6] -> z = [5, 6]; with server memory mean([1, 2], [5, 6]) = [3, 4]
-    up = lambda k, v: ClientUpdate(k, np.array(v, np.float32), 1, 0)  # noqa: E731
+    up = lambda k, v: ClientUpdate(k, np.array(v, np.float32), 1, 0, kind="model")  # noqa: E731
     p = np.zeros(2, np.float32)
     for strat in (Admm, AdmmStandard):
         for memory, expected in ((False, [5, 6]), (True, [3, 4])):

@@ -9,7 +9,7 @@ from conftest import LINREG, TINY, merge, read_metrics, run_raw
 from fedsim.types import ClientUpdate, RoundInfo
 from fedsim.world.participation import Context, Cyclic, Markov
 from strategies.average_all import AverageAll
-from strategies.fedau import FedAU
+from strategies.fedau import FedAU, interval_weights
 
 
 def upd(client: int, delta, n: int = 10) -> ClientUpdate:
@@ -83,7 +83,7 @@ def test_T3_bernoulli_weight_estimate(cutoff):
     p = np.concatenate([np.full(k, q) for q, k in GROUPS.items()])
     masks = np.random.default_rng(0).random((1500, len(p))) < p
     st, _ = _drive(FedAU(cutoff=cutoff), masks, np.zeros(1, np.float32))
-    w = st.weights()
+    w = interval_weights(st)
     for q in GROUPS:
         expected = (1 - (1 - q) ** cutoff) / q
         assert w[p == q].mean() == pytest.approx(expected, rel=0.02)
@@ -98,7 +98,7 @@ def test_T3_markov_and_cyclic_weight_is_inverse_long_run_frequency():
         proc = plugin.process(ctx)
         masks = np.array([proc.online(t, float(t)) for t in range(steps)])
         st, _ = _drive(FedAU(), masks, np.zeros(1, np.float32))
-        w = st.weights()
+        w = interval_weights(st)
         for q in (0.2, 0.5):
             sel = np.asarray(probs) == q
             assert w[sel].mean() == pytest.approx(np.mean(1 / proc.probs[sel]), rel=tol)

@@ -12,7 +12,7 @@ import pytest
 from conftest import LINREG, merge, run_raw
 
 from fedsim.types import ClientTask, ClientUpdate, RoundInfo
-from strategies.fedce import COEF_KEY, SCORE_KEY, FedCE, FedCEClientState
+from strategies.fedce import FedCE, FedCEClientState, FedCEDown, FedCEUp
 
 ORIGINAL = FedCE(clip="after", epsilon=1e-3)  # the 2023 assembler's normalisation
 PORT = FedCE()  # the 2026 NVFlare port's: ε = 1e-6 floor before normalising
@@ -21,7 +21,7 @@ TOY = [[1, 0], [0, 1], [1, 1]]  # Δ_A, Δ_B, Δ_C of specs §8.6
 
 def ups(deltas, scores, clients=None) -> list[ClientUpdate]:
     clients = range(len(deltas)) if clients is None else clients
-    return [ClientUpdate(k, np.asarray(d, np.float32), 10, 0, {SCORE_KEY: s})
+    return [ClientUpdate(k, np.asarray(d, np.float32), 10, 0, {}, FedCEUp(s))
             for k, d, s in zip(clients, deltas, scores, strict=True)]
 
 
@@ -99,7 +99,7 @@ def test_partial_participation_keeps_absent_weights_and_priors_new_clients():
     s = PORT
     x = np.zeros(2, np.float32)
     st, _ = s.aggregate(s.init(x, 3), x, ups([[1, 0], [0, 1]], [0.9, 0.1]), info(3))
-    assert s.configure(st, 2, info(3)) == {COEF_KEY: pytest.approx(1 / 3)}
+    assert s.configure(st, 2, info(3)) == FedCEDown(pytest.approx(1 / 3))
     st, x1 = s.aggregate(st, x, ups([[0, 1], [1, 0]], [0.2, 0.6], clients=[1, 2]), info(3))
     np.testing.assert_allclose(st.coef, [0.7, 0.375, 0.625], atol=1e-6)
     np.testing.assert_allclose(x1, [0.625, 0.375], atol=1e-6)
@@ -114,7 +114,7 @@ def test_update_without_score_is_left_out_and_counted():
     # with c = 1 → x = Δ_0.
     s = PORT
     x = np.zeros(2, np.float32)
-    bad = ClientUpdate(1, np.ones(2, np.float32), 10, 0, {SCORE_KEY: float("nan")})
+    bad = ClientUpdate(1, np.ones(2, np.float32), 10, 0, {}, FedCEUp(float("nan")))
     st, x1 = s.aggregate(s.init(x, 2), x, ups([[2, 0]], [0.5]) + [bad], info(2))
     np.testing.assert_allclose(x1, [2, 0])
     assert list(st.rejected) == [0, 1] and math.isnan(st.coef[1])
@@ -136,12 +136,12 @@ class FakeTrainer:
     def sgd(self, params):
         return params + 1.0, 0.5
 
-    def make_update(self, new, loss, **metrics):
-        return ClientUpdate(self.task.client, new - self.task.params, 10, 0, {"train_loss": loss, **metrics})
+    def make_update(self, new, loss, up=None, **metrics):
+        return ClientUpdate(self.task.client, new - self.task.params, 10, 0, {"train_loss": loss, **metrics}, up)
 
 
 def task(x, coef=None) -> ClientTask:
-    return ClientTask(0, np.asarray(x, np.float32), 0, 1, 0, 0, {} if coef is None else {COEF_KEY: coef})
+    return ClientTask(0, np.asarray(x, np.float32), 0, 1, 0, 0, None if coef is None else FedCEDown(coef))
 
 
 def test_minus_model_and_score_history():
@@ -153,7 +153,7 @@ def test_minus_model_and_score_history():
     update, state = PORT.client_update(t, tr, prev)
     (minus, split), = tr.evaluated
     assert split == "val" and minus[0] == pytest.approx(12.0)
-    assert update.metrics[SCORE_KEY] == pytest.approx(0.7)
+    assert update.up.score == pytest.approx(0.7)
     assert update.metrics["fedce_minus_metric"] == pytest.approx(0.6)
     assert state.w_prev[0] == pytest.approx(11.0) and (state.score_sum, state.score_count) == (0.6, 2)
     assert prev.w_prev[0] == 4.0 and prev.score_count == 1  # input state untouched
@@ -163,11 +163,11 @@ def test_first_participation_and_sole_participant():
     t = task([10.0], coef=0.5)
     tr = FakeTrainer(t)
     update, state = PORT.client_update(t, tr, None)  # never trained: D := 0, no minus model
-    assert tr.evaluated == [] and update.metrics[SCORE_KEY] == 1.0 and state.score_count == 1
+    assert tr.evaluated == [] and update.up.score == 1.0 and state.score_count == 1
     t1 = task([10.0], coef=1.0)  # c = 1 (it was alone last time): the minus model does not exist
     tr1 = FakeTrainer(t1)
     update, state2 = PORT.client_update(t1, tr1, state)
-    assert tr1.evaluated == [] and update.metrics[SCORE_KEY] == 1.0 and state2.score_count == 1
+    assert tr1.evaluated == [] and update.up.score == 1.0 and state2.score_count == 1
 
 
 def test_linear_regression_converges_to_the_contribution_weighted_optimum(tmp_path):

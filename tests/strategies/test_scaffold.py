@@ -5,7 +5,7 @@ from client_harness import make_trainer
 from conftest import LINREG, merge, read_metrics, run_raw
 
 from fedsim.types import ClientUpdate, RoundInfo
-from strategies.scaffold import Scaffold, ScaffoldState
+from strategies.scaffold import Scaffold, ScaffoldDown, ScaffoldState, ScaffoldUp
 
 
 def test_client_steps_by_hand():
@@ -18,25 +18,25 @@ def test_client_steps_by_hand():
     # Δc = c_i⁺ − c_i = [−1.74, −0.92]
     s = Scaffold()
     trainer, task = make_trainer([[2.0]], [1.0], [0.0, 0.0], s, steps=2, lr=0.1,
-                                 config={"c": np.array([0.1, 0.0], np.float32)})
+                                 down=ScaffoldDown(np.array([0.1, 0.0], np.float32)))
     update, c_i = s.client_update(task, trainer, np.array([0.3, 0.2], np.float32))
     np.testing.assert_allclose(update.delta, [0.328, 0.184], rtol=1e-6)
     np.testing.assert_allclose(c_i, [-1.44, -0.72], rtol=1e-5)
-    np.testing.assert_allclose(update.payload["delta_c"], [-1.74, -0.92], rtol=1e-5)
+    np.testing.assert_allclose(update.up.delta_c, [-1.74, -0.92], rtol=1e-5)
 
 
 def test_server_by_hand():
     # N = 4, x = [1, 1], c = 0; Δy = [1, 0], [0, 2]; Δc = [2, 0], [0, 4]
     # x ← x + mean Δy = [1.5, 2.0];  c ← c + (1/N) Σ Δc = [0.5, 1.0]
     s = Scaffold()
-    ups = [ClientUpdate(0, np.array([1, 0], np.float32), 1, 0, payload={"delta_c": np.array([2, 0], np.float32)}),
-           ClientUpdate(1, np.array([0, 2], np.float32), 1, 0, payload={"delta_c": np.array([0, 4], np.float32)})]
+    ups = [ClientUpdate(0, np.array([1, 0], np.float32), 1, 0, up=ScaffoldUp(np.array([2, 0], np.float32))),
+           ClientUpdate(1, np.array([0, 2], np.float32), 1, 0, up=ScaffoldUp(np.array([0, 4], np.float32)))]
     state0 = s.init(np.ones(2, np.float32), 4)
     state, x = s.aggregate(state0, np.ones(2, np.float32), ups, RoundInfo(0, 4, (0, 1), 0.0))
     np.testing.assert_allclose(x, [1.5, 2.0])
     np.testing.assert_allclose(state.c, [0.5, 1.0])
     assert isinstance(state, ScaffoldState) and np.all(state0.c == 0)
-    np.testing.assert_allclose(s.configure(state, 0, RoundInfo(1, 4, (), 0.0))["c"], [0.5, 1.0])
+    np.testing.assert_allclose(s.configure(state, 0, RoundInfo(1, 4, (), 0.0)).c, [0.5, 1.0])
 
 
 def test_linear_regression_reaches_optimum(tmp_path):
