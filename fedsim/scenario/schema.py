@@ -329,8 +329,7 @@ class Scenario:
                         "async runs); unset checkpoint.every"))
         if self.engine.mode == "async" and config.plugin_name("robust", self.robust) != "none":
             out.append(("robust.name", "robust aggregation needs a cohort (engine.mode: sync)"))
-        supported = tuple(m for m, hooks in (("sync", ("aggregate",)), ("async", ("receive", "tick")))
-                          if any(callable(getattr(self.strategy, h, None)) for h in hooks))
+        supported = tuple(getattr(type(self.strategy), "modes", ()))  # declared (fedsim.check_strategy)
         if self.engine.mode not in supported:
             out.append(("engine.mode", f"strategy {config.plugin_name('strategy', self.strategy)!r} "
                               f"runs in {'/'.join(supported) or 'no'} mode, not {self.engine.mode!r}"))
