@@ -12,6 +12,7 @@ from fedsim.data.federated import FederatedData
 from fedsim.executors.flower import Flower
 from fedsim.executors.inline import Inline
 from fedsim.executors.ray_executor import Ray
+from fedsim.executors.vectorized import Vectorized
 from fedsim.scenario.schema import ClientConfig
 from fedsim.types import Job, JobResult
 
@@ -54,6 +55,7 @@ EXECUTORS: dict[str, type] = {
     "inline": Inline,
     "ray": Ray,
     "flower": Flower,
+    "vectorized": Vectorized,
 }
 
 __all__ = ["EXECUTORS", "Executor", "Setup", "longest_first"]
