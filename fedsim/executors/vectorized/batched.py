@@ -1,5 +1,5 @@
-"""Local SGD of many clients at once: stacked flat parameters, one `torch.func` gradient per
-step for the whole chunk (`vmap(grad_and_value(loss))` over `functional_call`).
+"""Local SGD of many clients at once: stacked flat parameters, one batched gradient per step
+for the whole chunk (`vmap` over `functional_call`, then autograd).
 
 Every row follows `fedsim.training.runtime.LocalTrainer.sgd` step for step:
 
@@ -26,7 +26,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from torch.func import functional_call, grad_and_value, vmap
+from torch.func import functional_call, vmap
 from torch.nn import functional as F
 
 
@@ -85,46 +85,65 @@ def draw_batches(generator: torch.Generator, n: int, batch: int, steps: int, wid
 
 
 class BatchedModel:
-    """A module's loss and gradient as functions of a stacked (B, d) parameter matrix."""
+    """A module's loss and gradient as functions of a stacked (B, d) parameter matrix.
+
+    The forward pass is `vmap(functional_call)`: row b of every parameter block is client
+    b's parameter. The gradient is `torch.autograd.grad` of the sum of the rows' losses,
+    which is each row's own gradient exactly (rows share no computation). It is not
+    `torch.func.grad` because that transform imports the compiler stack on its first call
+    (several seconds per process, more than a whole quickstart run trains), and on CPU it
+    is no faster.
+    """
 
     def __init__(self, module: torch.nn.Module, regression: bool):
         self.module = module
         self.regression = regression
         self.layout = [(name, p.shape, p.numel()) for name, p in module.named_parameters()]
         self.size = sum(n for _, _, n in self.layout)
-        # Differentiate with respect to each parameter tensor, not the flat vector: the
-        # backward of a slice of a flat vector writes a full-size zero gradient per slice.
-        self._grad = vmap(grad_and_value(self._loss))
+        self._forward = vmap(self._apply)
+
+    def _apply(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        return functional_call(self.module, params, (x,))
+
+    def losses(self, out: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Each row's mean loss over its real (mask 1) examples: the objective of
+        `ClientRuntime.loss` (cross-entropy, or ½ squared error).
+
+        Args:
+            out: model outputs (B, width, C).
+            y: labels (B, width) (targets for regression).
+            mask: (B, width) 1 = real example.
+
+        Returns:
+            (B,) losses (0/0 = nan for a row with no real example).
+        """
+        if self.regression:
+            per = 0.5 * (out.squeeze(-1) - y) ** 2
+        else:  # −log softmax(out)_y
+            per = out.logsumexp(-1) - out.gather(-1, y.unsqueeze(-1)).squeeze(-1)
+        return (per * mask).sum(1) / mask.sum(1)
 
     def grad_parts(self, w: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
                    mask: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Per-row gradient, one (B, numel) block per parameter in flat order, and the
         per-row loss (B,), of the masked minibatch loss at rows `w`."""
         b, views, offset = w.shape[0], {}, 0
-        for name, shape, n in self.layout:
-            views[name] = w[:, offset:offset + n].view(b, *shape)
-            offset += n
-        grads, loss = self._grad(views, x, y, mask)
-        return [grads[name].reshape(b, -1) for name, _, _ in self.layout], loss
+        base = w.detach()
+        with torch.enable_grad():
+            # differentiate with respect to each parameter block, not the flat matrix: the
+            # backward of a slice of a flat tensor writes a full-size zero gradient per slice
+            for name, shape, n in self.layout:
+                views[name] = base[:, offset:offset + n].view(b, *shape).requires_grad_(True)
+                offset += n
+            loss = self.losses(self._forward(views, x), y, mask)
+            grads = torch.autograd.grad(loss.sum(), list(views.values()))
+        return [g.reshape(b, -1) for g in grads], loss.detach()
 
     def grad(self, w: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
              mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-row flat gradient (B, d) and loss (B,) (see `grad_parts`)."""
         parts, loss = self.grad_parts(w, x, y, mask)
         return torch.cat(parts, dim=1), loss
-
-    def _loss(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
-              mask: torch.Tensor) -> torch.Tensor:
-        """Mean loss over the real (mask 1) examples of one client's minibatch; the same
-        objective as `ClientRuntime.loss` (cross-entropy, or ½ squared error)."""
-        out = functional_call(self.module, params, (x,))
-        if self.regression:
-            per = 0.5 * (out.squeeze(-1) - y) ** 2
-        else:
-            # −log softmax(out)_y; written out because cross_entropy's batching rule under
-            # vmap is about 1.5x slower than these two primitives on CPU
-            per = out.logsumexp(-1) - out.gather(-1, y.unsqueeze(-1)).squeeze(-1)
-        return (per * mask).sum() / mask.sum()
 
 
 @dataclass(frozen=True)
@@ -233,7 +252,8 @@ def train_chunk(model: BatchedModel, x: torch.Tensor, y: torch.Tensor, ch: Chunk
             total += loss.double()
             offset = 0
             for part in parts:
-                w[:, offset:offset + part.shape[1]].sub_(ch.lr * part)
+                block = w[:, offset:offset + part.shape[1]]
+                block.copy_(torch.addcmul(block, ch.lr, part, value=-1.0))
                 offset += part.shape[1]
             continue
         g, loss = model.grad(w, xb, yb, m)
@@ -251,10 +271,10 @@ def train_chunk(model: BatchedModel, x: torch.Tensor, y: torch.Tensor, ch: Chunk
         if buf is not None:
             buf = ch.mu * buf + g if every else torch.where(active, ch.mu * buf + g, buf)
             g = buf
-        if every:
-            w.sub_(ch.lr * g)  # the same w − η·d per element as the masked form below
-        else:
-            w = torch.where(active, w - ch.lr * g, w)
+        # w − η·d, one formula on every path (and so the same rounding whichever path a
+        # chunk takes): addcmul rounds η·d, then the sum
+        stepped = torch.addcmul(w, ch.lr, g, value=-1.0)
+        w = stepped if every else torch.where(active, stepped, w)
     return w, total / torch.tensor(ch.steps, dtype=torch.float64, device=w.device)
 
 
