@@ -67,7 +67,6 @@ class VectorizedExecutor:
         self._pending: list[Job] = []
         self._done: collections.deque[JobResult] = collections.deque()
         self._inflight = 0
-        self.peak_chunk = 0  # largest chunk trained so far (benchmarks read it)
 
     def start(self, setup) -> None:
         from fedsim.executors.vectorized.batched import BatchedModel
@@ -157,13 +156,9 @@ class VectorizedExecutor:
 
         data = self.setup.data
         clients = [t.task.client for t in trainers]
-
-        def probe(rows: int) -> None:
-            self.peak_chunk = max(self.peak_chunk, rows)
-
         return run_calls(self.model, self.rt.x_train, self.rt.y_train, calls, [t.generator for t in trainers],
                          [t.num_examples for t in trainers], [int(data.train_offsets[c]) for c in clients],
-                         self.setup.client.batch_size, self.width, self.chunk_size, probe)
+                         self.setup.client.batch_size, self.width, self.chunk_size)
 
 
 def _with_time(result: JobResult, seconds: float) -> JobResult:

@@ -22,7 +22,7 @@ chunk, so a row's arithmetic does not depend on its neighbours or the chunk size
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -252,8 +252,7 @@ def train_chunk(model: BatchedModel, x: torch.Tensor, y: torch.Tensor, ch: Chunk
             total += loss.double()
             offset = 0
             for part in parts:
-                block = w[:, offset:offset + part.shape[1]]
-                block.copy_(torch.addcmul(block, ch.lr, part, value=-1.0))
+                w[:, offset:offset + part.shape[1]].addcmul_(ch.lr, part, value=-1.0)  # as `stepped` below
                 offset += part.shape[1]
             continue
         g, loss = model.grad(w, xb, yb, m)
@@ -293,8 +292,7 @@ def _corrected(g: torch.Tensor, w: torch.Tensor, ch: Chunk) -> torch.Tensor:
 
 def run_calls(model: BatchedModel, x: torch.Tensor, y: torch.Tensor, calls: Sequence[SgdCall],
               generators: Sequence[torch.Generator], sizes: Sequence[int], offsets: Sequence[int],
-              batch: int, width: int, chunk_size: int,
-              on_chunk: Callable[[int], None] | None = None) -> list[tuple[np.ndarray, float]]:
+              batch: int, width: int, chunk_size: int) -> list[tuple[np.ndarray, float]]:
     """Every call's (final float32 parameters, mean loss), trained `chunk_size` rows at a time.
 
     Calls are trained longest first so that rows of similar length share a chunk (less
@@ -311,7 +309,6 @@ def run_calls(model: BatchedModel, x: torch.Tensor, y: torch.Tensor, calls: Sequ
         batch: configured batch size.
         width: minibatch row length (`min(batch, largest client)`).
         chunk_size: rows trained together.
-        on_chunk: called with each chunk's size (for progress/peak-memory probes).
 
     Returns:
         Results in the order of `calls`.
@@ -333,8 +330,6 @@ def run_calls(model: BatchedModel, x: torch.Tensor, y: torch.Tensor, calls: Sequ
             ch = stack_chunk([calls[i] for i in part], [drawn[i] for i in part], [offsets[i] for i in part],
                              x.device)
             w, loss = train_chunk(model, x, y, ch)
-            if on_chunk is not None:
-                on_chunk(len(part))
             w_np, loss_np = w.cpu().numpy(), loss.cpu().numpy()
             for r, i in enumerate(part):
                 out[i] = (w_np[r].copy(), float(loss_np[r]))
