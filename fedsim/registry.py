@@ -68,6 +68,7 @@ EXECUTORS: dict[str, str] = {
     "inline": "fedsim.executors.inline:Inline",
     "ray": "fedsim.executors.ray_executor:Ray",
     "flower": "fedsim.flower.executor:Flower",
+    "vectorized": "fedsim.executors.vectorized:Vectorized",
 }
 
 ROBUST: dict[str, str] = {

@@ -31,7 +31,7 @@ ALLOWED: dict[str, set[str]] = {
     "results": set(),
     "training": {"scenario", "data", "results", "strategy"},
     "engine": {"scenario", "world", "strategy", "results"},
-    "executors": {"scenario", "data", "training"},
+    "executors": {"scenario", "data", "training", "strategy", "strategies"},  # vectorized: batched client rules
     "runner": {"scenario", "data", "world", "training", "engine", "executors", "results", "strategy"},
     "sweep": {"scenario", "runner", "results"},
     "cli": {"scenario", "runner", "sweep", "results", "flower"},
