@@ -1,7 +1,8 @@
 """Textbook noisy consensus ADMM with random scheduling, the baseline of the noise-robust ADMM.
 
-The comparison method of Lari et al. (arXiv 2409.13451, 2024): consensus ADMM (Boyd et al.,
-FnT ML 2011, §7.1) run over noisy links with a random subset of clients per iteration.
+fedsim's baseline for the noise-robust ADMM of Lari et al. (arXiv 2409.13451, 2024): consensus
+ADMM (Boyd et al., FnT ML 2011, §7.1) run over the same noisy links, with a random subset of
+clients per iteration.
 
 Update rule, scheduled client k at iteration n (noisy z̃_k = z + ε_k):
     if k was scheduled before:  λ_k ← λ_k + ρ(w_k − z̃_k)            (dual update)

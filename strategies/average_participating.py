@@ -4,8 +4,9 @@ Update rule (Wang & Ji, ICLR 2024, baselines of the experiments; code IBM/fedau)
     x_{t+1} = x_t + η · (1/|S_t|) Σ_{n∈S_t} Δ_n
 Every arriving update gets the same weight whatever the client's participation rate, so
 with heterogeneous participation it converges to the minimiser of the participation-weighted
-objective ≈ Σ p_n F_n / Σ p_n, not (1/N) Σ F_n (Wang & Ji, ICLR 2024, Introduction: FedAvg
-with fixed weights under unknown, heterogeneous participation optimises a different objective).
+objective ≈ Σ p_n F_n / Σ p_n, not (1/N) Σ F_n (Wang & Ji, ICLR 2024, the problem the
+paper addresses: FedAvg with fixed weights under unknown, heterogeneous participation
+optimises a participation-weighted objective).
 Clients run plain local SGD. Empty round: no change.
 
 Example:

@@ -1,6 +1,6 @@
 """FedAvg (McMahan et al., AISTATS 2017) with a server learning rate.
 
-Update rule (McMahan et al., AISTATS 2017, Alg. 1 FederatedAveraging, with a server
+Update rule (McMahan et al., AISTATS 2017, the FederatedAveraging algorithm, with a server
 learning rate η):  x_{t+1} = x_t + η · Σ_{i∈S_t} a_i Δ_i
 with a_i = n_i / Σ_j n_j (`weighting: examples`) or a_i = 1/|S_t| (`weighting: uniform`).
 Clients run plain local SGD (fedsim.training.runtime). Empty round: no change.
@@ -59,7 +59,7 @@ class FedAvg:
         """x_{t+1} = x_t + η Σ_{i∈S_t} a_i Δ_i, updates summed in client order; empty round: no change.
 
         References:
-            McMahan et al., AISTATS 2017, Alg. 1 (FederatedAveraging), server step.
+            McMahan et al., AISTATS 2017, FederatedAveraging (server step).
         """
         if not updates:
             return state, params  # empty round: model unchanged

@@ -1,6 +1,7 @@
 """FedProx (Li et al., MLSys 2020): local SGD on a proximally regularised objective.
 
-Update rule (Li et al., MLSys 2020, Alg. 2; server as FedAvg, McMahan et al., AISTATS 2017):
+Update rule (Li et al., MLSys 2020, the FedProx algorithm; server as FedAvg, McMahan et al.,
+AISTATS 2017):
     client:  min_w F_i(w) + (μ/2)‖w − w_t‖², run as `local_steps` SGD steps from w_t whose
              gradient is ∇ℓ(w; ξ) + μ(w − w_t);
     server:  x_{t+1} = x_t + η · Σ_{i∈S_t} a_i Δ_i  (FedAvg's rule and weights).
@@ -59,7 +60,7 @@ class FedProx:
         """Local SGD from w_t on F_i(w) + (μ/2)‖w − w_t‖²: each step's gradient gets μ(w − w_t).
 
         References:
-            Li et al., MLSys 2020, Alg. 2 (local inexact minimisation of h_k(w; w_t)).
+            Li et al., MLSys 2020, FedProx (local inexact minimisation of the proximal objective).
         """
         anchor = trainer.tensor(task.params)  # w_t as received
         mu = self.mu

@@ -1,6 +1,6 @@
 """FedSpeed (Sun et al., ICLR 2023): prox-correction + SAM-perturbed local steps.
 
-Update rule (Sun et al., ICLR 2023, Alg. 1, following the authors' code, client/fedspeed.py
+Update rule (Sun et al., ICLR 2023, the FedSpeed algorithm, following the authors' code, client/fedspeed.py
 and server/FedSpeed.py):
     client i, K steps from w_t (as received), minibatch ξ per step:
         g1 = ∇ℓ(w; ξ);  ŵ = w + ρ g1/(‖g1‖ + 1e-7);  g2 = ∇ℓ(ŵ; ξ)     (gradient perturbation)
@@ -78,7 +78,7 @@ class FedSpeed:
         client's first participation.
 
         References:
-            Sun et al., ICLR 2023, Alg. 1 (local update), as in the authors' client/fedspeed.py.
+            Sun et al., ICLR 2023, FedSpeed local update, as in the authors' client/fedspeed.py.
         """
         d = task.params.size
         h = np.zeros(d, dtype=np.float32) if state is None else np.asarray(state, dtype=np.float32)
@@ -93,7 +93,7 @@ class FedSpeed:
         """w_{t+1} = mean_{S_t} w_i^K + h̄ after h̄ += Σ_{S_t} Δ_i / N; empty round: no change.
 
         References:
-            Sun et al., ICLR 2023, Alg. 1 (server update), as in the authors' server/FedSpeed.py.
+            Sun et al., ICLR 2023, FedSpeed server update, as in the authors' server/FedSpeed.py.
         """
         if not updates:
             return state, params

@@ -1,6 +1,6 @@
 """FedVARP (Jhunjhunwala et al., UAI 2022) as in the FedAU code: SAGA-style variance reduction.
 
-Update rule (Jhunjhunwala et al., UAI 2022, Alg. 1, in the form of Wang & Ji's code,
+Update rule (Jhunjhunwala et al., UAI 2022, the FedVARP algorithm, in the form of Wang & Ji's code,
 IBM/fedau), with y_n the latest stored update of client n (init 0) and
 ȳ = (1/N) Σ_n y_n taken BEFORE this round's replacements:
 
@@ -74,7 +74,7 @@ class FedVarp:
         An empty round changes nothing (no ȳ term either, as in the reference code).
 
         References:
-            Jhunjhunwala et al., UAI 2022, Alg. 1; as the `fedvarp` baseline of Wang & Ji (ICLR 2024,
+            Jhunjhunwala et al., UAI 2022, FedVARP; as the `fedvarp` baseline of Wang & Ji (ICLR 2024,
             code IBM/fedau).
         """
         if not updates:

@@ -1,6 +1,6 @@
 """MIFA (Gu et al., NeurIPS 2021) as in the FedAU code: average of every client's latest update.
 
-Update rule (Gu et al., NeurIPS 2021, Alg. 1, in the form of Wang & Ji's code, IBM/fedau):
+Update rule (Gu et al., NeurIPS 2021, the MIFA algorithm, in the form of Wang & Ji's code, IBM/fedau):
                            y_n ← Δ_n for n ∈ S_t (y_n = 0 before n's first update);
                            x_{t+1} = x_t + η · (1/N) Σ_{all n} y_n
 Absent clients contribute their last (stale) update, so every client weighs 1/N whatever
@@ -67,7 +67,7 @@ class Mifa:
         """Store this round's Δ_n as y_n, then step x + η (1/N) Σ_{all n} y_n (also in empty rounds).
 
         References:
-            Gu et al., NeurIPS 2021, Alg. 1; as the `mifa` baseline of Wang & Ji (ICLR 2024, code IBM/fedau).
+            Gu et al., NeurIPS 2021, MIFA; as the `mifa` baseline of Wang & Ji (ICLR 2024, code IBM/fedau).
         """
         latest = replace_rows(state.latest, updates, state.num_clients) if updates else state.latest
         if latest is None:

@@ -62,7 +62,7 @@ def apply_delta(params: Params, step: np.ndarray, lr: float = 1.0) -> Params:
 def example_weights(updates: Sequence[ClientUpdate], weighting: str) -> np.ndarray:
     """Normalised aggregation weights a_i over a cohort.
 
-    `examples`: a_i = n_i / Σ n_j (McMahan et al., AISTATS 2017, Alg. 1); `uniform`:
+    `examples`: a_i = n_i / Σ n_j (McMahan et al., AISTATS 2017, FederatedAveraging); `uniform`:
     a_i = 1/|S|. A cohort with no examples at all gets uniform weights.
 
     Args:

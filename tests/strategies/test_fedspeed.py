@@ -1,5 +1,5 @@
 """FedSpeed: hand-computed client (prox-correction, clip, SAM) and server steps; exact
-optimum on least squares where FedAvg is biased (Sun et al., ICLR 2023, Alg. 1 as in the
+optimum on least squares where FedAvg is biased (Sun et al., ICLR 2023, as in the
 authors' code); fewer rounds than FedAvg to a target accuracy on non-IID digits."""
 
 import numpy as np
