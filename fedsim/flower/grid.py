@@ -28,8 +28,8 @@ class BackendGone(RuntimeError):
 class GridExecutor:
     """The executor protocol over a Flower Grid: each job is a TRAIN message to one node.
 
-    Client k runs on the node that reports partition k (modulo the number of nodes); a node
-    that does not answer within `job_timeout`, or answers with an error, is a failed job.
+    Client k runs on node k mod n of the n nodes ordered by the partition id they report. A job
+    whose node does not answer within `job_timeout`, or answers with an error, is recorded as failed.
 
     Args:
         grid: the ServerApp's Grid.
@@ -129,7 +129,7 @@ class GridExecutor:
     # -- internals --------------------------------------------------------------------------
 
     def node_for(self, client: int) -> int:
-        """The node that runs client `client`: the one reporting partition `client` mod the node count."""
+        """The node that runs client `client`: number `client` mod n of the nodes ordered by partition id."""
         return self.nodes[client % len(self.nodes)]
 
     def _check_abort(self) -> None:
