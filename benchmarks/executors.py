@@ -1,5 +1,7 @@
-"""Executors side by side on one workload: a plain PyTorch loop (one process, and a pool of
-2 worker processes: what the machine's cores give without any framework), fedsim inline,
+"""Executors side by side on one workload, all doing the same training.
+
+The contestants: a plain PyTorch loop (one process, and a pool of 2 worker processes: what
+the machine's cores give without any framework), fedsim inline,
 fedsim ray (2 actors; and with `warmup_inline: false`, so the actors run every job),
 fedsim flower, and a plain Flower `run_simulation` FedAvg app, all training the same
 model with the same SGD steps on the same client data.
@@ -45,12 +47,14 @@ WORKLOADS = {
 
 
 def scenario(workload: str, device: str, executor: list[str]):
+    """The quickstart scenario with the workload's, the device's and the executor's overrides."""
     from fedsim.scenario.loading import load
 
     return load(ROOT / "scenarios" / "quickstart.yaml", WORKLOADS[workload] + [f"model.device={device}"] + executor)
 
 
 def executor_overrides(name: str, device: str) -> list[str]:
+    """The `executor=` override for contestant `name` (fedsim_ray, fedsim_ray_actors, fedsim_flower, else inline)."""
     gpu = device == "cuda"
     if name == "fedsim_ray":
         return ["executor={name: ray, num_gpus: 0.25}"] if gpu else ["executor={name: ray, actors: 2}"]
@@ -65,6 +69,7 @@ def executor_overrides(name: str, device: str) -> list[str]:
 # -- contestants (each runs in its own process and prints one JSON line) ----------------------
 
 def run_fedsim(workload: str, device: str, name: str) -> dict:
+    """Run one fedsim contestant; returns its per-round seconds, total run seconds and final test accuracy."""
     from fedsim.runner import run
 
     sc = scenario(workload, device, executor_overrides(name, device))
@@ -77,7 +82,7 @@ def run_fedsim(workload: str, device: str, name: str) -> dict:
 
 
 def _diffs(stamps: list[float]) -> list[float]:
-    return [b - a for a, b in zip(stamps[:-1], stamps[1:])]
+    return [b - a for a, b in zip(stamps[:-1], stamps[1:], strict=True)]
 
 
 def _plain_setup(workload: str, device: str):
@@ -138,9 +143,11 @@ def _proc_train(glob: dict, k: int, r: int) -> tuple[dict, int]:
 
 
 def run_plain_torch(workload: str, device: str, processes: int = 0) -> dict:
-    """What a researcher writes by hand: state_dict in, SGD, weighted average. processes=0:
-    one process; processes=n: each round's clients trained by a pool of n worker processes
-    (each holding its model and data), the simplest way to use n cores without a framework."""
+    """What a researcher writes by hand: state_dict in, SGD, weighted average.
+
+    processes=0: one process; processes=n: each round's clients trained by a pool of n worker processes
+    (each holding its model and data), the simplest way to use n cores without a framework.
+    """
     import multiprocessing
 
     import numpy as np
@@ -173,7 +180,7 @@ def run_plain_torch(workload: str, device: str, processes: int = 0) -> dict:
                 states.append({n: v.detach().clone() for n, v in model.state_dict().items()})
                 weights.append(sl.stop - sl.start)
         w = [wi / sum(weights) for wi in weights]
-        glob = {n: sum(wi * s[n] for wi, s in zip(w, states)) for n in glob}
+        glob = {n: sum(wi * s[n] for wi, s in zip(w, states, strict=True)) for n in glob}
         if (r + 1) % sc.metrics.eval_every == 0:
             model.load_state_dict(glob)
             with torch.no_grad():
@@ -186,8 +193,10 @@ def run_plain_torch(workload: str, device: str, processes: int = 0) -> dict:
 
 
 def run_plain_flower(workload: str, device: str) -> dict:
-    """A plain Flower app (Message API, FedAvg strategy, run_simulation) doing the same training:
-    each ClientApp loads its partition once per actor, the model from the message's state_dict."""
+    """A plain Flower app (Message API, FedAvg strategy, run_simulation) doing the same training.
+
+    Each ClientApp loads its partition once per actor, the model from the message's state_dict.
+    """
     import logging
     import warnings
 
@@ -288,6 +297,7 @@ def run_plain_flower(workload: str, device: str) -> dict:
 
 
 def one(name: str, workload: str, device: str) -> dict:
+    """Run contestant `name` in this process and return its measurements."""
     if name == "plain_torch":
         return run_plain_torch(workload, device)
     if name == "plain_torch_2proc":
@@ -300,6 +310,11 @@ def one(name: str, workload: str, device: str) -> dict:
 # -- driver -----------------------------------------------------------------------------------
 
 def measure(name: str, workload: str, device: str) -> dict:
+    """Run contestant `name` in a fresh Python process and return its measurements plus `wall`.
+
+    Raises:
+        RuntimeError: the child process failed (its stderr tail is in the message).
+    """
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, __file__, "--one", name, "--workload", workload, "--device", device],
@@ -313,6 +328,7 @@ def measure(name: str, workload: str, device: str) -> dict:
 
 
 def main() -> None:
+    """Parse the command line, run the contestants interleaved `--repeats` times, print the medians."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--workload", choices=[*WORKLOADS, "both"], default="both")
     ap.add_argument("--repeats", type=int, default=3)

@@ -36,6 +36,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def plain_loop(sc, data, rounds: int, threads: int) -> list[float]:
+    """Train `rounds` FedAvg rounds by hand with `threads` torch threads.
+
+    Returns:
+        Wall seconds of each round.
+    """
     torch.set_num_threads(threads)
     model = sc.model.build(data.input_shape, data.num_classes)
     flat = torch.from_numpy(initial_params(sc.model, data.input_shape, data.num_classes, 0))
@@ -67,12 +72,17 @@ def plain_loop(sc, data, rounds: int, threads: int) -> list[float]:
             states.append({n: v.detach().clone() for n, v in model.state_dict().items()})
             weights.append(len(y))
         w = torch.tensor(weights, dtype=torch.float32) / sum(weights)
-        global_state = {n: sum(wi * s[n] for wi, s in zip(w, states)) for n in global_state}
+        global_state = {n: sum(wi * s[n] for wi, s in zip(w, states, strict=True)) for n in global_state}
         times.append(time.perf_counter() - t0)
     return times
 
 
 def fedsim_loop(sc, rounds: int) -> list[float]:
+    """Run the quickstart scenario for `rounds` rounds with evaluation only at the ends.
+
+    Returns:
+        Wall seconds of each round, without the first and the last (which include evaluation).
+    """
     stamps: list[float] = []
     sc = load(ROOT / "scenarios" / "quickstart.yaml",
               [f"engine.rounds={rounds}", f"metrics.eval_every={rounds}", "metrics.client_metrics=false",
@@ -85,10 +95,11 @@ def fedsim_loop(sc, rounds: int) -> list[float]:
         run(sc, Path(tmp), on_progress=on_progress)
     # round i's time = stamp_i - stamp_{i-1}; the last round also includes the final evaluation
     edges = [t0] + stamps
-    return [b - a for a, b in zip(edges[:-1], edges[1:])][1:-1]
+    return [b - a for a, b in zip(edges[:-1], edges[1:], strict=True)][1:-1]
 
 
 def main() -> None:
+    """Parse the command line, time both sides `--repeats` times and print the medians and ratio."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=60)
     ap.add_argument("--repeats", type=int, default=3)

@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def scenario(n: int, rounds: int, k: int) -> dict:
+    """The benchmark scenario as a mapping: n clients, `rounds` FedAvg rounds of k clients each."""
     return {
         "name": f"scale-{n}", "seed": 0,
         "data": {"dataset": {"name": "linear_regression", "dim": 10, "samples_per_client": 20, "num_test": 2000},
@@ -44,6 +45,11 @@ def scenario(n: int, rounds: int, k: int) -> dict:
 
 
 def child(n: int, rounds: int, k: int) -> dict:
+    """Run one size in this process.
+
+    Returns:
+        Setup, first-round, median and mean round seconds and peak RSS (MiB), as JSON-able values.
+    """
     from fedsim.runner import run
     from fedsim.scenario.loading import from_mapping
 
@@ -55,7 +61,7 @@ def child(n: int, rounds: int, k: int) -> dict:
         run(sc, Path(out), on_progress=lambda r, rec: stamps.append((r, time.perf_counter(), bool(rec))),
             on_start=lambda _: started.append(time.perf_counter()))
     first = stamps[0][1]
-    gaps = [(b[1] - a[1], b[2]) for a, b in zip(stamps, stamps[1:])]
+    gaps = [(b[1] - a[1], b[2]) for a, b in zip(stamps, stamps[1:], strict=False)]
     plain = [g for g, evaluated in gaps if not evaluated]
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     return {"clients": n, "setup_s": started[0] - t0, "first_round_s": first - started[0],
@@ -65,6 +71,7 @@ def child(n: int, rounds: int, k: int) -> dict:
 
 
 def main() -> None:
+    """Parse the command line, run each size in a fresh subprocess and print the table."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 10_000, 100_000])
     ap.add_argument("--rounds", type=int, default=50)

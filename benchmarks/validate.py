@@ -38,6 +38,7 @@ def _time_once(tree: Path, files: list[str]) -> tuple[float, str]:
 
 
 def main() -> None:
+    """Parse the command line, time `fedsim validate` on every scenario file and print the medians."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--vs-ref", help="git revision to compare against (checked out to a temporary folder)")

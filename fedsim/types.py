@@ -120,9 +120,11 @@ class JobResult:
 
 @dataclass(frozen=True)
 class Oracle:
-    """Facts the server does NOT know in a real deployment. Only baselines that are
-    explicitly oracles (FedAU's `known_probability`, FedFix/FedBuff 'weight' variants)
-    receive it, via `init(params, num_clients, oracle=...)` when `uses_oracle` is set."""
+    """Facts the server does NOT know in a real deployment.
+
+    Only baselines that are explicitly oracles (FedAU's `known_probability`, FedFix/FedBuff 'weight' variants)
+    receive it, via `init(params, num_clients, oracle=...)` when `uses_oracle` is set.
+    """
 
     participation_probs: np.ndarray | None  # p_n, or None when the process has no fixed p_n
     mean_durations: np.ndarray  # expected job duration per client (virtual seconds)

@@ -1,7 +1,10 @@
-"""Noise-robust, resource-efficient ADMM FL (Lari, Arablouei, Gogineni, Werner, 2024) —
-fedsim's reconstruction; see docs/admm.md for what is confirmed and what is not.
+"""Noise-robust, resource-efficient ADMM FL (Lari, Arablouei, Gogineni, Werner, 2024).
 
-Update rule (specs §9.4, damped proximal form, dual variable eliminated):
+This is fedsim's reconstruction from the paper's abstract (the paper's body and code were not
+available when it was written); see docs/admm.md for what is confirmed and what is not.
+
+Update rule (Lari et al., arXiv 2409.13451: dual variable eliminated, one noisy global model
+per local update, continual local updates; here in a damped proximal form):
     w°_k(z̃) = argmin_w f_k(w) + (ρ/2)‖w − z̃‖² = (A_k + ρI)^{-1}(b_k + ρ z̃)
     one local iteration with the last received global z̃_k:
         w_k ← (1 − μ) w_k + μ w°_k(z̃_k)       (= w_k + μ(A_k+ρI)^{-1}[b_k − A_k w_k + ρ(z̃_k − w_k)])
@@ -49,6 +52,7 @@ from fedsim.types import ClientTask, ClientUpdate, Params, RoundInfo
 
 @dataclass(frozen=True)
 class AdmmClient:
+    """Client k's state between schedules: its local model, last received global model, when."""
     w: np.ndarray  # w_k (float64)
     z: np.ndarray  # last received noisy global model z̃_k
     round: int  # iteration of the last schedule
@@ -56,11 +60,22 @@ class AdmmClient:
 
 @dataclass(frozen=True)
 class AdmmServer:
+    """The server's memory of each client's last received model (empty unless server_memory)."""
     last: Mapping[int, np.ndarray]  # client -> last received w̃_k (only with server_memory)
 
 
 def continual_iterations(w: np.ndarray, target: np.ndarray, mu: float, j: int) -> np.ndarray:
-    """j iterations of w ← (1−μ)w + μ·target with a fixed target, in closed form."""
+    """Run j iterations of w ← (1−μ)w + μ·target with a fixed target, in closed form.
+
+    Args:
+        w: the starting model, shape (d,).
+        target: the fixed point w°_k(z̃_k), shape (d,).
+        mu: μ ∈ (0, 1], the step of one iteration.
+        j: the number of iterations (0 returns w).
+
+    Returns:
+        target + (1 − μ)^j (w − target), float64.
+    """
     return target + (1.0 - mu) ** j * (w - target)
 
 
@@ -90,9 +105,19 @@ class Admm:
     server_opt: Any = server_opt_field()
 
     def init(self, params: Params, num_clients: int) -> AdmmServer:
+        """No server memory yet; the global model z is the engine's `params`."""
         return AdmmServer({})
 
     def client_update(self, task: ClientTask, trainer, state: AdmmClient | None) -> tuple[ClientUpdate, Any]:
+        """One dual-free local iteration with the received z̃_k, after the ones missed while unscheduled.
+
+        The first schedule jumps to w°_k(z̃_k). The uplink message is w_k itself (kind "model"), and
+        the new state records w_k, z̃_k and this iteration.
+
+        References:
+            Lari et al., arXiv 2409.13451 (2024), local model update without the dual variable and
+            continual local updates (reconstructed; docs/admm.md).
+        """
         z = task.params.astype(np.float64)  # z̃_k = z + ε_k (downlink noise applied by the engine)
         if state is None:
             w = prox_solve(trainer, z, self.rho)  # first schedule: w_k = w°_k(z̃_k)
@@ -107,7 +132,11 @@ class Admm:
 
     def aggregate(self, state: AdmmServer, params: Params, updates: Sequence[ClientUpdate],
                   info: RoundInfo) -> tuple[AdmmServer, Params]:
+        """Set z ← mean of the received w̃_k (with server_memory: of every client's last one).
+
+        An empty schedule leaves z unchanged.
+        """
         if not updates:
-            return state, params  # empty schedule: z unchanged (specs §9.6)
+            return state, params  # empty schedule: z unchanged
         last, z = consensus_average(state.last, updates, self.server_memory)
         return AdmmServer(last if self.server_memory else state.last), z

@@ -1,18 +1,22 @@
-"""Textbook noisy consensus ADMM with random scheduling (the baseline of the noise-robust
-ADMM; specs §9.3).
+"""Textbook noisy consensus ADMM with random scheduling, the baseline of the noise-robust ADMM.
+
+fedsim's baseline for the noise-robust ADMM of Lari et al. (arXiv 2409.13451, 2024): consensus
+ADMM (Boyd et al., FnT ML 2011, §7.1) run over the same noisy links, with a random subset of
+clients per iteration.
 
 Update rule, scheduled client k at iteration n (noisy z̃_k = z + ε_k):
-    if k was scheduled before:  λ_k ← λ_k + ρ(w_k − z̃_k)            (§9.3 step 2)
+    if k was scheduled before:  λ_k ← λ_k + ρ(w_k − z̃_k)            (dual update)
     w_k ← argmin f_k(w) + ⟨λ_k, w⟩ + (ρ/2)‖w − z̃_k‖²
-        = (A_k + ρI)^{-1}(b_k + ρ z̃_k − λ_k)                         (step 3)
+        = (A_k + ρI)^{-1}(b_k + ρ z̃_k − λ_k)                         (primal update)
     sends w_k + λ_k/ρ (`message: w_plus_dual`) or only w_k (`message: w`, the variant in
-    which the server assumes Σλ = 0 and the noise accumulates in the duals)  (step 4)
+    which the server assumes Σλ = 0 and the noise accumulates in the duals)
 server: z ← mean of the received messages of this iteration (or, with server_memory, of
 every client's last received message). Empty schedule: z unchanged. Unscheduled clients
-are frozen (their stale duals persist, §9.6).
+are frozen (their stale duals persist).
 
 Message convention: as for `admm`, the update carries the message itself (kind "model").
-Noiseless with full participation this reaches the least-squares optimum exactly (T11).
+Noiseless with full participation this reaches the least-squares optimum exactly
+(tests/strategies/test_admm.py).
 Local solve: closed form for the `linear` model, else local SGD (see `admm`).
 
 Example:
@@ -38,12 +42,14 @@ from fedsim.types import ClientTask, ClientUpdate, Params, RoundInfo
 
 @dataclass(frozen=True)
 class AdmmStandardClient:
+    """Client k's primal and dual variables, kept between its schedules."""
     w: np.ndarray  # w_k (float64)
     lam: np.ndarray  # λ_k (float64)
 
 
 @dataclass(frozen=True)
 class AdmmStandardServer:
+    """The server's memory of each client's last received message (empty unless server_memory)."""
     last: Mapping[int, np.ndarray]  # client -> last received message (only with server_memory)
 
 
@@ -71,9 +77,15 @@ class AdmmStandard:
     server_opt: Any = server_opt_field()
 
     def init(self, params: Params, num_clients: int) -> AdmmStandardServer:
+        """No server memory yet; the global model z is the engine's `params`."""
         return AdmmStandardServer({})
 
     def client_update(self, task: ClientTask, trainer, state: AdmmStandardClient | None) -> tuple[ClientUpdate, Any]:
+        """Dual update (if scheduled before), primal update, then the message w_k + λ_k/ρ or w_k.
+
+        References:
+            Boyd et al., FnT ML 2011, §7.1 (consensus ADMM, scaled by ρ), with the received z̃_k.
+        """
         z = task.params.astype(np.float64)
         if state is None:
             lam, start = np.zeros(z.size), None
@@ -86,6 +98,7 @@ class AdmmStandard:
 
     def aggregate(self, state: AdmmStandardServer, params: Params, updates: Sequence[ClientUpdate],
                   info: RoundInfo) -> tuple[AdmmStandardServer, Params]:
+        """Set z ← mean of the received messages (with server_memory: of every client's last one); empty: unchanged."""
         if not updates:
             return state, params
         last, z = consensus_average(state.last, updates, self.server_memory)

@@ -1,9 +1,11 @@
 """Average all (FedAU paper baseline): sum of the participants' updates divided by N.
 
-Update rule (specs §4.4, §3):  x_{t+1} = x_t + η · (1/N) Σ_{n∈S_t} Δ_n
+Update rule (Wang & Ji, ICLR 2024, baselines of the experiments; code IBM/fedau):
+    x_{t+1} = x_t + η · (1/N) Σ_{n∈S_t} Δ_n
 Absent clients count as a zero update. With independent participation the stationary point
-is exactly that of Σ p_n F_n (specs §3), i.e. still biased by the participation rates. It
-equals FedAU with cutoff K = 1 (specs §10 T5). Clients run plain local SGD. Empty round:
+is exactly that of Σ p_n F_n (the recursion is linear in the participation indicators), i.e.
+still biased by the participation rates. It equals FedAU with cutoff K = 1 (every recorded
+interval is 1, so ω ≡ 1; tests/strategies/test_fedau.py). Clients run plain local SGD. Empty round:
 no change.
 
 Example:
@@ -44,10 +46,16 @@ class AverageAll:
     server_opt: Any = server_opt_field()
 
     def init(self, params: Params, num_clients: int) -> int:
+        """The state is N, the total client count the sum is divided by (fixed for the run)."""
         return num_clients  # N, fixed for the run
 
     def aggregate(self, state: int, params: Params, updates: Sequence[ClientUpdate],
                   info: RoundInfo) -> tuple[int, Params]:
+        """x_{t+1} = x_t + η (1/N) Σ_{n∈S_t} Δ_n; empty round: no change.
+
+        References:
+            Wang & Ji, ICLR 2024, `average_all` baseline (code IBM/fedau).
+        """
         if not updates:
             return state, params  # empty round: no change
         ups = sorted_updates(updates)

@@ -1,9 +1,12 @@
 """Average participating (FedAU paper baseline): plain FedAvg over the clients who showed up.
 
-Update rule (specs §4.4, §3):  x_{t+1} = x_t + η · (1/|S_t|) Σ_{n∈S_t} Δ_n
+Update rule (Wang & Ji, ICLR 2024, baselines of the experiments; code IBM/fedau):
+    x_{t+1} = x_t + η · (1/|S_t|) Σ_{n∈S_t} Δ_n
 Every arriving update gets the same weight whatever the client's participation rate, so
 with heterogeneous participation it converges to the minimiser of the participation-weighted
-objective ≈ Σ p_n F_n / Σ p_n, not (1/N) Σ F_n (specs §3 "Analytic behaviour", §4.1).
+objective ≈ Σ p_n F_n / Σ p_n, not (1/N) Σ F_n (Wang & Ji, ICLR 2024, the problem the
+paper addresses: FedAvg with fixed weights under unknown, heterogeneous participation
+optimises a participation-weighted objective).
 Clients run plain local SGD. Empty round: no change.
 
 Example:
@@ -44,10 +47,16 @@ class AverageParticipating:
     server_opt: Any = server_opt_field()
 
     def init(self, params: Params, num_clients: int) -> None:
+        """No server state: the rule uses only this round's updates."""
         return None
 
     def aggregate(self, state: None, params: Params, updates: Sequence[ClientUpdate],
                   info: RoundInfo) -> tuple[None, Params]:
+        """x_{t+1} = x_t + η (1/|S_t|) Σ_{n∈S_t} Δ_n; empty round: no change.
+
+        References:
+            Wang & Ji, ICLR 2024, `average_participating` baseline (code IBM/fedau).
+        """
         if not updates:
             return state, params  # empty round: no change
         ups = sorted_updates(updates)

@@ -1,8 +1,8 @@
 """FedAU (Wang & Ji, ICLR 2024): aggregation weights estimated online from participation intervals.
 
-Update rule (specs §4.3). Per client n the server keeps three scalars: c_n (rounds since
-the last recorded interval), Σ_n (sum of recorded intervals) and M_n (how many). In round t,
-with S_t the clients whose update arrived:
+Update rule (Wang & Ji, ICLR 2024, Algs. 1–2, as in the authors' code IBM/fedau). Per client n
+the server keeps three scalars: c_n (rounds since the last recorded interval), Σ_n (sum of
+recorded intervals) and M_n (how many). In round t, with S_t the clients whose update arrived:
 
     ω_n = Σ_n / M_n   if M_n > 0, else 1          (read BEFORE this round's interval is recorded)
     x_{t+1} = x_t + η · (1/N) · Σ_{n∈S_t} ω_n Δ_n   (N = all clients, not |S_t|)
@@ -13,7 +13,7 @@ The mean interval estimates 1/p_n (Kac's lemma) without the server ever knowing 
 participation process; under Bernoulli(p) E[ω] → (1 − (1−p)^K)/p, so K = ∞ (the default
 100000) targets the unweighted objective (1/N) Σ_n F_n and K = 1 gives ω ≡ 1 (`average_all`).
 Clients run plain local SGD. Empty round: the model is unchanged, the counters advance.
-A client that drops mid-round counts as not participating (specs §4.8). Memory: three
+A client that drops mid-round counts as not participating (its update never arrives). Memory: three
 scalars per client.
 
 Example:
@@ -44,7 +44,10 @@ from fedsim.types import ClientUpdate, Params, RoundInfo
 
 @dataclass(frozen=True)
 class FedAUState:
-    """Interval records per client (specs §4.2): all int64/float64 arrays of length N."""
+    """Interval records per client (Wang & Ji, ICLR 2024, Alg. 2): arrays of length N.
+
+    `count` and `records` are int64, `total` float64.
+    """
 
     count: np.ndarray  # c_n
     total: np.ndarray  # Σ_n
@@ -52,7 +55,7 @@ class FedAUState:
 
 
 def interval_weights(state: FedAUState) -> np.ndarray:
-    """ω_n = Σ_n / M_n, or 1 before the first recorded interval (Wang & Ji, ICLR 2024, Alg. 1)."""
+    """ω_n = Σ_n / M_n, or 1 before the first recorded interval (Wang & Ji, ICLR 2024, Alg. 2)."""
     return np.where(state.records > 0, state.total / np.maximum(state.records, 1), 1.0)
 
 
@@ -77,19 +80,29 @@ class FedAU:
     server_opt: Any = server_opt_field()
 
     def init(self, params: Params, num_clients: int) -> FedAUState:
+        """No interval recorded yet: c_n = Σ_n = M_n = 0 for all N clients."""
         z = np.zeros(num_clients, dtype=np.int64)
         return FedAUState(z, np.zeros(num_clients, dtype=np.float64), z.copy())
 
     def aggregate(self, state: FedAUState, params: Params, updates: Sequence[ClientUpdate],
                   info: RoundInfo) -> tuple[FedAUState, Params]:
+        """Step with ω_n read before this round, then record this round's intervals.
+
+        x_{t+1} = x_t + η (1/N) Σ_{n∈S_t} ω_n Δ_n; an empty round leaves the model unchanged but
+        the counters of the absent clients advance (and may record K).
+
+        References:
+            Wang & Ji, ICLR 2024, Alg. 1 (aggregation with weights ω_n) and Alg. 2 (the interval
+                estimate of 1/p_n with cutoff K).
+        """
         n = len(state.count)
         ups = sorted_updates(updates)
-        omega = interval_weights(state)  # specs §4.3 step 3: intervals completed before round t only
+        omega = interval_weights(state)  # intervals completed before round t only (Alg. 2)
         if ups:
             w = [omega[u.client] / n for u in ups]  # ω_n / N
             params = apply_delta(params, scaled(weighted_sum([u.delta for u in ups], w), self.server_lr))  # step 4
         part = participant_mask(ups, n)
-        # specs §4.3 step 5: participants record c_n + 1; the others count on and record K at the cutoff
+        # Alg. 2: participants record c_n + 1; the others count on and record K at the cutoff
         total = state.total + np.where(part, state.count + 1, 0)
         records = state.records + part
         count = np.where(part, 0, state.count + 1)

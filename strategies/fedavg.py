@@ -1,6 +1,7 @@
 """FedAvg (McMahan et al., AISTATS 2017) with a server learning rate.
 
-Update rule (specs §3):  x_{t+1} = x_t + η · Σ_{i∈S_t} a_i Δ_i
+Update rule (McMahan et al., AISTATS 2017, the FederatedAveraging algorithm, with a server
+learning rate η):  x_{t+1} = x_t + η · Σ_{i∈S_t} a_i Δ_i
 with a_i = n_i / Σ_j n_j (`weighting: examples`) or a_i = 1/|S_t| (`weighting: uniform`).
 Clients run plain local SGD (fedsim.training.runtime). Empty round: no change.
 
@@ -50,12 +51,18 @@ class FedAvg:
     server_opt: Any = server_opt_field()
 
     def init(self, params: Params, num_clients: int) -> None:
+        """No server state: FedAvg's rule needs only the model and this round's updates."""
         return None  # FedAvg keeps no server state
 
     def aggregate(self, state: None, params: Params, updates: Sequence[ClientUpdate],
                   info: RoundInfo) -> tuple[None, Params]:
+        """x_{t+1} = x_t + η Σ_{i∈S_t} a_i Δ_i, updates summed in client order; empty round: no change.
+
+        References:
+            McMahan et al., AISTATS 2017, FederatedAveraging (server step).
+        """
         if not updates:
-            return state, params  # empty round: model unchanged (specs §3 edge cases)
+            return state, params  # empty round: model unchanged
         ups = sorted_updates(updates)
         a = example_weights(ups, self.weighting)
         step = weighted_sum([u.delta for u in ups], a)  # Σ a_i Δ_i

@@ -1,29 +1,31 @@
 """FedCE (Jiang et al., CVPR 2023): aggregation weights from estimated client contributions.
 
-Update rule (specs §8.3–8.4), over the clients J whose update arrived in round t:
+Update rule (Jiang et al., CVPR 2023, contribution estimation in gradient space and data space;
+the steps as in the authors' NVFlare code, research/fed-ce fedce_assembler.py and the FedCE
+learner), over the clients J whose update arrived in round t:
 
 Client j (`client_update`): with its coefficient c_j (sent down by `configure`) and its
 previous local model w_j^prev (kept in its per-client state), build the minus model
-    m_j = (x_t − c_j w_j^prev) / (1 − c_j)                               (§8.3 step 2)
+    m_j = (x_t − c_j w_j^prev) / (1 − c_j)                               (the minus model)
 and score it on its local validation split (`score_split`), D_j = metric(m_j) ∈ [0, 1]
 (accuracy; for regression 1/(1 + loss)). At its first participation D_j := 0 (the paper's round-0 rule).
-It trains as usual and sends Δ_j with s_j = 1 − mean_r D_j^(r) (`FedCEUp.score`, §8.3 step 4).
+It trains as usual and sends Δ_j with s_j = 1 − mean_r D_j^(r) (`FedCEUp.score`).
 
 Server (`aggregate`):
     prior p_j = c_j (a never-seen client: 1/(n_known + 1)), normalised over J
-    G = Σ_{k∈J} p_k Δ_k;  cos_j = cos(Δ_j, G − p_j Δ_j)  (0 if a vector is zero)   (§8.4 1–2)
-    g_j = max(0, 1 − running mean of cos_j);   d_j = s_j                       (§8.4 3–4)
+    G = Σ_{k∈J} p_k Δ_k;  cos_j = cos(Δ_j, G − p_j Δ_j)  (0 if a vector is zero)   (gradient space)
+    g_j = max(0, 1 − running mean of cos_j);   d_j = s_j                       (data space)
     u_j = norm(g)_j + norm(d)_j  (mode plus)  or  norm(g)_j · norm(d)_j  (mode times)
-    c_j ← norm(u)_j;   x_{t+1} = x_t + η Σ_{j∈J} c_j Δ_j                       (§8.4 5–6)
+    c_j ← norm(u)_j;   x_{t+1} = x_t + η Σ_{j∈J} c_j Δ_j                       (aggregation)
 
 `norm` is the 2026 NVFlare port's max(v, ε)/Σ max(v, ε) (`clip: before`, ε = 1e-6, so Σc = 1
 exactly) or the original assembler's clip(v/Σv, ≥ ε) (`clip: after`, with ε = 1e-3 it
-reproduces the original's numbers of specs §8.6). Partial participation (the original
+reproduces the original's numbers; tests/strategies/test_fedce.py). Partial participation (the original
 assumes everyone, every round): coefficients are renormalised over the participants, absent
 clients keep their last coefficient, the cosine history is a per-client running mean, and a
 client's minus model uses its coefficient from the last round it took part in. The identity
 x_t = Σ c_k w_k^prev behind the minus model is exact only with full participation and η = 1;
-otherwise the minus model is an approximation (specs §8.7). An update without a finite
+otherwise the minus model is an approximation. An update without a finite
 score is left out of the round and counted in `fedce_rejected`.
 
 Example:
@@ -66,11 +68,22 @@ class FedCEUp:
 
 
 def normalise(values: np.ndarray, epsilon: float, clip: str) -> np.ndarray:
-    """Contribution normalisation (specs §8.4 steps 3–5).
+    """Normalise scores into weights that sum to 1 (or slightly more), with a floor ε.
+
+    Used for the gradient-space, data-space and combined scores (Jiang et al., CVPR 2023,
+    contribution estimation; NVFlare fedce_assembler.py and nvflare/app_opt/pt/fedce.py).
 
     `before` (2026 port): v ← max(v, ε), then v/Σv (sums to 1).
     `after` (original): v/Σv, then max(·, ε) (may sum to slightly more than 1).
     A zero total (only possible with `after`) gives the uniform vector instead of 0/0.
+
+    Args:
+        values: one non-negative score per participant, shape (|J|,).
+        epsilon: ε, the floor.
+        clip: `before` or `after`.
+
+    Returns:
+        float64 weights, shape (|J|,).
     """
     v = np.asarray(values, dtype=np.float64)
     if clip == "before":
@@ -83,7 +96,7 @@ def normalise(values: np.ndarray, epsilon: float, clip: str) -> np.ndarray:
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    """cos(a, b), defined as 0 when either vector is zero (the port's guard, specs §8.6)."""
+    """cos(a, b), defined as 0 when either vector is zero (the 2026 NVFlare port's guard; the original gives NaN)."""
     na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
     if na == 0.0 or nb == 0.0:
         return 0.0
@@ -146,17 +159,27 @@ class FedCE:
     server_opt: Any = server_opt_field()
 
     def init(self, params: Params, num_clients: int) -> FedCEState:
+        """No client aggregated yet: coefficients and scores NaN, counts zero (length N each)."""
         nan = np.full(num_clients, np.nan)
         return FedCEState(nan, np.zeros(num_clients), np.zeros(num_clients, dtype=np.int64), nan.copy(),
                           nan.copy(), np.zeros(num_clients, dtype=np.int64))
 
     def configure(self, state: FedCEState, client: int, info: Any) -> FedCEDown:
+        """Send client j its coefficient c_j (or the new-client prior) for its minus model."""
         return FedCEDown(prior_coefficient(state, client))  # c_j for the client's minus model
 
-    # -- client side (specs §8.3) ------------------------------------------------------------
+    # -- client side (Jiang et al., CVPR 2023: data-space contribution) -----------------------
 
     def client_update(self, task: ClientTask, trainer: Any,
                       client_state: FedCEClientState | None) -> tuple[ClientUpdate, FedCEClientState]:
+        """Score the minus model, train, and send Δ_j with s_j = 1 − mean_r D_j^(r).
+
+        The minus model is skipped at the first participation (D := 0) and when c_j is missing or
+        not in [0, 1). The new client state holds the trained model and the score history.
+
+        References:
+            Jiang et al., CVPR 2023, data-space contribution (minus model), as in NVFlare's FedCE learner.
+        """
         c = None if task.down is None else task.down.coef
         total, count = (client_state.score_sum, client_state.score_count) if client_state else (0.0, 0)
         score = None
@@ -164,22 +187,31 @@ class FedCE:
             score = 0.0  # first participation: D^(0) := 0 (the paper's round-0 rule)
         elif c is not None and 0.0 <= c < 1.0:
             x = task.params.astype(np.float64)
-            minus = ((x - c * client_state.w_prev.astype(np.float64)) / (1.0 - c)).astype(np.float32)  # §8.3 step 2
+            minus = ((x - c * client_state.w_prev.astype(np.float64)) / (1.0 - c)).astype(np.float32)  # minus model
             score = minus_metric(trainer.evaluate(minus, self.score_split), trainer.rt.regression)
         if score is not None and math.isfinite(score):
             total, count = total + score, count + 1
         new, loss = trainer.sgd(task.params)
-        s = 1.0 - (total / count if count else 0.0)  # s_j = 1 − mean_r D_j^(r)  (§8.3 step 4)
+        s = 1.0 - (total / count if count else 0.0)  # s_j = 1 − mean_r D_j^(r)
         metrics = {}
         if score is not None and math.isfinite(score):
             metrics["fedce_minus_metric"] = score  # D_j^(t), for inspection
         update = trainer.make_update(new, loss, FedCEUp(s), **metrics)
         return update, FedCEClientState(new.astype(np.float32), total, count)
 
-    # -- server side (specs §8.4) ------------------------------------------------------------
+    # -- server side (Jiang et al., CVPR 2023: contribution estimation and aggregation) ------
 
     def aggregate(self, state: FedCEState, params: Params, updates: Sequence[ClientUpdate],
                   info: RoundInfo) -> tuple[FedCEState, Params]:
+        """Estimate each participant's contribution c_j and step x + η Σ_J c_j Δ_j.
+
+        Updates without a finite score are left out and counted in `rejected`; if none is left the
+        model is unchanged. Absent clients keep their coefficient.
+
+        References:
+            Jiang et al., CVPR 2023, contribution estimation (gradient space + data space), as in
+            NVFlare's fedce_assembler.py and its 2026 port nvflare/app_opt/pt/fedce.py.
+        """
         ups, rejected = [], state.rejected.copy()
         for u in sorted_updates(updates):
             s = _score(u.up)
@@ -193,7 +225,7 @@ class FedCE:
         deltas = [u.delta.astype(np.float64) for u, _ in ups]
         prior = normalise(np.array([prior_coefficient(state, int(k)) for k in clients]), self.epsilon, self.clip)
         consensus = weighted_sum(deltas, prior)  # G = Σ p_k Δ_k  (step 1)
-        cos = np.array([cosine(d, consensus - p * d) for d, p in zip(deltas, prior)])  # step 2: G_{−j}
+        cos = np.array([cosine(d, consensus - p * d) for d, p in zip(deltas, prior, strict=True)])  # step 2: G_{−j}
         count = state.cos_count.copy()
         mean = state.cos_mean.copy()
         count[clients] += 1
@@ -216,8 +248,18 @@ class FedCE:
 
 
 def minus_metric(result: Mapping[str, float], regression: bool) -> float:
-    """D ∈ [0, 1]: accuracy (classification) or 1/(1 + loss) for regression, where the paper's
-    Dice/accuracy does not exist. NaN when the client has no validation data."""
+    """The minus model's score D ∈ [0, 1] on the client's data.
+
+    Accuracy for classification; 1/(1 + loss) for regression, where the paper's Dice/accuracy
+    does not exist.
+
+    Args:
+        result: `trainer.evaluate` output, with `loss` and (classification) `accuracy`.
+        regression: whether the task is regression.
+
+    Returns:
+        D, or NaN when the client has no data on that split.
+    """
     if regression:
         loss = result["loss"]
         return 1.0 / (1.0 + loss) if not math.isnan(loss) else float("nan")
@@ -225,8 +267,10 @@ def minus_metric(result: Mapping[str, float], regression: bool) -> float:
 
 
 def _score(up: FedCEUp | None) -> float | None:
-    """s_j from an update's up message, clipped to [0, 1] (its range by construction), or None
-    if absent/non-finite."""
+    """s_j from an update's up message, clipped to [0, 1] (its range by construction).
+
+    None when the message or its score is absent or not a finite number.
+    """
     s = getattr(up, "score", None)
     if s is None:
         return None

@@ -1,5 +1,4 @@
-"""FedAdam, FedYogi, FedAdagrad (Reddi et al., ICLR 2021): FedAvg's aggregation, then an
-adaptive server optimiser.
+"""FedAdam, FedYogi, FedAdagrad (Reddi et al., ICLR 2021): FedAvg, then an adaptive server step.
 
 Update rule (Reddi et al., Alg. 2), per round t with cohort S_t:
     Δ_t = Σ_{i∈S_t} a_i Δ_i               (FedAvg's weights a_i, `weighting`)

@@ -1,6 +1,7 @@
 """FedProx (Li et al., MLSys 2020): local SGD on a proximally regularised objective.
 
-Update rule (specs §3 server; FedProx client):
+Update rule (Li et al., MLSys 2020, the FedProx algorithm; server as FedAvg, McMahan et al.,
+AISTATS 2017):
     client:  min_w F_i(w) + (μ/2)‖w − w_t‖², run as `local_steps` SGD steps from w_t whose
              gradient is ∇ℓ(w; ξ) + μ(w − w_t);
     server:  x_{t+1} = x_t + η · Σ_{i∈S_t} a_i Δ_i  (FedAvg's rule and weights).
@@ -52,9 +53,15 @@ class FedProx:
     server_opt: Any = server_opt_field()
 
     def init(self, params: Params, num_clients: int) -> None:
+        """No server state: the server rule is FedAvg's."""
         return None
 
     def client_update(self, task: ClientTask, trainer, state: Any) -> tuple[ClientUpdate, Any]:
+        """Local SGD from w_t on F_i(w) + (μ/2)‖w − w_t‖²: each step's gradient gets μ(w − w_t).
+
+        References:
+            Li et al., MLSys 2020, FedProx (local inexact minimisation of the proximal objective).
+        """
         anchor = trainer.tensor(task.params)  # w_t as received
         mu = self.mu
         new, loss = trainer.sgd(task.params, extra_grad=lambda w: mu * (w - anchor))  # ∇ + μ(w − w_t)
@@ -62,6 +69,7 @@ class FedProx:
 
     def aggregate(self, state: None, params: Params, updates: Sequence[ClientUpdate],
                   info: RoundInfo) -> tuple[None, Params]:
+        """FedAvg's step x_{t+1} = x_t + η Σ_{i∈S_t} a_i Δ_i; empty round: no change."""
         if not updates:
             return state, params
         ups = sorted_updates(updates)

@@ -1,16 +1,19 @@
 """FedSpeed (Sun et al., ICLR 2023): prox-correction + SAM-perturbed local steps.
 
-Update rule (specs §7.3–7.4, following the authors' code):
+Update rule (Sun et al., ICLR 2023, the FedSpeed algorithm, following the authors' code, client/fedspeed.py
+and server/FedSpeed.py):
     client i, K steps from w_t (as received), minibatch ξ per step:
-        g1 = ∇ℓ(w; ξ);  ŵ = w + ρ g1/(‖g1‖ + 1e-7);  g2 = ∇ℓ(ŵ; ξ)     (§7.3 steps 1–3)
-        d  = clip_10(g2 + λ(h_i − w_t))                                  (§7.3 step 4)
-        w ← w − η_l (d + (wd + λ) w)                                     (§7.3 step 5)
-        h_i ← h_i + (w_i^K − w_t)                                        (§7.4)
-    server:  w_{t+1} = mean_{i∈S_t} w_i^K + (1/N) Σ_{i∈[N]} h_i          (§7.4)
-Memory-light form (§7.2 [DER]): h_i is per-client state kept by the engine; the server
+        g1 = ∇ℓ(w; ξ);  ŵ = w + ρ g1/(‖g1‖ + 1e-7);  g2 = ∇ℓ(ŵ; ξ)     (gradient perturbation)
+        d  = clip_10(g2 + λ(h_i − w_t))                                  (prox-correction)
+        w ← w − η_l (d + (wd + λ) w)                                     (local SGD step)
+        h_i ← h_i + (w_i^K − w_t)                                        (correction update)
+    server:  w_{t+1} = mean_{i∈S_t} w_i^K + (1/N) Σ_{i∈[N]} h_i          (the code's server)
+The code mixes only g2 (the paper's quasi-gradient with α = 1) and averages h over all N
+clients, not only the participants.
+Memory-light form (an equivalent rearrangement of the code): h_i is per-client state kept by the engine; the server
 keeps only h̄ = (1/N) Σ h_i and adds Δ_i/N for each participant, which gives the same
 result as the code's server-side table. With ρ = 0 and wd = 0 the fixed point is the
-exact optimum of Σ F_i (§7.7). Empty round: no change. The local lr schedule is the
+exact optimum of Σ F_i (tests/strategies/test_fedspeed.py). Empty round: no change. The local lr schedule is the
 client block's `lr` / `lr_decay` (the code uses 0.1 · 0.998^t).
 
 Example:
@@ -37,6 +40,7 @@ from fedsim.types import ClientTask, ClientUpdate, Params, RoundInfo
 
 @dataclass(frozen=True)
 class FedSpeedState:
+    """The server's running mean h̄ of the clients' correction vectors (the h_i stay with the clients)."""
     h_mean: np.ndarray  # h̄ = (1/N) Σ_i h_i over all N clients (float64)
 
 
@@ -64,9 +68,18 @@ class FedSpeed:
     server_opt: Any = server_opt_field()
 
     def init(self, params: Params, num_clients: int) -> FedSpeedState:
+        """h̄ = 0: no client has a correction yet."""
         return FedSpeedState(np.zeros(params.size, dtype=np.float64))
 
     def client_update(self, task: ClientTask, trainer, state: Any) -> tuple[ClientUpdate, Any]:
+        """K perturbed, prox-corrected local steps from w_t; the client state is h_i.
+
+        Returns the update (Δ_i = w_i^K − w_t) and h_i + Δ_i (float32, shape (d,)); h_i = 0 at a
+        client's first participation.
+
+        References:
+            Sun et al., ICLR 2023, FedSpeed local update, as in the authors' client/fedspeed.py.
+        """
         d = task.params.size
         h = np.zeros(d, dtype=np.float32) if state is None else np.asarray(state, dtype=np.float32)
         corr = trainer.tensor(self.lamb * (h - task.params))  # λ(h_i − w_t)
@@ -77,6 +90,11 @@ class FedSpeed:
 
     def aggregate(self, state: FedSpeedState, params: Params, updates: Sequence[ClientUpdate],
                   info: RoundInfo) -> tuple[FedSpeedState, Params]:
+        """w_{t+1} = mean_{S_t} w_i^K + h̄ after h̄ += Σ_{S_t} Δ_i / N; empty round: no change.
+
+        References:
+            Sun et al., ICLR 2023, FedSpeed server update, as in the authors' server/FedSpeed.py.
+        """
         if not updates:
             return state, params
         ups = sorted_updates(updates)

@@ -1,6 +1,7 @@
 """FedVARP (Jhunjhunwala et al., UAI 2022) as in the FedAU code: SAGA-style variance reduction.
 
-Update rule (specs §4.4), with y_n the latest stored update of client n (init 0) and
+Update rule (Jhunjhunwala et al., UAI 2022, the FedVARP algorithm, in the form of Wang & Ji's code,
+IBM/fedau), with y_n the latest stored update of client n (init 0) and
 ȳ = (1/N) Σ_n y_n taken BEFORE this round's replacements:
 
     x_{t+1} = x_t + η · [ (1/|S_t|) Σ_{n∈S_t} (Δ_n − y_n) + ȳ ];   then y_n ← Δ_n for n ∈ S_t.
@@ -40,6 +41,7 @@ from fedsim.types import ClientUpdate, Params, RoundInfo
 
 @dataclass(frozen=True)
 class FedVarpState:
+    """FedVARP's server memory: N and the latest update y_n of every client (None until the first)."""
     num_clients: int
     latest: np.ndarray | None = None  # (N, d) float32: y_n, None while all zero
 
@@ -62,12 +64,21 @@ class FedVarp:
     server_opt: Any = server_opt_field()
 
     def init(self, params: Params, num_clients: int) -> FedVarpState:
+        """Start with y_n = 0 for all n (the (N, d) table is allocated at the first update)."""
         return FedVarpState(num_clients)
 
     def aggregate(self, state: FedVarpState, params: Params, updates: Sequence[ClientUpdate],
                   info: RoundInfo) -> tuple[FedVarpState, Params]:
+        """Step x + η[(1/|S_t|) Σ_{S_t} (Δ_n − y_n) + ȳ] with ȳ from before this round, then y_n ← Δ_n.
+
+        An empty round changes nothing (no ȳ term either, as in the reference code).
+
+        References:
+            Jhunjhunwala et al., UAI 2022, FedVARP; as the `fedvarp` baseline of Wang & Ji (ICLR 2024,
+            code IBM/fedau).
+        """
         if not updates:
-            return state, params  # empty round: nothing added, nothing stored (specs §4.4)
+            return state, params  # empty round: nothing added, nothing stored (as IBM/fedau)
         ups = sorted_updates(updates)
         old = state.latest
         if old is None:

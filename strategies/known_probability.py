@@ -1,6 +1,7 @@
 """Known participation probability (FedAU paper's oracle baseline): weights 1/p_n.
 
-Update rule (specs §4.4):  x_{t+1} = x_t + η · (1/N) Σ_{n∈S_t} Δ_n / p_n
+Update rule (Wang & Ji, ICLR 2024, `known_prob` baseline; code IBM/fedau):
+    x_{t+1} = x_t + η · (1/N) Σ_{n∈S_t} Δ_n / p_n
 With Bernoulli participation E[I_n/p_n] = 1, so the update is an unbiased estimate of the
 full-participation step and the method targets (1/N) Σ_n F_n. It needs the true p_n, which a
 real server does not have: this is an *oracle* (`uses_oracle = True`; the engine passes
@@ -47,6 +48,20 @@ class KnownProbability:
     server_opt: Any = server_opt_field()
 
     def init(self, params: Params, num_clients: int, oracle: Oracle | None = None) -> np.ndarray:
+        """Fix the per-client weights 1/(N p_n) from the oracle's participation probabilities.
+
+        Args:
+            params: the initial global model (unused).
+            num_clients: N.
+            oracle: the engine's `Oracle`; its `participation_probs` must hold N positive, finite p_n.
+
+        Returns:
+            float64 array of shape (N,): 1/(N p_n).
+
+        Raises:
+            ValueError: no oracle or no per-client probabilities (e.g. a trace), a length other than
+                N, or some p_n ≤ 0 or non-finite.
+        """
         probs = None if oracle is None else oracle.participation_probs
         if probs is None:
             raise ValueError("known_probability needs the participation process's per-client probabilities "
@@ -63,6 +78,11 @@ class KnownProbability:
 
     def aggregate(self, state: np.ndarray, params: Params, updates: Sequence[ClientUpdate],
                   info: RoundInfo) -> tuple[np.ndarray, Params]:
+        """x_{t+1} = x_t + η (1/N) Σ_{n∈S_t} Δ_n / p_n; empty round: no change.
+
+        References:
+            Wang & Ji, ICLR 2024, `known_prob` oracle baseline (code IBM/fedau).
+        """
         if not updates:
             return state, params  # empty round: no change
         ups = sorted_updates(updates)

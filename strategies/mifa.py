@@ -1,6 +1,7 @@
 """MIFA (Gu et al., NeurIPS 2021) as in the FedAU code: average of every client's latest update.
 
-Update rule (specs §4.4):  y_n ← Δ_n for n ∈ S_t (y_n = 0 before n's first update);
+Update rule (Gu et al., NeurIPS 2021, the MIFA algorithm, in the form of Wang & Ji's code, IBM/fedau):
+                           y_n ← Δ_n for n ∈ S_t (y_n = 0 before n's first update);
                            x_{t+1} = x_t + η · (1/N) Σ_{all n} y_n
 Absent clients contribute their last (stale) update, so every client weighs 1/N whatever
 its participation rate. The step is applied every round, also when nobody participates
@@ -35,6 +36,7 @@ from fedsim.types import ClientUpdate, Params, RoundInfo
 
 @dataclass(frozen=True)
 class MifaState:
+    """MIFA's server memory: N and the latest update of every client (None until the first)."""
     num_clients: int
     latest: np.ndarray | None = None  # (N, d) float32: y_n, None while all zero
 
@@ -57,10 +59,16 @@ class Mifa:
     server_opt: Any = server_opt_field()
 
     def init(self, params: Params, num_clients: int) -> MifaState:
+        """Start with no stored update (the (N, d) table is allocated at the first update)."""
         return MifaState(num_clients)
 
     def aggregate(self, state: MifaState, params: Params, updates: Sequence[ClientUpdate],
                   info: RoundInfo) -> tuple[MifaState, Params]:
+        """Store this round's Δ_n as y_n, then step x + η (1/N) Σ_{all n} y_n (also in empty rounds).
+
+        References:
+            Gu et al., NeurIPS 2021, MIFA; as the `mifa` baseline of Wang & Ji (ICLR 2024, code IBM/fedau).
+        """
         latest = replace_rows(state.latest, updates, state.num_clients) if updates else state.latest
         if latest is None:
             return state, params  # nothing stored yet: the mean of zeros is a zero step

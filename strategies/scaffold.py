@@ -51,6 +51,7 @@ class ScaffoldUp:
 
 @dataclass(frozen=True)
 class ScaffoldState:
+    """The server control variate c, shape (d,)."""
     c: np.ndarray  # server control variate (float64)
 
 
@@ -72,12 +73,21 @@ class Scaffold:
     server_opt: Any = server_opt_field()
 
     def init(self, params: Params, num_clients: int) -> ScaffoldState:
+        """Start with c = 0 (float64, the model's size)."""
         return ScaffoldState(np.zeros(params.size, dtype=np.float64))
 
     def configure(self, state: ScaffoldState, client: int, info: RoundInfo) -> ScaffoldDown:
+        """Send the server control variate c (a float32 copy) with the model."""
         return ScaffoldDown(state.c.astype(np.float32))  # a copy: the client can never alias server state
 
     def client_update(self, task: ClientTask, trainer, state: Any) -> tuple[ClientUpdate, Any]:
+        """K corrected local steps, then option II's new c_i; sends Δy_i and ScaffoldUp(Δc_i).
+
+        c_i = 0 at a client's first participation; the new client state is c_i⁺ (float32, (d,)).
+
+        References:
+            Karimireddy et al., ICML 2020, Alg. 1 lines 10–13 (option II).
+        """
         d = task.params.size
         c = np.asarray(np.zeros(d) if task.down is None else task.down.c, dtype=np.float32)
         c_i = np.zeros(d, dtype=np.float32) if state is None else np.asarray(state, dtype=np.float32)
@@ -91,6 +101,11 @@ class Scaffold:
 
     def aggregate(self, state: ScaffoldState, params: Params, updates: Sequence[ClientUpdate],
                   info: RoundInfo) -> tuple[ScaffoldState, Params]:
+        """Step x ← x + η_g mean_S Δy_i and c ← c + (1/N) Σ_S Δc_i; empty round: no change.
+
+        References:
+            Karimireddy et al., ICML 2020, Alg. 1 lines 16–17.
+        """
         if not updates:
             return state, params
         ups = sorted_updates(updates)

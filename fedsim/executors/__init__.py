@@ -1,7 +1,10 @@
-"""Where client jobs run. Every executor takes the same `Setup` once, then `Job`s, and
-returns `JobResult`s in whatever order they finish; the engine restores virtual-time
-order. The registry (`fedsim.registry.EXECUTORS`) maps names to config dataclasses whose
-`create()` builds the executor (heavy imports such as ray and flwr happen inside `create`)."""
+"""Where client jobs run.
+
+Every executor takes the same `Setup` once, then `Job`s, and returns `JobResult`s in whatever
+order they finish; the engine restores virtual-time order. The registry
+(`fedsim.registry.EXECUTORS`) maps names to config dataclasses whose `create()` builds the
+executor (heavy imports such as ray and flwr happen inside `create`).
+"""
 
 from __future__ import annotations
 
@@ -24,8 +27,17 @@ class Setup:
     seed: int
 
     def work(self, client: int) -> int:
-        """Examples one job of `client` pushes through the model (local steps x batch):
-        a cost estimate that lets executors start the longest jobs first."""
+        """Estimate the examples one job of `client` pushes through the model.
+
+        local_epochs × n_k, or local_steps × batch size; executors use it to start the
+        longest jobs first.
+
+        Args:
+            client: the client id k.
+
+        Returns:
+            The number of examples, ≥ 1 for any client with data.
+        """
         n = int(self.data.train_offsets[client + 1] - self.data.train_offsets[client])
         b = min(self.client.batch_size, max(n, 1))
         if self.client.local_epochs:
@@ -34,17 +46,58 @@ class Setup:
 
 
 def longest_first(jobs: Sequence[Job], setup: Setup) -> list[Job]:
-    """Jobs ordered by estimated work, largest first (ties keep submission order). A sync
-    round ends with its slowest worker; starting the long jobs first leaves the short
-    ones to even out the finish. Results never depend on the order jobs run in."""
+    """Order jobs by estimated work (`Setup.work`), largest first; ties keep submission order.
+
+    A sync round ends with its slowest worker; starting the long jobs first leaves the short
+    ones to even out the finish. Results never depend on the order jobs run in.
+
+    Args:
+        jobs: the jobs to run.
+        setup: the run's setup (for the clients' data sizes and local work).
+
+    Returns:
+        A new list of the same jobs.
+    """
     return sorted(jobs, key=lambda j: -setup.work(j.task.client))
 
 
 class Executor(Protocol):
-    def start(self, setup: Setup) -> None: ...
-    def submit(self, jobs: Sequence[Job]) -> None: ...
-    def next_result(self) -> JobResult: ...  # blocks until any submitted job is done
-    def close(self) -> None: ...
+    """What the engine needs from an executor: start once, submit jobs, collect results, close.
+
+    Results may come back in any order; a failing client job comes back as a `JobResult`
+    with `error` set, never as an exception.
+    """
+
+    def start(self, setup: Setup) -> None:
+        """Take the run's setup once, before any job (workers may build their runtimes now).
+
+        Args:
+            setup: data, model spec, client config, strategy and seed of the run.
+        """
+        ...
+
+    def submit(self, jobs: Sequence[Job]) -> None:
+        """Queue jobs to run; returns without waiting for them.
+
+        Args:
+            jobs: the jobs, each with its task and the client's stored strategy state.
+        """
+        ...
+
+    def next_result(self) -> JobResult:
+        """Block until any submitted job is done and return its result.
+
+        Returns:
+            The result of one job not returned before.
+
+        Raises:
+            RunError: the executor itself failed (not a client job).
+        """
+        ...
+
+    def close(self) -> None:
+        """Stop the workers and release their resources; the executor is not used again."""
+        ...
 
 
 

@@ -1,5 +1,8 @@
-"""The inline executor: jobs run in this process, serially (workers: 0) or on a pool of
-threads, each with its own resident model (torch releases the GIL during kernels)."""
+"""The inline executor: jobs run in this process, serially or on a pool of threads.
+
+`workers: 0` runs each job serially in the caller's thread; `workers: n` uses n threads, each
+with its own resident model (torch releases the GIL during kernels).
+"""
 
 from __future__ import annotations
 
@@ -29,10 +32,19 @@ class Inline:
     threads: int = bounded(1, ge=1, le=256)
 
     def create(self) -> "InlineExecutor":
+        """Build the executor with these settings (no work starts before `start`)."""
         return InlineExecutor(self.workers, self.threads)
 
 
 class InlineExecutor:
+    """Runs jobs in this process: lazily in the caller's thread, or on a thread pool.
+
+    Each thread builds its own resident `ClientRuntime` on its first job.
+
+    Args:
+        workers: 0 = run a job when its result is asked for; n > 0 = a pool of n threads.
+        threads: torch intra-op threads per runtime.
+    """
     def __init__(self, workers: int, threads: int):
         self.workers, self.threads = workers, threads
         self._pending: collections.deque[Job] = collections.deque()
@@ -42,6 +54,7 @@ class InlineExecutor:
         self._inflight = 0
 
     def start(self, setup) -> None:
+        """Keep the setup and, with workers > 0, start the thread pool."""
         self.setup = setup
         if self.workers > 0:
             self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="fedsim-client")
@@ -67,6 +80,7 @@ class InlineExecutor:
         self._done.put(result)
 
     def submit(self, jobs: Sequence[Job]) -> None:
+        """Queue the jobs (serial) or hand them to the pool."""
         for job in jobs:
             self._inflight += 1
             if self._pool is not None:
@@ -75,6 +89,12 @@ class InlineExecutor:
                 self._pending.append(job)
 
     def next_result(self) -> JobResult:
+        """Return one finished job's result (serial: run the oldest queued job now).
+
+        Raises:
+            RuntimeError: no job is in flight.
+            RunError: building a runtime or another step outside the client job failed.
+        """
         if self._inflight == 0:
             raise RuntimeError("next_result() with no job in flight")
         if self._pool is None:
@@ -87,6 +107,7 @@ class InlineExecutor:
         return result
 
     def close(self) -> None:
+        """Shut the pool down, cancelling jobs not yet started."""
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None

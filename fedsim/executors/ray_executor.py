@@ -1,5 +1,6 @@
-"""The `ray` executor: a pool of Ray actors, each holding a resident `ClientRuntime`
-(model, flat parameter buffer and every client's data), so a job costs one parameter
+"""The `ray` executor: a pool of Ray actors, each holding a resident `ClientRuntime`.
+
+Each actor keeps its runtime (model, flat parameter buffer and every client's data), so a job costs one parameter
 copy in and one out. The run's `Setup` is put in the object store once; each global
 model version is put once and shared by every job of that version; results come back
 as they finish (`ray.wait`). Per-client state travels in the Job and JobResult and is
@@ -26,6 +27,7 @@ from fedsim.types import ClientTask, Job, JobResult
 
 
 def verbose() -> bool:
+    """Whether FEDSIM_VERBOSE is set (to anything but 0): then Ray's logs are not silenced."""
     return os.environ.get("FEDSIM_VERBOSE", "") not in ("", "0")
 
 
@@ -62,6 +64,7 @@ class Ray:
     warmup_inline: bool = True
 
     def create(self) -> "RayExecutor":
+        """Build the executor; Ray starts in a background thread right away."""
         return RayExecutor(self)
 
 
@@ -89,10 +92,20 @@ class _Worker:
 
 
 class RayExecutor:
-    """Ray starts in a background thread as soon as the executor is created, so its start-up
+    """Runs jobs on a pool of Ray actors with resident runtimes, started in the background.
+
+    Ray starts in a background thread as soon as the executor is created, so its start-up
     overlaps the driver's data loading. With `warmup_inline`, the driver runs queued jobs
     itself until the actors have loaded the setup, so Ray's start-up costs no waiting;
-    results are the same whoever runs a job (same seeds, one torch thread each)."""
+    results are the same whoever runs a job (same seeds, one torch thread each).
+
+    Args:
+        cfg: the `ray` executor settings.
+
+    Raises:
+        RunError: (from `start`, `submit` or `next_result`) Ray cannot start or reach the
+            cluster, the actors do not fit its resources, or an actor fails to load the setup.
+    """
 
     def __init__(self, cfg: Ray):
         from fedsim.errors import RunError
@@ -168,6 +181,11 @@ class RayExecutor:
         self._loaded = [False] * n
 
     def start(self, setup: Any) -> None:
+        """Keep the setup; without `warmup_inline`, wait until every actor has loaded it.
+
+        Raises:
+            RunError: Ray could not start, or an actor failed to load the setup.
+        """
         from fedsim.errors import RunError
 
         self._setup = setup
@@ -224,6 +242,7 @@ class RayExecutor:
         return n
 
     def close(self) -> None:
+        """Kill the actors and, if this executor started the local cluster, shut it down."""
         self._booted.wait()
         try:
             self._shutdown()
@@ -259,6 +278,7 @@ class RayExecutor:
         return ref
 
     def submit(self, jobs: Sequence[Job]) -> None:
+        """Queue the jobs (longest first) and hand as many as fit to the ready actors."""
         self._queue.extend(jobs)
         if len(self._queue) > 1 and self._setup is not None:
             from fedsim.executors import longest_first
@@ -283,6 +303,12 @@ class RayExecutor:
             self._load[i] += 1
 
     def next_result(self) -> JobResult:
+        """Return one finished job's result, running jobs in the driver while the actors warm up.
+
+        Raises:
+            RuntimeError: no job is queued or in flight.
+            RunError: Ray or an actor failed outside any client job.
+        """
         if not self._futures and not self._queue:
             raise RuntimeError("next_result() with no job in flight")
         while True:
@@ -341,12 +367,14 @@ _NODE_PATCH_LOCK = threading.Lock()  # two executors booting at once patch Ray's
 
 @contextlib.contextmanager
 def _lean_local_cluster(ray: Any, enabled: bool) -> Iterator[None]:
-    """While `ray.init` starts a private local cluster, skip the processes such a cluster
-    never uses: the autoscaler monitor (fixed resources), the log monitor (worker logs are
+    """Skip a private local cluster's unused helper processes while `ray.init` starts it.
+
+    Those are the autoscaler monitor (fixed resources), the log monitor (worker logs are
     not forwarded unless --verbose) and the dashboard API server (no job submission, no
     state API). `ray.init` has no switch for them; on 2 cores they cost ~1 s of start-up and
     several CPU-seconds beside the driver. Ray's node class is restored on exit; on a Ray
-    whose node class lacks these methods the cluster simply starts in full."""
+    whose node class lacks these methods the cluster simply starts in full.
+    """
     node_cls = getattr(getattr(getattr(ray, "_private", None), "node", None), "Node", None)
     saved = {name: node_cls.__dict__.get(name) for name in _HELPERS} if node_cls is not None else {}
     if not enabled or not saved or None in saved.values():
@@ -367,11 +395,14 @@ def _skip_helper(self: Any, *args: Any, **kwargs: Any) -> None:
 
 
 def _kill_helpers(ray: Any) -> None:
-    """SIGKILL the helper processes of a local cluster we started (autoscaler monitor, log
-    monitor, dashboard API server): `ray.shutdown()` asks each to stop and waits up to a
-    second for it, about 1.2 s per run on 2 cores, though none holds state the run needs.
-    The raylet and GCS still stop gracefully (the raylet reaps its workers). Needs Ray's
-    node handle; on a Ray version without it, shutdown is simply slower."""
+    """SIGKILL the helper processes of a local cluster we started, before `ray.shutdown()`.
+
+    These are the autoscaler monitor, log monitor and dashboard API server: `ray.shutdown()`
+    asks each to stop and waits up to a second for it, about 1.2 s per run on 2 cores, though
+    none holds state the run needs. The raylet and GCS still stop gracefully (the raylet reaps
+    its workers). Needs Ray's node handle; on a Ray version without it, shutdown is simply
+    slower.
+    """
     node = getattr(getattr(getattr(ray, "_private", None), "worker", None), "_global_node", None)
     procs = getattr(node, "all_processes", None)
     if not isinstance(procs, dict):

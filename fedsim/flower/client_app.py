@@ -46,7 +46,9 @@ _cache: dict[str, Any] = {}  # setup key -> ClientRuntime (only the newest key i
 
 def load_setup(config, data_path: str = "", client: int = -1) -> Any:
     """The run's `Setup`, from whichever source the server put in the message config.
-    With `data_path` (a deployed client's own .npz), that file is client `client`'s data."""
+
+    With `data_path` (a deployed client's own .npz), that file is client `client`'s data.
+    """
     if data_path:
         import json
 
@@ -102,8 +104,11 @@ def _error_text(exc: BaseException) -> str:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """One fedsim job. Any failure (setup, decoding, training) comes back as a failed
-    JobResult in a normal reply, so the server records a drop and goes on."""
+    """Run one fedsim job sent as a TRAIN message and reply with its encoded JobResult.
+
+    Any failure (setup, decoding, training) comes back as a failed JobResult in a normal
+    reply, so the server records a drop and goes on.
+    """
     content = msg.content
     nc = context.node_config
     fault = str(nc.get(NODE_FAULT, ""))  # testing only (fedsim.flower.client_faults); "" in real use
@@ -140,8 +145,11 @@ def _peek_ids(content: RecordDict) -> tuple[int, int]:
 
 @app.query()
 def query(msg: Message, context: Context) -> Message:
-    """Report this node's partition (for the server's node -> client map); build the
-    resident runtime now when the query carries the setup (warm-up)."""
+    """Report this node's partition (for the server's node -> client map).
+
+    When the query carries the setup, the resident runtime is built now (warm-up); a failure
+    to build it is reported in the reply's `error` key.
+    """
     cfg = msg.content.config_records.get("config", ConfigRecord())
     error = ""
     nc = context.node_config

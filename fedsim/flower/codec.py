@@ -85,12 +85,21 @@ def pack(tree: Any, extra_config: Mapping[str, Any] | None = None) -> RecordDict
 
 
 def unpack(content: RecordDict) -> Any:
+    """Rebuild the tree `pack` wrote: numpy leaves from the ArrayRecord, the rest from JSON.
+
+    Args:
+        content: a message's RecordDict as `pack` made it.
+
+    Returns:
+        The tree, with arrays as numpy arrays.
+    """
     record = content.array_records.get(ARRAYS)
     arrays = {k: record[k].numpy() for k in record} if record is not None else {}
     return _unpack(json.loads(str(content.config_records[META][META])), arrays)
 
 
 def config_of(content: RecordDict) -> ConfigRecord:
+    """The META config record of a packed message (its JSON tree and the extra config keys)."""
     return content.config_records[META]
 
 

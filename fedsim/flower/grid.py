@@ -26,7 +26,12 @@ class BackendGone(RuntimeError):
 
 
 class GridExecutor:
-    """Args:
+    """The executor protocol over a Flower Grid: each job is a TRAIN message to one node.
+
+    Client k runs on node k mod n of the n nodes ordered by the partition id they report. A job
+    whose node does not answer within `job_timeout`, or answers with an error, is recorded as failed.
+
+    Args:
         grid: the ServerApp's Grid.
         setup_config: message config keys telling clients where the run's setup is
             (see `fedsim.flower.client_app`); sent with every job.
@@ -63,13 +68,14 @@ class GridExecutor:
             self.connect()
 
     def submit(self, jobs: Sequence[Job]) -> None:
+        """Push one TRAIN message per job; a message the link refuses becomes a failed result."""
         if not jobs:
             return
         msgs = [Message(codec.encode_job(job, self.setup_config), dst_node_id=self.node_for(job.task.client),
                         message_type=MessageType.TRAIN, group_id=str(job.task.round)) for job in jobs]
         now = time.monotonic()
         ids = list(self.grid.push_messages(msgs))
-        for mid, job in zip(ids, jobs):
+        for mid, job in zip(ids, jobs, strict=False):
             if mid:
                 self._inflight[mid] = (job, now)
             else:  # the link refused the message (e.g. node gone)
@@ -77,13 +83,31 @@ class GridExecutor:
                                              "Flower refused the message (node unavailable)"))
 
     def next_result(self) -> JobResult:
+        """Block until a reply (or a timeout failure) is ready and return it.
+
+        Raises:
+            RuntimeError: no job is in flight.
+            BackendGone: the Flower backend stopped.
+        """
         result = self.poll(None)
         assert result is not None
         return result
 
     def poll(self, timeout: float | None) -> JobResult | None:
-        """The next result as it comes back, or None if none does within `timeout` seconds
-        (None = wait for one). The wall-clock async loop uses it to wake for its timers."""
+        """The next result as it comes back, or None if none does within `timeout` seconds.
+
+        The wall-clock async loop uses it to wake for its timers.
+
+        Args:
+            timeout: wall seconds to wait; None waits for a result.
+
+        Returns:
+            A result, or None on timeout.
+
+        Raises:
+            RuntimeError: no job is in flight.
+            BackendGone: the Flower backend stopped.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self._ready:
             if not self._inflight:
@@ -99,11 +123,13 @@ class GridExecutor:
         return self._ready.popleft()
 
     def close(self) -> None:
+        """Forget the jobs in flight (their late replies are never pulled)."""
         self._inflight.clear()
 
     # -- internals --------------------------------------------------------------------------
 
     def node_for(self, client: int) -> int:
+        """The node that runs client `client`: number `client` mod n of the nodes ordered by partition id."""
         return self.nodes[client % len(self.nodes)]
 
     def _check_abort(self) -> None:
@@ -111,6 +137,16 @@ class GridExecutor:
             raise BackendGone("the Flower backend stopped")
 
     def connect(self) -> None:
+        """Wait for `num_nodes` nodes, query each for its partition id and order the nodes by it.
+
+        The query carries the setup config, so nodes can build their runtimes now (warm-up).
+
+        Raises:
+            TimeoutError: too few nodes within `connect_timeout`, or no answer to the query.
+            RuntimeError: a node failed the query, could not build its runtime, or two nodes
+                report the same partition id.
+            BackendGone: the Flower backend stopped.
+        """
         deadline = time.monotonic() + self.connect_timeout
         while True:
             self._check_abort()

@@ -26,7 +26,19 @@ _MAX_INT = 10**12  # larger integers are never a sensible simulation setting
 
 def bounded(default: Any = MISSING, *, ge: float | None = None, gt: float | None = None,
             le: float | None = None, lt: float | None = None, doc: str = "") -> Any:
-    """A dataclass field with numeric bounds checked at load time."""
+    """A dataclass field with numeric bounds checked at load time.
+
+    Args:
+        default: the default value; a list or dict default is copied for every instance.
+        ge: inclusive lower bound.
+        gt: exclusive lower bound.
+        le: inclusive upper bound.
+        lt: exclusive upper bound.
+        doc: one-line description for the generated reference (else the class docstring's).
+
+    Returns:
+        A `dataclasses.field` whose metadata carries the bounds (read by `coerce`).
+    """
     meta = {k: v for k, v in dict(ge=ge, gt=gt, le=le, lt=lt).items() if v is not None}
     if doc:
         meta["doc"] = doc
@@ -36,7 +48,17 @@ def bounded(default: Any = MISSING, *, ge: float | None = None, gt: float | None
 
 
 def plugin(family: str, default: Mapping[str, Any] | None = None, doc: str = "") -> Any:
-    """A dataclass field holding a plugin chosen by `name` from `family`'s table."""
+    """A dataclass field holding a plugin chosen by `name` from `family`'s table.
+
+    Args:
+        family: a key of `fedsim.registry.FAMILIES`.
+        default: the plugin block used when the key is absent (`{name: ..., ...}`); None
+            makes the field required.
+        doc: one-line description for the generated reference.
+
+    Returns:
+        A `dataclasses.field`; a default is built fresh for every instance.
+    """
     meta = {"family": family, "doc": doc}
     if default is None:
         return field(metadata=meta)
@@ -75,7 +97,23 @@ def _check_bounds(value: Any, meta: Mapping[str, Any], path: str) -> None:
 
 
 def coerce(tp: Any, value: Any, path: str, meta: Mapping[str, Any] | None = None) -> Any:
-    """Check `value` against the annotation `tp` and return the typed value."""
+    """Check `value` against the annotation `tp` and return the typed value.
+
+    Handles Any, unions/Optional, Literal, lists and tuples, mappings, nested dataclasses,
+    bool, int, float and str, plus plugin blocks (`meta["family"]`) and numeric bounds.
+
+    Args:
+        tp: the field's type annotation.
+        value: the plain YAML value.
+        path: dotted location of the value, for error messages.
+        meta: the field's metadata (bounds, `family`); None = none.
+
+    Returns:
+        The value converted to `tp` (e.g. an int given for a float becomes a float).
+
+    Raises:
+        ConfigError: the value does not fit the type or the bounds.
+    """
     meta = meta or {}
     if "family" in meta and isinstance(value, Mapping):
         return build_plugin(meta["family"], value, path)
@@ -156,7 +194,23 @@ def _field_names(cls: type) -> list[str]:
 
 
 def build(cls: type, raw: Mapping[str, Any], path: str = "") -> Any:
-    """Instantiate dataclass `cls` from mapping `raw`, checking every key and value."""
+    """Instantiate dataclass `cls` from mapping `raw`, checking every key and value.
+
+    Every bad key of the block is reported at once; the class's own `validate()` (if any)
+    runs after the fields are fine, its errors prefixed with `path`.
+
+    Args:
+        cls: a dataclass.
+        raw: the block's mapping.
+        path: dotted location of the block, for error messages.
+
+    Returns:
+        The instance.
+
+    Raises:
+        ConfigError: one problem (unknown or missing key, bad value, failed validation).
+        ConfigErrors: several.
+    """
     if not isinstance(raw, Mapping):
         raise ConfigError(path, f"expected a mapping, got {raw!r}")
     hints = typing.get_type_hints(cls)
@@ -263,7 +317,16 @@ def plugin_name(family: str, obj: Any) -> str:
 
 
 def to_raw(obj: Any, family: str | None = None) -> Any:
-    """The inverse of `build`: a plain YAML-ready value (plugins get their `name` back)."""
+    """The inverse of `build`: a plain YAML-ready value (plugins get their `name` back).
+
+    Args:
+        obj: a config dataclass, list, mapping or scalar.
+        family: the plugin family `obj` belongs to, so its `name` is written; None for a
+            plain block.
+
+    Returns:
+        Dicts, lists and scalars that `build` turns back into an equal object.
+    """
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         out: dict[str, Any] = {}
         if family is not None:

@@ -1,5 +1,6 @@
-"""The strategy contract: what a strategy class declares, which hooks each mode needs, and
-`check_strategy`, which turns every breach into a one-line `ContractError`.
+"""The strategy contract: declared capabilities, the hooks each mode needs, and `check_strategy`.
+
+`check_strategy` turns every breach of the contract into a one-line `ContractError`.
 
 A strategy is a frozen dataclass whose fields are its hyperparameters. It declares its
 capabilities as class attributes (right after the class docstring):
@@ -454,8 +455,11 @@ def _message_problems(label: str, tp: Any) -> list[str]:
 
 
 def _positional_ok(fn: Any, n: int) -> bool:
-    """Whether `fn(self, a_1, ..., a_n)` binds: n within the positional parameters' range and
-    no keyword-only parameter without a default."""
+    """Whether `fn(self, a_1, ..., a_n)` binds.
+
+    True when n is within the positional parameters' range and no keyword-only parameter
+    lacks a default (and for callables whose signature cannot be read).
+    """
     try:
         params = list(inspect.signature(fn).parameters.values())[1:]  # drop self
     except (TypeError, ValueError):

@@ -23,8 +23,21 @@ from fedsim.types import ArrivalInfo, ClientUpdate, Params, RoundInfo
 
 
 def weighted_sum(vectors: Sequence[np.ndarray], weights: Iterable[float]) -> np.ndarray:
-    """Σ_i w_i v_i in float64 (then the caller casts), independent of list order only
-    up to float rounding — callers pass updates sorted by client id for determinism."""
+    """Compute Σ_i w_i v_i in float64 (the caller casts the result).
+
+    The sum depends on the list order up to float rounding, so callers pass updates sorted
+    by client id (`sorted_updates`) for determinism.
+
+    Args:
+        vectors: the v_i, each of shape (d,), any float dtype.
+        weights: one w_i per vector.
+
+    Returns:
+        float64 array of shape (d,).
+
+    Raises:
+        ValueError: no vectors.
+    """
     w = np.asarray(list(weights), dtype=np.float64)
     if len(vectors) == 0:
         raise ValueError("weighted_sum of no vectors")
@@ -33,14 +46,34 @@ def weighted_sum(vectors: Sequence[np.ndarray], weights: Iterable[float]) -> np.
 
 
 def apply_delta(params: Params, step: np.ndarray, lr: float = 1.0) -> Params:
-    """x + lr * step, returned as a new float32 vector."""
+    """Return x + lr · step as a new float32 vector (summed in float64; inputs untouched).
+
+    Args:
+        params: the model x, shape (d,).
+        step: the step, shape (d,), any float dtype.
+        lr: its scale.
+
+    Returns:
+        float32 array of shape (d,).
+    """
     return (params.astype(np.float64) + lr * step).astype(np.float32)
 
 
 def example_weights(updates: Sequence[ClientUpdate], weighting: str) -> np.ndarray:
-    """Normalised aggregation weights a_i over a cohort (specs §3).
+    """Normalised aggregation weights a_i over a cohort.
 
-    `examples`: a_i = n_i / Σ n_j (McMahan);  `uniform`: a_i = 1/|S|.
+    `examples`: a_i = n_i / Σ n_j (McMahan et al., AISTATS 2017, FederatedAveraging); `uniform`:
+    a_i = 1/|S|. A cohort with no examples at all gets uniform weights.
+
+    Args:
+        updates: the cohort (not empty), in the order the weights are wanted.
+        weighting: `examples` or `uniform`.
+
+    Returns:
+        float64 array of shape (|S|,) summing to 1.
+
+    Raises:
+        ValueError: an unknown `weighting`.
     """
     if weighting == "examples":
         n = np.array([u.num_examples for u in updates], dtype=np.float64)
@@ -55,7 +88,19 @@ def example_weights(updates: Sequence[ClientUpdate], weighting: str) -> np.ndarr
 
 def staleness_weight(staleness: int, kind: str, exponent: float = 0.5, cutoff: int = 0,
                      stale_value: float = 0.0, avg_staleness: float = 0.0) -> float:
-    """Staleness discount s(τ); see `fedsim.strategy.server_opt.StalenessDiscount`."""
+    """Staleness discount s(τ) of an update τ versions old.
+
+    Args:
+        staleness: τ ≥ 0, the versions applied since the client's base model.
+        kind: the discount family, as `fedsim.strategy.server_opt.StalenessDiscount.kind`.
+        exponent: the polynomial exponent.
+        cutoff: the staleness beyond which `stale_value` applies (0: none).
+        stale_value: the weight beyond the cutoff.
+        avg_staleness: τ̄, the reference staleness of FedBuff's polynomial weight.
+
+    Returns:
+        The weight, as `StalenessDiscount(...).weight(staleness)`.
+    """
     from fedsim.strategy.server_opt import StalenessDiscount
 
     return StalenessDiscount(kind=kind, exponent=exponent, cutoff=cutoff, stale_value=stale_value,
@@ -63,15 +108,31 @@ def staleness_weight(staleness: int, kind: str, exponent: float = 0.5, cutoff: i
 
 
 def sorted_updates(updates: Sequence[ClientUpdate]) -> list[ClientUpdate]:
-    """Updates in a canonical order (client id, then base version) so that float sums do
-    not depend on arrival order."""
+    """Sort updates by (client id, base version), so that float sums do not depend on arrival order.
+
+    Args:
+        updates: the updates, in any order.
+
+    Returns:
+        A new sorted list (the input is not modified).
+    """
     return sorted(updates, key=lambda u: (u.client, u.base_version))
 
 
 def least_squares_moments(trainer) -> tuple[np.ndarray, np.ndarray] | None:
-    """(A_k, b_k) of the local least-squares loss F_k(w) = 1/(2n_k)‖X̃_k w − y_k‖², with
-    A_k = X̃ᵀX̃/n_k and b_k = X̃ᵀy/n_k (X̃ = [X 1], the `linear` model's layout: weights then
-    bias). None when the client's model is not that linear regression (specs §9.2)."""
+    """The moments (A_k, b_k) of client k's least-squares loss, for closed-form local solves.
+
+    F_k(w) = 1/(2n_k)‖X̃_k w − y_k‖², A_k = X̃ᵀX̃/n_k and b_k = X̃ᵀy/n_k, with X̃ = [X 1]
+    (the `linear` model's layout: weights then bias). This is the (unweighted) least-squares
+    problem of Lari et al. (arXiv 2409.13451, 2024).
+
+    Args:
+        trainer: the client's trainer (its runtime, features `x` and targets `y`).
+
+    Returns:
+        (A_k of shape (d, d), b_k of shape (d,)), float64; None when the model is not that
+        linear regression or the client has no data.
+    """
     rt = trainer.rt
     x = trainer.x
     if not rt.regression or x.ndim != 2 or rt.model.flat.numel() != x.shape[1] + 1 or len(trainer.y) == 0:
@@ -84,11 +145,26 @@ def least_squares_moments(trainer) -> tuple[np.ndarray, np.ndarray] | None:
 
 def prox_solve(trainer, anchor: np.ndarray, rho: float, linear: np.ndarray | None = None,
                start: np.ndarray | None = None) -> np.ndarray:
-    """argmin_w F_k(w) + ⟨linear, w⟩ + (ρ/2)‖w − anchor‖² (the ADMM local step, specs §9.3).
+    """Solve argmin_w F_k(w) + ⟨linear, w⟩ + (ρ/2)‖w − anchor‖², the ADMM local step.
 
     Closed form (A_k + ρI)^{-1}(b_k + ρ·anchor − linear) for the linear-regression model;
     otherwise the client's local SGD (`local_steps`, `lr`) on the same objective from
-    `start` (default: `anchor`). Returns float64."""
+    `start`, an approximation.
+
+    Args:
+        trainer: the client's trainer.
+        anchor: the received global model, shape (d,).
+        rho: ρ > 0, the penalty.
+        linear: the linear term (ADMM's dual λ_k), shape (d,); None = 0.
+        start: where the SGD fallback starts; None = `anchor`.
+
+    Returns:
+        float64 array of shape (d,).
+
+    References:
+        Boyd et al., "Distributed Optimization and Statistical Learning via the Alternating
+        Direction Method of Multipliers", FnT ML 2011, §7.1 (the x-update of consensus ADMM).
+    """
     lin = np.zeros(anchor.size) if linear is None else np.asarray(linear, dtype=np.float64)
     moments = least_squares_moments(trainer)
     if moments is not None:
@@ -105,7 +181,18 @@ def prox_solve(trainer, anchor: np.ndarray, rho: float, linear: np.ndarray | Non
 
 
 def participant_mask(updates: Sequence[ClientUpdate], num_clients: int) -> np.ndarray:
-    """Boolean (N,) mask of the clients that returned an update this round (FedAU's I_n^t)."""
+    """Mark the clients that returned an update this round (I_n^t of Wang & Ji, ICLR 2024).
+
+    Args:
+        updates: this round's updates.
+        num_clients: N.
+
+    Returns:
+        Boolean array of shape (N,).
+
+    Raises:
+        ValueError: an update's client id is outside [0, N).
+    """
     mask = np.zeros(num_clients, dtype=bool)
     for u in updates:
         if not 0 <= u.client < num_clients:
@@ -115,9 +202,22 @@ def participant_mask(updates: Sequence[ClientUpdate], num_clients: int) -> np.nd
 
 
 def replace_rows(table: np.ndarray | None, updates: Sequence[ClientUpdate], num_clients: int) -> np.ndarray:
-    """A copy of the (N, d) float32 table of each client's latest update with this round's
-    deltas written in (MIFA / FedVARP server memory, specs §4.4). `table=None` means all
-    zeros (lazy allocation before the first update). The input table is not modified."""
+    """Write this round's deltas into a copy of the table of each client's latest update.
+
+    The server memory of MIFA (Gu et al., NeurIPS 2021) and FedVARP (Jhunjhunwala et al.,
+    UAI 2022). The input table is not modified.
+
+    Args:
+        table: (N, d) float32 table, or None for all zeros (allocated lazily at the first update).
+        updates: this round's updates (not empty).
+        num_clients: N.
+
+    Returns:
+        The new (N, d) float32 table.
+
+    Raises:
+        ValueError: an update's client id is outside [0, N).
+    """
     d = updates[0].delta.size
     out = np.zeros((num_clients, d), dtype=np.float32) if table is None else table.copy()
     participant_mask(updates, num_clients)  # range check
@@ -128,11 +228,23 @@ def replace_rows(table: np.ndarray | None, updates: Sequence[ClientUpdate], num_
 
 def consensus_average(last: Mapping[int, np.ndarray], updates: Sequence[ClientUpdate],
                       memory: bool) -> tuple[dict[int, np.ndarray], np.ndarray]:
-    """Consensus-ADMM server step z = mean of the messages (specs §9.3 / §9.4).
+    """Consensus-ADMM server step: z = mean of the clients' messages.
 
-    The message is the update's model (`ClientUpdate.model`). Without memory, the mean runs over this
-    round's messages; with memory, over every client's last message (`last`, returned
-    updated). Callers handle the empty round.
+    The message is the update's model (`ClientUpdate.model`). Without memory, the mean runs
+    over this round's messages; with memory, over every client's last message. Callers
+    handle the empty round.
+
+    Args:
+        last: client id → last received message (float32, (d,)); read only with `memory`.
+        updates: this round's updates (not empty), each of kind "model".
+        memory: average every client's last message instead of only this round's.
+
+    Returns:
+        (the updated `last` map — a copy, unchanged without memory — and z as float32 (d,)).
+
+    References:
+        Boyd et al., FnT ML 2011, §7.1 (the z-update of consensus ADMM); Lari et al.,
+        arXiv 2409.13451 (2024), averaging of the noisy received models.
     """
     ups = sorted_updates(updates)
     if not memory:

@@ -91,7 +91,8 @@ HETERO = {"dataset": {"name": "linear_regression", "dim": 5, "samples_per_client
 
 
 def test_standard_admm_noiseless_full_participation_is_exact(tmp_path):
-    # specs T11: textbook consensus ADMM hits w* (both message forms are exact without noise).
+    # Boyd et al. (FnT ML 2011, §7.1): textbook consensus ADMM hits w*
+    # (both message forms are exact without noise).
     for message in ("w_plus_dual", "w"):
         raw = merge(LINREG, data=HETERO, strategy={"name": "admm_standard", "rho": 1.0, "message": message},
                     engine={"rounds": 60}, metrics={"eval_every": 20})

@@ -1,4 +1,5 @@
-"""FedAU (specs §4.2–4.3, §10 T3/T5) and its engine-level bias check on linear regression."""
+"""FedAU (Wang & Ji, ICLR 2024, Algs. 1–2): the interval estimator, K = 1 ≡ average_all,
+and its engine-level bias check on linear regression."""
 
 from __future__ import annotations
 
@@ -78,7 +79,7 @@ GROUPS = {0.1: 200, 0.3: 40, 0.6: 10, 0.9: 5}
 
 @pytest.mark.parametrize("cutoff", [100_000, 5])
 def test_T3_bernoulli_weight_estimate(cutoff):
-    # specs §4.3 / §10 T3: recorded intervals are min(Geometric(p), K), so
+    # Wang & Ji (ICLR 2024), Alg. 2 with cutoff K: recorded intervals are min(Geometric(p), K), so
     # ω → E[min(G, K)] = Σ_{j=1..K} (1-p)^{j-1} = (1 - (1-p)^K)/p.
     p = np.concatenate([np.full(k, q) for q, k in GROUPS.items()])
     masks = np.random.default_rng(0).random((1500, len(p))) < p
@@ -105,7 +106,7 @@ def test_T3_markov_and_cyclic_weight_is_inverse_long_run_frequency():
 
 
 def test_T5_cutoff_one_is_average_all():
-    # specs §10 T5: K = 1 records an interval of 1 every round, so ω ≡ 1 and the rule is
+    # K = 1 records an interval of 1 every round, so ω ≡ 1 and the rule is
     # (1/N) Σ_S Δ_n — the same float operations as average_all: identical trajectories.
     masks = np.random.default_rng(3).random((300, 12)) < np.linspace(0.05, 0.9, 12)
     x0 = np.array([0.5, -0.25], np.float32)

@@ -1,4 +1,4 @@
-"""The FedAU paper's baselines (specs §4.4): hand-computed rounds and convergence on linear
+"""The FedAU paper's baselines (Wang & Ji, ICLR 2024; code IBM/fedau): hand-computed rounds and convergence on linear
 regression under the same heterogeneous participation as test_fedau.py."""
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def test_fedvarp_hand_computed():
     # r0: client 0 Δ=(3,0): ȳ = 0, step = (3,0) → x = (3,0); y_0 = (3,0)
     # r1: Δ_0=(0,3), Δ_1=(3,3): ȳ = (1,0) (before replacement); mean(Δ−y) = ((-3,3)+(3,3))/2 = (0,3)
     #     step = (1,3) → x = (4,3); y = [(0,3), (3,3), 0]
-    # r2: empty: unchanged (no ȳ term, specs §4.4)
+    # r2: empty: unchanged (no ȳ term, as in IBM/fedau)
     # r3: client 2 Δ=(6,0): ȳ = (1,2); step = (6,0) + (1,2) = (7,2) → x = (11,5)
     s = FedVarp()
     x = np.zeros(2, np.float32)

@@ -1,5 +1,5 @@
-"""FedCE (specs §8): the §8.6 toy numbers, the client-side minus model, partial participation
-and the degenerate-input guards; convergence on linear regression."""
+"""FedCE (Jiang et al., CVPR 2023): the original implementation's toy numbers, the client-side
+minus model, partial participation and the degenerate-input guards; convergence on linear regression."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from strategies.fedce import FedCE, FedCEClientState, FedCEDown, FedCEUp
 
 ORIGINAL = FedCE(clip="after", epsilon=1e-3)  # the 2023 assembler's normalisation
 PORT = FedCE()  # the 2026 NVFlare port's: ε = 1e-6 floor before normalising
-TOY = [[1, 0], [0, 1], [1, 1]]  # Δ_A, Δ_B, Δ_C of specs §8.6
+TOY = [[1, 0], [0, 1], [1, 1]]  # Δ_A, Δ_B, Δ_C of the three-client toy example
 
 
 def ups(deltas, scores, clients=None) -> list[ClientUpdate]:
@@ -30,7 +30,7 @@ def info(n: int) -> RoundInfo:
 
 
 def test_toy_numbers_original_normalisation():
-    # specs §8.6, reproduced by clip-after-normalise with ε = 1e-3 (the original assembler):
+    # The original NVFlare assembler's numbers, reproduced by its clip-after-normalise with ε = 1e-3:
     # round 0: G = (2/3, 2/3), cos = (1/√5, 1/√5, 1), g = 1 - cos = (0.5528, 0.5528, 0) → (0.5, 0.5, 0)
     # → clip (0.5, 0.5, 0.001); d = 1/3 each; u = g + d = (0.8333, 0.8333, 0.3343), Σ = 2.001
     # → c = (0.41646, 0.41646, 0.16708), update Σ c Δ = (0.58354, 0.58354).
@@ -48,7 +48,7 @@ def test_toy_numbers_original_normalisation():
 def test_toy_numbers_port_normalisation():
     # The port floors at ε = 1e-6 BEFORE normalising, so Σc = 1 exactly and C's g is ~1e-6, not 1e-3:
     # g = (a, a, ε)/(2a + ε) with a = 1 - 1/√5; c_j = (g_j + 1/3)/2 → (0.416666, 0.416666, 0.166667):
-    # the §8.6 numbers differ from these by ~2e-4 — they come from the original variant only.
+    # the original's numbers differ from these by ~2e-4 — they come from the original variant only.
     a, eps = 1 - 1 / math.sqrt(5), 1e-6
     g = np.array([a, a, eps]) / (2 * a + eps)
     want = (g + 1 / 3) / 2
@@ -145,7 +145,7 @@ def task(x, coef=None) -> ClientTask:
 
 
 def test_minus_model_and_score_history():
-    # specs §8.6: global 10, previous local 4, c = 0.25 → m = (10 - 0.25·4)/0.75 = 12.
+    # minus model (Jiang et al., CVPR 2023): global 10, previous local 4, c = 0.25 → m = (10 - 0.25·4)/0.75 = 12.
     # History: D^(0) = 0 (first round) and now D = 0.6 → s = 1 - (0 + 0.6)/2 = 0.7.
     t = task([10.0], coef=0.25)
     tr = FakeTrainer(t)

@@ -1,6 +1,6 @@
 """FedSpeed: hand-computed client (prox-correction, clip, SAM) and server steps; exact
-optimum on least squares where FedAvg is biased (specs §7.7 / T9); fewer rounds than
-FedAvg to a target accuracy on non-IID digits."""
+optimum on least squares where FedAvg is biased (Sun et al., ICLR 2023, as in the
+authors' code); fewer rounds than FedAvg to a target accuracy on non-IID digits."""
 
 import numpy as np
 import pytest
@@ -68,7 +68,7 @@ HETERO = {"dataset": {"name": "linear_regression", "dim": 5, "samples_per_client
 
 
 def test_linear_regression_exact_where_fedavg_is_biased(tmp_path):
-    # specs §7.7 / T9: ρ = 0, wd = 0, 10 local GD steps, lr 0.1, heterogeneous curvatures.
+    # ρ = 0, wd = 0, 10 local GD steps, lr 0.1, heterogeneous curvatures.
     client = {"local_steps": 10, "lr": 0.1}
     raw_avg = merge(LINREG, data=HETERO, client=client, engine={"rounds": 60})
     res = run_raw(raw_avg, tmp_path / "fedavg")
