@@ -1,6 +1,7 @@
-"""The vectorized executor side by side with a plain per-client PyTorch loop, fedsim inline
-and a plain Flower `run_simulation` app, all training the same model with the same SGD
-steps on the same client data (the plain contestants are those of benchmarks/executors.py).
+"""The vectorized executor side by side with plain PyTorch, fedsim inline and plain Flower.
+
+All contestants train the same model with the same SGD steps on the same client data (the
+plain contestants are those of benchmarks/executors.py).
 
     python benchmarks/vectorized.py [--workload quickstart|mlp1k|logreg10k|all] [--scaling]
                                     [--repeats 1] [--device cpu|cuda] [--only NAME ...] [--json FILE]
@@ -75,11 +76,22 @@ EXECUTOR = {"fedsim_inline": "{name: inline}", "fedsim_vectorized": "{name: vect
 
 
 def clients_per_round(workload: str) -> int:
+    """Clients per round of a workload (its uniform `k`, else every client)."""
     sc = bench.scenario(workload, "cpu", [])
     return int(getattr(sc.participation, "k", sc.data.num_clients))
 
 
 def run_fedsim(workload: str, device: str, name: str) -> dict:
+    """Run one fedsim contestant in this process.
+
+    Args:
+        workload: a key of WORKLOADS.
+        device: `cpu` or `cuda`.
+        name: the contestant (which executor, and its settings).
+
+    Returns:
+        Round times, total run time, final accuracy and the time spent waiting for client results.
+    """
     from fedsim.runner import run
 
     sc = bench.scenario(workload, device, [f"executor={EXECUTOR[name]}"])
@@ -105,6 +117,7 @@ def run_fedsim(workload: str, device: str, name: str) -> dict:
 
 
 def one(name: str, workload: str, device: str) -> dict:
+    """Run contestant `name` on `workload` in this process (the child side of `measure`)."""
     if name == "plain_torch":
         out = bench.run_plain_torch(workload, device)
     elif name == "plain_flower":
@@ -120,6 +133,11 @@ def one(name: str, workload: str, device: str) -> dict:
 
 
 def measure(name: str, workload: str, device: str) -> dict:
+    """Run contestant `name` in a fresh Python process (start-up included) and read its numbers.
+
+    Returns:
+        The child's measurements plus its end-to-end wall time and peak memory.
+    """
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, __file__, "--one", name, "--workload", workload, "--device", device],
@@ -133,6 +151,7 @@ def measure(name: str, workload: str, device: str) -> dict:
 
 
 def steady(rounds: list[float]) -> float:
+    """Median round time after the first two rounds (warm-up excluded)."""
     return statistics.median(rounds[2:] if len(rounds) > 2 else rounds)
 
 
@@ -173,6 +192,7 @@ def table(workload: str, names: list[str], repeats: int, device: str) -> dict:
 
 
 def main() -> None:
+    """Parse the command line, run the tables and print the ratios."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--workload", choices=[*WORKLOADS, "all", "none"], default="all")
     ap.add_argument("--scaling", action="store_true", help="also sweep clients per round (logreg, 1..10k)")
