@@ -25,7 +25,6 @@ EXCLUDED = (
     "strategies/async_fedavg.py",
     "fedsim/strategy/server_opt.py",
     "fedsim/engine/",
-    "fedsim/executors/vectorized/",
     "fedsim/training/runtime.py",
 )
 

@@ -1,4 +1,6 @@
-"""The vectorized executor: every job in flight (a sync round's cohort, the async jobs
+"""The vectorized executor: a cohort of client jobs trained in one batched computation.
+
+The vectorized executor: every job in flight (a sync round's cohort, the async jobs
 submitted so far) trains in one batched computation over stacked parameters.
 
 A separate executor rather than an `inline` option because its contract differs: jobs are
@@ -40,6 +42,7 @@ class Vectorized:
     threads: int = bounded(1, ge=1, le=256)
 
     def create(self) -> "VectorizedExecutor":
+        """Build the executor (the runtime itself is built in `start`)."""
         return VectorizedExecutor(self.chunk_size, self.threads)
 
 
@@ -62,6 +65,8 @@ class _Live:
 
 
 class VectorizedExecutor:
+    """Holds submitted jobs until a result is asked for, then trains them all in chunks."""
+
     def __init__(self, chunk_size: int, threads: int):
         self.chunk_size, self.threads = chunk_size, threads
         self._pending: list[Job] = []
@@ -69,6 +74,11 @@ class VectorizedExecutor:
         self._inflight = 0
 
     def start(self, setup) -> None:
+        """Build the resident runtime, the batched model and the strategy's batched rule.
+
+        Args:
+            setup: data, model spec, client config and strategy of the run.
+        """
         from fedsim.executors.vectorized.batched import BatchedModel
         from fedsim.executors.vectorized.rules import rule_for
         from fedsim.training.runtime import ClientRuntime
@@ -87,10 +97,23 @@ class VectorizedExecutor:
         self.width = max(1, min(setup.client.batch_size, largest))
 
     def submit(self, jobs: Sequence[Job]) -> None:
+        """Queue jobs; nothing runs until `next_result` is called.
+
+        Args:
+            jobs: the jobs to run (a sync round's cohort, or async jobs in flight).
+        """
         self._pending.extend(jobs)
         self._inflight += len(jobs)
 
     def next_result(self) -> JobResult:
+        """One finished job's result, training every queued job together first if none is ready.
+
+        Returns:
+            A result (an update, or the client's error as a string).
+
+        Raises:
+            RuntimeError: no job is in flight.
+        """
         if self._inflight == 0:
             raise RuntimeError("next_result() with no job in flight")
         if not self._done:
@@ -100,6 +123,7 @@ class VectorizedExecutor:
         return self._done.popleft()
 
     def close(self) -> None:
+        """Drop queued jobs and results."""
         self._pending = []
 
     # -- the batched path ----------------------------------------------------------------------

@@ -1,4 +1,6 @@
-"""Local SGD of many clients at once: stacked flat parameters, one batched gradient per step
+"""Local SGD of many clients at once, over stacked flat parameters.
+
+Local SGD of many clients at once: stacked flat parameters, one batched gradient per step
 for the whole chunk (`vmap` over `functional_call`, then autograd).
 
 Every row follows `fedsim.training.runtime.LocalTrainer.sgd` step for step:
@@ -106,7 +108,9 @@ class BatchedModel:
         return functional_call(self.module, params, (x,))
 
     def losses(self, out: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Each row's mean loss over its real (mask 1) examples: the objective of
+        """Each row's mean loss over its real (mask 1) examples.
+
+        Each row's mean loss over its real (mask 1) examples: the objective of
         `ClientRuntime.loss` (cross-entropy, or ½ squared error).
 
         Args:
@@ -125,8 +129,11 @@ class BatchedModel:
 
     def grad_parts(self, w: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
                    mask: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """Per-row gradient, one (B, numel) block per parameter in flat order, and the
-        per-row loss (B,), of the masked minibatch loss at rows `w`."""
+        """Per-row gradients of the masked minibatch loss, and the per-row loss.
+
+        Per-row gradient, one (B, numel) block per parameter in flat order, and the
+        per-row loss (B,), of the masked minibatch loss at rows `w`.
+        """
         b, views, offset = w.shape[0], {}, 0
         base = w.detach()
         with torch.enable_grad():
@@ -166,8 +173,11 @@ class Chunk:
 
 
 def _column(values: Sequence[float], device: torch.device, dim: int = 2) -> torch.Tensor | None:
-    """Per-row scalars as a (B, 1) (or (B,)) tensor; None when every value is 0 (the
-    term is skipped for the whole chunk, which changes no row: each would add 0)."""
+    """Per-row scalars as a column tensor, or None when all are 0.
+
+    Per-row scalars as a (B, 1) (or (B,)) tensor; None when every value is 0 (the
+    term is skipped for the whole chunk, which changes no row: each would add 0).
+    """
     if not any(values):
         return None
     t = torch.tensor(list(values), dtype=torch.float32, device=device)
@@ -229,7 +239,8 @@ def train_chunk(model: BatchedModel, x: torch.Tensor, y: torch.Tensor, ch: Chunk
 
     Args:
         model: the batched loss/gradient.
-        x, y: the runtime's training tensors (all clients, on the chunk's device).
+        x: the runtime's training inputs (all clients, on the chunk's device).
+        y: the matching labels (targets for regression).
         ch: the stacked chunk.
 
     Returns:
@@ -278,8 +289,11 @@ def train_chunk(model: BatchedModel, x: torch.Tensor, y: torch.Tensor, ch: Chunk
 
 
 def _corrected(g: torch.Tensor, w: torch.Tensor, ch: Chunk) -> torch.Tensor:
-    """g + extra_grad(w): the constant shift plus the proximal pull, summed first as the
-    strategies' closures compute them (`lin + ρ(w − anchor)`)."""
+    """The gradient plus the strategy's extra gradient (shift and proximal pull).
+
+    G + extra_grad(w): the constant shift plus the proximal pull, summed first as the
+    strategies' closures compute them (`lin + ρ(w − anchor)`).
+    """
     if ch.prox is not None:
         extra = ch.prox * (w - ch.anchor)
         if ch.shift is not None:
@@ -301,7 +315,8 @@ def run_calls(model: BatchedModel, x: torch.Tensor, y: torch.Tensor, calls: Sequ
 
     Args:
         model: the batched loss/gradient.
-        x, y: training tensors of every client, on the device.
+        x: training inputs of every client, on the device.
+        y: the matching labels (targets for regression).
         calls: one per job.
         generators: each job's generator (consumed as the inline trainer would).
         sizes: each job's number of training examples.

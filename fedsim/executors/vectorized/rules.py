@@ -1,4 +1,6 @@
-"""Batched client rules: each strategy's `client_update`, rewritten so that its local SGD
+"""Batched client rules: the built-in strategies' client updates as SGD requests.
+
+Batched client rules: each strategy's `client_update`, rewritten so that its local SGD
 is a request (`yield SgdCall`) the executor fulfils for a whole cohort at once.
 
 A rule is a generator `rule(strategy, task, trainer, state)`: it does the client's
@@ -56,7 +58,9 @@ def with_up(update: ClientUpdate, up: Any) -> ClientUpdate:
 def sgd_call(trainer: Any, params: np.ndarray, *, weight_decay: float | None = None,
              sam_rho: float = 0.0, clip_norm: float | None = None, shift: np.ndarray | None = None,
              prox: float = 0.0, anchor: np.ndarray | None = None) -> SgdCall:
-    """A local-SGD request with `LocalTrainer.sgd`'s defaults (the client block's steps,
+    """A local-SGD request with `LocalTrainer.sgd`'s defaults.
+
+    A local-SGD request with `LocalTrainer.sgd`'s defaults (the client block's steps,
     decayed lr, weight decay, momentum and clip).
 
     Args:
@@ -110,8 +114,11 @@ def scaffold(strategy: Any, task: ClientTask, trainer: Any, state: Any):
 
 
 def fedspeed(strategy: Any, task: ClientTask, trainer: Any, state: Any):
-    """FedSpeed (Sun et al., ICLR 2023, Alg. 1 lines 5-9): SAM gradient, prox-correction
-    λ(h_i − w_t), clip, then the step with weight decay wd + λ; h_i += w^K − w_t."""
+    """FedSpeed's client (Sun et al., ICLR 2023, Alg. 1 lines 5-9).
+
+    FedSpeed (Sun et al., ICLR 2023, Alg. 1 lines 5-9): SAM gradient, prox-correction
+    λ(h_i − w_t), clip, then the step with weight decay wd + λ; h_i += w^K − w_t.
+    """
     d = task.params.size
     h = np.zeros(d, dtype=np.float32) if state is None else np.asarray(state, dtype=np.float32)
     new, loss = yield sgd_call(trainer, task.params, shift=strategy.lamb * (h - task.params),
@@ -123,9 +130,12 @@ def fedspeed(strategy: Any, task: ClientTask, trainer: Any, state: Any):
 
 def prox_solve(trainer: Any, anchor: np.ndarray, rho: float, linear: np.ndarray | None = None,
                start: np.ndarray | None = None):
-    """`fedsim.strategy.maths.prox_solve` as a generator: the closed form for the linear
+    """`fedsim.strategy.maths.prox_solve` as a generator of SGD requests.
+
+    `fedsim.strategy.maths.prox_solve` as a generator: the closed form for the linear
     model (per job, no SGD), else one local-SGD request on F_k(w) + ⟨linear, w⟩ + (ρ/2)‖w − anchor‖²
-    (Boyd et al., FnT ML 2011, §7.1 Eq. 7.6, the x-update)."""
+    (Boyd et al., FnT ML 2011, §7.1 Eq. 7.6, the x-update).
+    """
     from fedsim.strategy.maths import least_squares_moments
 
     lin = np.zeros(anchor.size) if linear is None else np.asarray(linear, dtype=np.float64)
@@ -140,9 +150,12 @@ def prox_solve(trainer: Any, anchor: np.ndarray, rho: float, linear: np.ndarray 
 
 
 def admm(strategy: Any, task: ClientTask, trainer: Any, state: Any):
-    """Noise-robust dual-free ADMM (Lari et al., arXiv 2409.13451, 2024; fedsim's
+    """The noise-robust dual-free ADMM client (Lari et al., arXiv 2409.13451, 2024).
+
+    Noise-robust dual-free ADMM (Lari et al., arXiv 2409.13451, 2024; fedsim's
     reconstruction, docs/admm.md): the continual iterations missed while unscheduled,
-    then one damped proximal step towards the fresh z̃_k."""
+    then one damped proximal step towards the fresh z̃_k.
+    """
     from strategies.admm import AdmmClient, continual_iterations
 
     z = task.params.astype(np.float64)
@@ -161,8 +174,11 @@ def admm(strategy: Any, task: ClientTask, trainer: Any, state: Any):
 
 
 def admm_standard(strategy: Any, task: ClientTask, trainer: Any, state: Any):
-    """Consensus ADMM (Boyd et al., FnT ML 2011, §7.1 Eqs. 7.6-7.8): dual ascent with the
-    new z̃_k, then the proximal x-update; sends w_k (+ λ_k/ρ)."""
+    """The consensus ADMM client (Boyd et al., FnT ML 2011, §7.1).
+
+    Consensus ADMM (Boyd et al., FnT ML 2011, §7.1 Eqs. 7.6-7.8): dual ascent with the
+    new z̃_k, then the proximal x-update; sends w_k (+ λ_k/ρ).
+    """
     from strategies.admm_standard import AdmmStandardClient
 
     z = task.params.astype(np.float64)
@@ -177,8 +193,11 @@ def admm_standard(strategy: Any, task: ClientTask, trainer: Any, state: Any):
 
 
 def fedce(strategy: Any, task: ClientTask, trainer: Any, state: Any):
-    """FedCE (Jiang et al., CVPR 2023, §3.2 Eqs. 4-5): score the minus model on local
-    data (per job), then plain local SGD."""
+    """FedCE's client (Jiang et al., CVPR 2023, §3.2).
+
+    FedCE (Jiang et al., CVPR 2023, §3.2 Eqs. 4-5): score the minus model on local
+    data (per job), then plain local SGD.
+    """
     from strategies.fedce import FedCEClientState, FedCEUp, minus_metric
 
     c = down(task, "coef")
