@@ -17,7 +17,8 @@ from fedsim import seeding
 from fedsim.data.federated import FederatedData, federate
 from fedsim.engine import checkpoint
 from fedsim.engine.engine import Engine
-from fedsim.errors import RunError
+from fedsim.errors import RunError, Stalled
+from fedsim.executors import Setup
 from fedsim.results.history import History, clean
 from fedsim.scenario.fields import plugin_name
 from fedsim.training.evaluation import Evaluator
@@ -272,7 +273,6 @@ def run(sc, out: Path | None = None, on_progress: Callable[[int, dict], None] | 
 
     import torch
 
-    from fedsim.executors import Setup
 
     # The server evaluates with `executor.threads` torch threads (default 1) on every
     # executor: the same arithmetic everywhere, and, with Ray actors or Flower clients
@@ -290,7 +290,6 @@ def run(sc, out: Path | None = None, on_progress: Callable[[int, dict], None] | 
             raise RunError(f"strategy: {exc}") from None
         if snap is not None:
             engine.start_round = checkpoint.restore(engine, snap)
-        from fedsim.errors import Stalled
 
         host = getattr(executor, "host", None)  # the flower executor runs the loop inside its ServerApp
         try:

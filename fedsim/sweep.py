@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from fedsim.errors import ScenarioError, SweepError
+from fedsim.errors import RunError, ScenarioError, SweepError
 from fedsim.scenario.fields import plugin_name
 from fedsim.scenario.loading import load, to_yaml
 
@@ -177,7 +177,6 @@ def _run_point(scenario: str, overrides: tuple[str, ...], out: str) -> str | Non
     import contextlib
     import io
 
-    from fedsim.errors import RunError
     from fedsim.runner import run
 
     try:

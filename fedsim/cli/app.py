@@ -19,6 +19,9 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from fedsim.errors import RunDataError, RunError, ScenarioError, SweepError
+from fedsim.scenario.loading import load
+
 EXIT_BAD_INPUT = 2
 
 
@@ -68,9 +71,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
     Returns:
         The exit status: 0 when all are valid, else 2 (each error on stderr).
     """
-    from fedsim.errors import ScenarioError
-    from fedsim.scenario.loading import load
-
     bad = 0
     for path in args.files:
         try:
@@ -97,9 +97,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     Returns:
         The exit status: 0 on success, 2 for a bad scenario or a run error, 130 when interrupted.
     """
-    from fedsim.errors import ScenarioError
-    from fedsim.scenario.loading import load
-
     extra, overrides = _split_overrides(args.overrides)
     if args.resume:  # the scenario comes from the run folder; nothing may change it
         if args.scenario or args.overrides or args.out:
@@ -119,7 +116,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         _error(exc)
         return EXIT_BAD_INPUT
     from fedsim.cli.progress import run_with_progress
-    from fedsim.errors import RunError
 
     try:
         result = run_with_progress(sc, Path(args.out) if args.out else None, quiet=args.quiet,
@@ -143,7 +139,6 @@ def cmd_plot(args: argparse.Namespace) -> int:
     Returns:
         The exit status: 0, or 2 for an unreadable run folder.
     """
-    from fedsim.errors import RunDataError
     from fedsim.results.plots import plot
 
     try:
@@ -164,7 +159,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
     Returns:
         The exit status: 0, or 2 for an unreadable run folder.
     """
-    from fedsim.errors import RunDataError
     from fedsim.results import compare
     from fedsim.results.plots import default_out_dir
     from fedsim.results.rundata import find_runs
@@ -191,7 +185,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         The exit status: 0 when every point ran or was done already, 1 if some failed, 2 for bad
         flags, 130 when interrupted.
     """
-    from fedsim.errors import ScenarioError, SweepError
     from fedsim.sweep import parse_seeds, sweep
 
     extra, fixed = _split_overrides(args.overrides)

@@ -22,6 +22,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from fedsim.errors import RunError
 from fedsim.scenario.fields import bounded
 from fedsim.types import ClientTask, Job, JobResult
 
@@ -108,8 +109,6 @@ class RayExecutor:
     """
 
     def __init__(self, cfg: Ray):
-        from fedsim.errors import RunError
-
         self.cfg = cfg
         self.ray: Any = None
         self._owns_cluster = False
@@ -150,8 +149,6 @@ class RayExecutor:
         self._release.wait()
 
     def _start_ray(self) -> None:
-        from fedsim.errors import RunError
-
         quiet_ray_env()
         import ray
 
@@ -186,8 +183,6 @@ class RayExecutor:
         Raises:
             RunError: Ray could not start, or an actor failed to load the setup.
         """
-        from fedsim.errors import RunError
-
         self._setup = setup
         if not self.cfg.warmup_inline:
             self._booted.wait()
@@ -221,13 +216,10 @@ class RayExecutor:
                 self.ray.get(ref)
                 self._loaded[i] = True
             except Exception as exc:  # noqa: BLE001
-                from fedsim.errors import RunError
 
                 raise RunError(f"executor ray: actor {i} failed to start: {_one_line(exc)}") from None
 
     def _pool_size(self, resources: dict[str, float]) -> int:
-        from fedsim.errors import RunError
-
         cpus, gpus = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
         if self.cfg.num_gpus > 0 and gpus < self.cfg.num_gpus:
             raise RunError(f"executor.num_gpus={self.cfg.num_gpus:g} but the Ray cluster has "

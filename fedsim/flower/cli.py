@@ -7,6 +7,9 @@ import signal
 import sys
 from pathlib import Path
 
+from fedsim.errors import ScenarioError
+from fedsim.scenario.loading import load
+
 EXIT_BAD_INPUT = 2
 
 DESCRIPTION = """Run a scenario's strategy with real clients: a Flower 1.39 SuperLink, one SuperNode per
@@ -63,10 +66,8 @@ def cmd_server(args: argparse.Namespace) -> int:
     Returns:
         The exit status: 0 on success, 2 for a bad scenario or deployment error, 130 on Ctrl-C or SIGTERM.
     """
-    from fedsim.errors import ScenarioError
     from fedsim.flower import deploy as d
     from fedsim.flower import serve
-    from fedsim.scenario.loading import load
 
     extra = [s for s in args.overrides if "=" not in s]
     if extra:

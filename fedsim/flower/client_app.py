@@ -25,7 +25,9 @@ from typing import Any
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedsim.executors import Setup
 from fedsim.flower import codec
+from fedsim.scenario.loading import from_mapping
 from fedsim.strategy.contracts import declared
 from fedsim.types import JobResult
 
@@ -54,9 +56,7 @@ def load_setup(config, data_path: str = "", client: int = -1) -> Any:
 
         import yaml
 
-        from fedsim.executors import Setup
         from fedsim.flower.local_data import load_npz
-        from fedsim.scenario.loading import from_mapping
 
         if SCENARIO not in config or SHAPE not in config:
             raise ValueError("--data needs a deployment server (the message carries no scenario)")
@@ -71,9 +71,7 @@ def load_setup(config, data_path: str = "", client: int = -1) -> Any:
     if SCENARIO in config:
         import yaml
 
-        from fedsim.executors import Setup
         from fedsim.runner import build_data
-        from fedsim.scenario.loading import from_mapping
 
         sc = from_mapping(yaml.safe_load(str(config[SCENARIO])), "<scenario from server>")
         return Setup(build_data(sc), sc.model, sc.client, sc.strategy, sc.seed)

@@ -24,6 +24,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedsim.flower.client_app import SCENARIO, SETUP_KEY, SHAPE
 from fedsim.flower.grid import GridExecutor
+from fedsim.strategy.contracts import declared
 
 
 def hosting_app(body: Callable[[Grid, Context], None]) -> ServerApp:
@@ -57,7 +58,6 @@ def main(grid: Grid, context: Context) -> None:
     """
     from fedsim import scenario as scenario_mod
     from fedsim.runner import build_data, run
-    from fedsim.strategy.contracts import declared
 
     cfg = context.run_config
     sc = scenario_mod.load(str(cfg["scenario"]), str(cfg.get("overrides", "")).split())

@@ -20,7 +20,9 @@ import threading
 import warnings
 from typing import Any, Callable, Sequence
 
+from fedsim.errors import RunError
 from fedsim.executors.ray_executor import quiet_ray_env, verbose
+from fedsim.strategy.contracts import declared
 from fedsim.types import Job, JobResult
 
 
@@ -50,7 +52,6 @@ class FlowerSimulation:
         Raises:
             RunError: if more GPUs per client are asked for than are visible.
         """
-        from fedsim.errors import RunError
         from fedsim.flower.client_app import SETUP_KEY, SETUP_PATH, THREADS
 
         if self.cfg.num_gpus > 0 and self.cfg.address is None and os.environ.get("RAY_ADDRESS") is None:
@@ -98,11 +99,9 @@ class FlowerSimulation:
             RunError: if the backend fails or the ServerApp ends without finishing; errors raised
                 by `fn` itself reach the caller unchanged.
         """
-        from fedsim.errors import RunError
         from fedsim.flower import client_app
         from fedsim.flower.grid import GridExecutor
         from fedsim.flower.server_app import hosting_app
-        from fedsim.strategy.contracts import declared
 
         out: dict[str, Any] = {}
 

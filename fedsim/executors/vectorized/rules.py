@@ -26,6 +26,7 @@ from typing import Any, Callable, Generator
 import numpy as np
 
 from fedsim.executors.vectorized.batched import SgdCall
+from fedsim.registry import import_entry
 from fedsim.types import ClientTask, ClientUpdate
 
 Rule = Callable[[Any, ClientTask, Any, Any], Generator[SgdCall, tuple[np.ndarray, float], tuple[ClientUpdate, Any]]]
@@ -249,8 +250,6 @@ def rule_for(strategy: Any) -> Rule | None:
     method = getattr(type(strategy), "client_update", None)
     if method is None:
         return plain_sgd
-    from fedsim.registry import import_entry
-
     for entry, rule in RULES.items():
         cls = import_entry(entry)
         if getattr(cls, "client_update", None) is method:
