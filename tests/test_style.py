@@ -23,7 +23,6 @@ EXCLUDED = (
     "strategies/fedfix.py",
     "strategies/fedbuff.py",
     "strategies/async_fedavg.py",
-    "fedsim/strategy/server_opt.py",
     "fedsim/engine/",
     "fedsim/training/runtime.py",
 )

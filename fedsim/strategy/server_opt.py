@@ -51,9 +51,11 @@ def server_opt_field() -> Any:
 class Transformation(Protocol):
     """What the engine needs of a server optimiser."""
 
-    def init(self, params: np.ndarray) -> Any: ...
+    def init(self, params: np.ndarray) -> Any:
+        """The initial optimiser state for a model of shape `params.shape`."""
 
-    def update(self, step: np.ndarray, state: Any, params: np.ndarray) -> tuple[np.ndarray, Any]: ...
+    def update(self, step: np.ndarray, state: Any, params: np.ndarray) -> tuple[np.ndarray, Any]:
+        """Map the pseudo-gradient `step` to the applied step and the next state."""
 
 
 def _f64(x: np.ndarray) -> np.ndarray:
@@ -77,9 +79,11 @@ class Identity:
     lr_key: ClassVar[str | None] = None
 
     def init(self, params: np.ndarray) -> tuple:
+        """No state."""
         return ()
 
     def update(self, step: np.ndarray, state: tuple, params: np.ndarray) -> tuple[np.ndarray, tuple]:
+        """The step unchanged."""
         return step, state
 
 
@@ -97,9 +101,11 @@ class Sgd:
     lr_key: ClassVar[str | None] = "lr"
 
     def init(self, params: np.ndarray) -> tuple:
+        """No state."""
         return ()
 
     def update(self, step: np.ndarray, state: tuple, params: np.ndarray) -> tuple[np.ndarray, tuple]:
+        """The step scaled by the server learning rate η."""
         return self.lr * _f64(step), state  # η Δ_t
 
 
@@ -133,9 +139,11 @@ class Momentum:
     lr_key: ClassVar[str | None] = "lr"
 
     def init(self, params: np.ndarray) -> TraceState:
+        """A zero momentum buffer m_0 = 0."""
         return TraceState(None)
 
     def update(self, step: np.ndarray, state: TraceState, params: np.ndarray) -> tuple[np.ndarray, TraceState]:
+        """Heavy-ball (or Nesterov) step from the updated momentum buffer."""
         g = _f64(step)
         # m_{-1} = 0 gives m_0 = Δ_0 exactly (no 0·μ + Δ rounding of signed zeros)
         m = g if state.m is None or self.momentum == 0 else self.momentum * state.m + g  # m_t = μ m + Δ_t
@@ -195,6 +203,7 @@ class Adam:
     lr_key: ClassVar[str | None] = "lr"
 
     def init(self, params: np.ndarray) -> MomentsState:
+        """Zero first moment, `initial_accumulator` second moment."""
         return _moments_init(params, self.initial_accumulator)
 
     def lr_at(self, t: int) -> float:
@@ -205,6 +214,7 @@ class Adam:
         return float(self.lr * np.sqrt(1.0 - self.b2 ** k) / (1.0 - self.b1 ** k))
 
     def update(self, step: np.ndarray, state: MomentsState, params: np.ndarray) -> tuple[np.ndarray, MomentsState]:
+        """One adaptive step η m_t / (√v_t + τ) with Adam's second moment."""
         g = _f64(step)
         m = _first_moment(self.b1, state.m, g)
         v = self.b2 * state.v + (1.0 - self.b2) * g * g  # v_t = β2 v_{t−1} + (1 − β2) Δ_t²
@@ -237,9 +247,11 @@ class Yogi:
     lr_key: ClassVar[str | None] = "lr"
 
     def init(self, params: np.ndarray) -> MomentsState:
+        """Zero first moment, `initial_accumulator` second moment."""
         return _moments_init(params, self.initial_accumulator)
 
     def update(self, step: np.ndarray, state: MomentsState, params: np.ndarray) -> tuple[np.ndarray, MomentsState]:
+        """One adaptive step η m_t / (√v_t + τ) with Yogi's sign-controlled second moment."""
         g = _f64(step)
         m = _first_moment(self.b1, state.m, g)
         g2 = g * g
@@ -268,9 +280,11 @@ class Adagrad:
     lr_key: ClassVar[str | None] = "lr"
 
     def init(self, params: np.ndarray) -> MomentsState:
+        """Zero first moment, `initial_accumulator` second moment."""
         return _moments_init(params, self.initial_accumulator)
 
     def update(self, step: np.ndarray, state: MomentsState, params: np.ndarray) -> tuple[np.ndarray, MomentsState]:
+        """One adaptive step η m_t / (√v_t + τ) with Adagrad's accumulated second moment."""
         g = _f64(step)
         m = _first_moment(self.b1, state.m, g)
         v = state.v + g * g  # v_t = v_{t−1} + Δ_t²  (line 12, FEDADAGRAD)
@@ -290,9 +304,11 @@ class Chain:
     lr_key: ClassVar[str | None] = None
 
     def init(self, params: np.ndarray) -> tuple:
+        """One state per part, in order."""
         return tuple(p.init(params) for p in self.parts)
 
     def update(self, step: np.ndarray, state: tuple, params: np.ndarray) -> tuple[np.ndarray, tuple]:
+        """Each part's update applied in turn to the step."""
         new_states = []
         for part, s in zip(self.parts, state, strict=True):
             step, s = part.update(step, s, params)
@@ -322,6 +338,7 @@ class Chained:
     lr_key: ClassVar[str | None] = None
 
     def validate(self) -> None:
+        """Refuse an empty chain or nested parts that cannot be chained."""
         from fedsim.scenario.fields import build_plugin
 
         # the items arrive as plain mappings; build each from the server_opt table
@@ -334,12 +351,15 @@ class Chained:
 
     @property
     def has_lr(self) -> bool:
+        """Whether any part scales the step by a learning rate of its own."""
         return any(has_lr(s) for s in self.steps)
 
     def init(self, params: np.ndarray) -> Any:
+        """The chain's state (one per part)."""
         return self._chain().init(params)
 
     def update(self, step: np.ndarray, state: Any, params: np.ndarray) -> tuple[np.ndarray, Any]:
+        """The chain's step and next state."""
         return self._chain().update(step, state, params)
 
 
@@ -421,6 +441,7 @@ class StalenessDiscount:
     avg_staleness: float = 0.0
 
     def weight(self, staleness: int) -> float:
+        """The discount s(τ) of an update `staleness` versions old (1 = no discount)."""
         if self.kind == "constant":
             return 1.0
         if self.kind == "polynomial":
@@ -432,6 +453,7 @@ class StalenessDiscount:
         raise ValueError(f"unknown staleness weighting {self.kind!r}")
 
     def init(self, params: np.ndarray) -> tuple:
+        """No state."""
         return ()
 
     def update(self, step: np.ndarray, state: tuple, params: np.ndarray, *,
