@@ -19,7 +19,7 @@ def test_weighted_sum_memory_is_o_d_and_matches_hand_loop():
     tracemalloc.stop()
     assert peak < 8 * d * 8  # a stack would need m·d·8 = 160 MB
     expected = np.zeros(d, dtype=np.float64)
-    for w, v in zip(weights, vectors):
+    for w, v in zip(weights, vectors, strict=True):
         expected += float(w) * v.astype(np.float64)
     np.testing.assert_array_equal(out, expected)
     assert out.dtype == np.float64

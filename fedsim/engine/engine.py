@@ -11,6 +11,7 @@ deadline); the strategy aggregates the arrived updates in arrival order.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -24,6 +25,7 @@ from fedsim.engine.robust import NoRobust
 from fedsim.engine.state import Counters, Pending
 from fedsim.engine.validation import validate_update
 from fedsim.engine.wall_loop import WallLoop
+from fedsim.errors import RunError
 from fedsim.results.history import History
 from fedsim.scenario.schema import FaultsConfig
 from fedsim.strategy import server_opt
@@ -73,6 +75,12 @@ class Engine:
         self.max_norm = getattr(getattr(scenario, "validation", None), "max_norm", None)
         self.robust = getattr(scenario, "robust", None) or NoRobust()  # cohort wrapper before aggregate
         self.checkpoint_every = getattr(getattr(scenario, "checkpoint", None), "every", None)
+        # A client job's exception stops a simulated run (unset = raise) and is a drop in a
+        # deployed one (the deploy server sets `drop`; a wall-clock run is always deployed).
+        policy = getattr(scenario.engine, "on_client_error", None)
+        if policy is None:
+            policy = "drop" if getattr(scenario.engine, "clock", "virtual") == "wall" else "raise"
+        self.on_client_error = policy
         self.start_round = 0  # > 0 when resumed from a checkpoint (fedsim.engine.checkpoint.restore)
         self.resume_loop: dict | None = None  # async: the event loop's checkpointed state
         # declared capabilities (fedsim.strategy.contracts), read once
@@ -120,6 +128,10 @@ class Engine:
         """Apply the uplink to a finished job's result; record a drop and return None if the
         update is lost, failed or invalid."""
         if result.error is not None:
+            if self.on_client_error == "raise":
+                raise RunError(f"client {p.client} failed job {p.job.id} (round {p.job.task.round}, "
+                               f"version {p.job.task.version}): {result.error} "
+                               "(set engine.on_client_error: drop to record it as a drop and go on)")
             return self.reject(p, f"client error: {result.error}", p.arrive)
         if channel.lost(self.sc.channel, self.root, p.client, p.job.id):
             return self.reject(p, "lost in channel", p.arrive)
@@ -145,6 +157,19 @@ class Engine:
         self.event("drop", client=p.client, job=p.job.id, virtual_time=at, version=self.version,
                    staleness=None, reason=reason, **extra)
         return None
+
+    def warn_all_failed(self, where: str, jobs: int) -> None:
+        """Warn loudly (stderr warning and a `warning` event) that no job of `where` brought an update.
+
+        Args:
+            where: the step that failed, e.g. "round 3".
+            jobs: how many jobs it dispatched.
+        """
+        msg = (f"{where}: every one of its {jobs} jobs failed (see the `drop` events in "
+               "events.jsonl); the model did not change")
+        warnings.warn(msg, RuntimeWarning, stacklevel=2)
+        self.event("warning", client=None, virtual_time=self.now, version=self.version, staleness=None,
+                   message=msg)
 
     def server_step(self, new: np.ndarray) -> np.ndarray:
         """Commit the strategy's proposal `new` through the server optimiser (Δ = new − params)."""
@@ -232,6 +257,8 @@ class Engine:
             else:
                 end = start + eng.empty_round_time
             self.now = end
+            if pendings and not updates:
+                self.warn_all_failed(f"round {r + 1}", len(pendings))
             info = RoundInfo(r, self.n, tuple(int(c) for c in online), self.now)
             cohort = self.robust.apply(updates)  # identity unless `robust:` is set
             self.state, new_params = self.strategy.aggregate(self.state, self.params, cohort, info)

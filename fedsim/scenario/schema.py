@@ -216,6 +216,13 @@ class EngineConfig:
     clock: async — `virtual`: the system model fixes when each update arrives (reproducible);
             `wall`: updates are committed in the order real clients return them, times are wall
             seconds since the start (`fedsim deploy server` sets it; see docs/how-to-deploy.md).
+        on_client_error: what an exception in a client's job (a bug in the strategy's client
+            rule, a failing data loader) does. `raise`: the run stops with one line naming the
+            client, the job and the error (metrics written so far are kept); `drop`: the job is
+            recorded as a `drop` and the run goes on. Unset = `raise` on simulated executors and
+            `drop` for deployed runs (`fedsim deploy server` sets it: a real client's failure
+            never stops the server). Injected faults (`faults:`) and channel losses are never
+            client errors: they are always drops.
     """
 
     mode: Literal["sync", "async"] = "sync"
@@ -232,6 +239,7 @@ class EngineConfig:
     drop_offline: bool = False
     clock: Literal["virtual", "wall"] = "virtual"
     max_failed_streak: int | None = bounded(1000, ge=1, le=1_000_000_000)
+    on_client_error: Literal["raise", "drop"] | None = None
 
     def validate(self) -> None:
         """Check the cross-field rules of the block.

@@ -35,7 +35,7 @@ def weighted_sum(vectors: Sequence[np.ndarray], weights: Iterable[float]) -> np.
         raise ValueError(f"weighted_sum of {len(vectors)} vectors with {len(w)} weights")
     acc = np.zeros(np.shape(vectors[0]), dtype=np.float64)
     scratch = np.empty_like(acc)
-    for wi, v in zip(w, vectors):
+    for wi, v in zip(w, vectors, strict=True):
         np.multiply(np.asarray(v), wi, out=scratch, casting="unsafe")
         acc += scratch
     return acc
