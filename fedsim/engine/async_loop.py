@@ -215,7 +215,7 @@ class AsyncLoop:
         self.since_commit, self.last_eval = int(s["since_commit"]), s["last_eval"]
         self.saved_version = int(s["saved_version"])
         self.results = {}
-        self.to_submit = [f.pending.job for _, f in sorted(self.flights.items()) if f.pending.dropped is None]
+        self.to_submit = [f.pending.job for _, f in sorted(self.flights.items()) if self.eng.computes(f.pending)]
         self.flush()
 
     def begin(self) -> None:
@@ -262,7 +262,8 @@ class AsyncLoop:
         if p.dropped is None:
             self.push(p.finish, FINISH, p.job.id)
             self.push(p.arrive, ARRIVE, p.job.id)
-            self.to_submit.append(p.job)
+            if eng.computes(p):  # a lost upload of a stateless client is never computed
+                self.to_submit.append(p.job)
         else:
             self.push(flight.drop_at, ARRIVE, p.job.id)  # a dropped job is never computed
         self.flights[p.job.id] = flight
@@ -327,7 +328,8 @@ class AsyncLoop:
             self.release(p.client, arrived=False)
             self.failed()
             return
-        update = eng.accept(p, self.result_of(job))  # logs the drop itself when rejected
+        result = self.result_of(job) if eng.computes(p) else None
+        update = eng.accept(p, result)  # logs the drop itself when rejected
         if update is None:
             self.release(p.client, arrived=False)
             self.failed()

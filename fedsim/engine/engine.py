@@ -85,6 +85,9 @@ class Engine:
         self.resume_loop: dict | None = None  # async: the event loop's checkpointed state
         # declared capabilities (fedsim.strategy.contracts), read once
         self.sends = declared(self.strategy, "sends")
+        # without a client rule a client keeps no state of its own, so a job whose upload is
+        # lost need not be computed at all
+        self.stateless_clients = hook(self.strategy, "client_update") is None
         self.down_type = declared(self.strategy, "down_type")
         self.up_type = declared(self.strategy, "up_type")
         if declared(self.strategy, "uses_oracle"):
@@ -117,23 +120,53 @@ class Engine:
         job = Job(d, task, self.client_states.get(client), start + arr)
         self.counters.bytes_down += self.params.nbytes
         self.event("dispatch", client=client, job=d, virtual_time=start, version=self.version, staleness=None)
-        p = Pending(job, client, start, start + fin, start + arr, "dropout" if dropped else None)
+        p = Pending(job, client, start, start + fin, start + arr, "dropout" if dropped else None,
+                    channel.lost(self.sc.channel, self.root, client, d))
         if self.faults.active and p.dropped is None:
             hit = self.faults.on_dispatch(client, d, start, p.finish, p.arrive)
             if hit is not None:  # crashed or straggling: the server learns of it at hit[1]
                 p.dropped, p.arrive = hit
         return p
 
-    def accept(self, p: Pending, result: JobResult) -> ClientUpdate | None:
-        """Apply the uplink to a finished job's result; record a drop and return None if the
-        update is lost, failed or invalid."""
+    def computes(self, p: Pending) -> bool:
+        """Whether job `p` must run on the executor.
+
+        A dropped job never runs. A job whose upload is lost still runs when the strategy has
+        a client rule: the real client trained and keeps its own state (SCAFFOLD's c_i,
+        FedSpeed's h_i); only the upload is lost.
+
+        Args:
+            p: the dispatched job.
+
+        Returns:
+            True if the job is submitted to the executor.
+        """
+        return p.dropped is None and not (p.lost and self.stateless_clients)
+
+    def accept(self, p: Pending, result: JobResult | None) -> ClientUpdate | None:
+        """Apply the uplink to a finished job's result.
+
+        Args:
+            p: the job.
+            result: its result, or None for a lost job that was not computed (`computes`).
+
+        Returns:
+            The update as the server receives it, or None (a `drop` is recorded) when the
+            update is lost, failed or invalid.
+
+        Raises:
+            RunError: for a client error when `engine.on_client_error` is `raise`.
+        """
+        if result is None:
+            return self.reject(p, "lost in channel", p.arrive)
         if result.error is not None:
             if self.on_client_error == "raise":
                 raise RunError(f"client {p.client} failed job {p.job.id} (round {p.job.task.round}, "
                                f"version {p.job.task.version}): {result.error} "
                                "(set engine.on_client_error: drop to record it as a drop and go on)")
             return self.reject(p, f"client error: {result.error}", p.arrive)
-        if channel.lost(self.sc.channel, self.root, p.client, p.job.id):
+        if p.lost:  # the client trained and keeps its state; the server never sees the update
+            self.client_states[p.client] = result.client_state
             return self.reject(p, "lost in channel", p.arrive)
         update, fault = result.update, None
         base = p.job.task.params  # the model the client started from (as received)
@@ -235,8 +268,9 @@ class Engine:
                     if p.dropped is None and p.arrive - start > eng.deadline:
                         p.dropped = "deadline"
             live = [p for p in pendings if p.dropped is None]
-            self.executor.submit([p.job for p in live])  # late or dropped jobs are never computed
-            results = self.collect(live)
+            run = [p for p in live if self.computes(p)]
+            self.executor.submit([p.job for p in run])  # late or dropped jobs are never computed
+            results = self.collect(run)
             updates: list[ClientUpdate] = []
             # Commit order = virtual arrival time, ties by dispatch index (never executor order).
             for p in sorted(pendings, key=lambda q: (q.arrive, q.job.id)):
@@ -246,7 +280,7 @@ class Engine:
                     continue
                 self.event("finish", client=p.client, job=p.job.id, virtual_time=p.finish,
                            version=self.version, staleness=0)
-                update = self.accept(p, results[p.job.id])
+                update = self.accept(p, results.get(p.job.id))
                 if update is not None:
                     self.event("arrive", client=p.client, job=p.job.id, virtual_time=p.arrive,
                                version=self.version, staleness=0)

@@ -15,6 +15,7 @@ class Pending:
     finish: float  # compute done
     arrive: float  # upload received by the server
     dropped: str | None = None  # reason, when the job will never arrive
+    lost: bool = False  # the upload is lost on the uplink (drawn at dispatch; the client still trains)
 
 
 @dataclass

@@ -48,7 +48,9 @@ class ChannelConfig:
     Args:
         downlink_noise_std: σ_d; client k receives z + N(0, σ_d² I).
         uplink_noise_std: σ_u; the server receives the client's message + N(0, σ_u² I).
-        loss_prob: probability that an uplink message is lost.
+        loss_prob: probability that an uplink message is lost, drawn at dispatch per (client,
+            dispatch index). The client still trains and keeps its own state (e.g. SCAFFOLD's
+            c_i); only the server never receives the update (a `drop`, `lost in channel`).
     """
 
     downlink_noise_std: float = bounded(0.0, ge=0.0, le=1e6)
