@@ -352,7 +352,7 @@ class AsyncLoop:
         eng, p = self.eng, f.pending
         staleness = eng.version - p.job.task.version  # specs §5.1: n − ρ_i(n)
         eng.event("arrive", client=p.client, job=p.job.id, virtual_time=p.arrive, version=eng.version,
-                  staleness=staleness)
+                  staleness=staleness, metrics=dict(update.metrics or {}))
         eng.counters.num_updates += 1
         self.since_commit += 1
         self.release(p.client, arrived=True)

@@ -45,6 +45,7 @@ def snapshot(engine, next_round: int, loop: dict[str, Any] | None = None) -> dic
         "participation": engine.participation, "last_metrics": engine.history.last_metrics,
         "offsets": engine.history.offsets(), "loop": loop,
         "server_opt": getattr(engine, "opt_state", None),
+        "started": getattr(engine, "started", None), "train_sums": getattr(engine, "train_sums", {}),
     }
 
 
@@ -92,6 +93,9 @@ def restore(engine, snap: dict[str, Any]) -> int:
     engine.state, engine.client_states = snap["state"], snap["client_states"]
     engine.opt_state = snap.get("server_opt")  # the server optimiser's moments (None without one)
     engine.participations = snap["participations"]
+    if snap.get("started") is not None:
+        engine.started = snap["started"]
+    engine.train_sums = dict(snap.get("train_sums") or {})
     engine.counters = Counters(**snap["counters"])
     engine.participation = snap["participation"]
     engine.history.last_metrics = dict(snap["last_metrics"])

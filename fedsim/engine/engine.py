@@ -66,6 +66,8 @@ class Engine:
         self.counters = Counters()
         self.client_states = ClientStates(getattr(scenario.engine, "client_state", "float32"))
         self.participations = np.zeros(self.n, dtype=np.int64)
+        self.started = np.zeros(self.n, dtype=np.int64)  # jobs dispatched to each client (async lr_decay)
+        self.train_sums: dict[str, list[float]] = {}  # metric -> [Σ n_i v_i, Σ n_i] since the last evaluation
         self.num_examples = data.num_examples()
         self.on_progress = on_progress
         self.wall_start = time.perf_counter()
@@ -113,8 +115,10 @@ class Engine:
         if self.down_type is not None:  # declared: the strategy sends a typed down message
             down = self.strategy.configure(self.state, client, RoundInfo(round_index, self.n, (), start))
         received = channel.downlink(self.sc.channel, self.params, self.root, client, d)
+        lr_step = round_index if self.sc.engine.mode == "sync" else int(self.started[client])
+        self.started[client] += 1
         task = ClientTask(client, received, self.version, round_index, d,
-                          seeding.seed_of(self.root, "job", client, d), down)
+                          seeding.seed_of(self.root, "job", client, d), down, lr_step)
         fin, arr, dropped = self.system.duration(client, int(self.work[client]),
                                                  seeding.rng(self.root, "system_job", client, d))
         job = Job(d, task, self.client_states.get(client), start + arr)
@@ -183,7 +187,33 @@ class Engine:
                                                            p.client, p.job.id))
         self.counters.bytes_up += update.vector.nbytes + message_nbytes(update.up)
         self.participations[p.client] += 1
+        self.note_train_metrics(update)
         return update
+
+    def note_train_metrics(self, update: ClientUpdate) -> None:
+        """Add an accepted update's finite scalar metrics to the running example-weighted sums.
+
+        Args:
+            update: the accepted update; its `metrics` are weighted by `num_examples`.
+        """
+        n = float(update.num_examples)
+        for key, value in (update.metrics or {}).items():
+            if isinstance(value, (int, float, np.floating, np.integer)) and np.isfinite(value):
+                name = key if key.startswith("train_") else f"train_{key}"
+                acc = self.train_sums.setdefault(name, [0.0, 0.0])
+                acc[0] += n * float(value)
+                acc[1] += n
+
+    def train_metrics(self) -> dict[str, float]:
+        """The example-weighted means of the client metrics since the last evaluation, then reset.
+
+        Returns:
+            `train_loss` and the other `train_*` means (Σ n_i v_i / Σ n_i over the updates
+            accepted since the previous evaluation); empty when none arrived.
+        """
+        out = {k: s / w for k, (s, w) in sorted(self.train_sums.items()) if w > 0}
+        self.train_sums = {}
+        return out
 
     def reject(self, p: Pending, reason: str, at: float, **extra: Any) -> None:
         self.counters.num_failed += 1
@@ -232,6 +262,8 @@ class Engine:
             "num_updates": c.num_updates, "num_failed": c.num_failed,
             "bytes_up": c.bytes_up, "bytes_down": c.bytes_down,
         })
+        for key, value in self.train_metrics().items():
+            record.setdefault(key, value)  # never shadows an evaluation metric
         self.history.metric(record)
         cm = self.sc.metrics.client_metrics
         rows = "all" if cm is True else "none" if cm is False else cm
@@ -283,7 +315,7 @@ class Engine:
                 update = self.accept(p, results.get(p.job.id))
                 if update is not None:
                     self.event("arrive", client=p.client, job=p.job.id, virtual_time=p.arrive,
-                               version=self.version, staleness=0)
+                               version=self.version, staleness=0, metrics=dict(update.metrics or {}))
                     updates.append(update)
             if pendings:
                 ends = [p.arrive for p in pendings]

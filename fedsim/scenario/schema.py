@@ -25,7 +25,11 @@ class ClientConfig:
 
     Args:
         local_steps: Q (FedAU), n_SGD (Fraboni).  local_epochs: E (overrides local_steps).
-        batch_size: B.  lr: γ, local learning rate.  lr_decay: γ_t = γ · lr_decay^t per round.
+        batch_size: B.  lr: γ, local learning rate.  lr_decay: γ_t = γ · lr_decay^t. Sync: t is the round.
+            Async: t is the client's own local round, the number of jobs this client started
+            before this one (every dispatch counts, also one that later dropped out), not the
+            server version: the analogue of a per-round schedule when each client advances at
+            its own pace. Known at dispatch, so deterministic.
         momentum: heavy-ball momentum (buffer starts at 0 every job).  weight_decay: L2 on w.
         clip_norm: clip the step direction to this global norm (off when unset).
     """

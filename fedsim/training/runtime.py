@@ -80,7 +80,8 @@ class LocalTrainer:
         self.y_val = runtime.y_val[vs]
         self.generator = torch.Generator().manual_seed(task.seed)
         cfg = runtime.cfg
-        self.lr = cfg.lr * cfg.lr_decay ** task.round
+        step = task.round if task.lr_step is None else task.lr_step
+        self.lr = cfg.lr * cfg.lr_decay ** step  # γ_t = γ · lr_decay^t (ClientConfig.lr_decay)
         n = len(self.y)
         self.steps = cfg.local_epochs * -(-n // cfg.batch_size) if cfg.local_epochs else cfg.local_steps
 
