@@ -1,6 +1,8 @@
-"""The run loop on the virtual clock. Owns the global model, every piece of state and
-the order in which results are committed: virtual time, ties by dispatch index —
-never the order in which an executor returns them.
+"""The run loop on the virtual clock.
+
+The engine owns the global model, every piece of state and the order in which results are
+committed: virtual time, ties by dispatch index — never the order in which an executor
+returns them.
 
 Sync mode: round r starts at virtual time T_r; the participation process says who is
 online; each online client gets a job whose virtual duration is fixed at dispatch by
@@ -39,13 +41,22 @@ if TYPE_CHECKING:  # keeps the engine importable without torch (async event-orde
     from fedsim.training.evaluation import Evaluator
 
 
-
-
-
-
-
-
 class Engine:
+    """The simulation: the global model, the strategy's state and the run loop.
+
+    Args:
+        scenario: the validated scenario.
+        data: the federated data set.
+        executor: runs the jobs (inline, Ray, Flower); results may come back in any order.
+        history: writes metrics.jsonl, clients.jsonl and events.jsonl.
+        evaluator: evaluates the global model (server test set and per-client metrics).
+        params: the initial flat model.
+        participation: the participation process (who is online when).
+        system: the system model (job durations and dropouts).
+        work: per-client work units (what the system model's durations scale with).
+        oracle: simulator knowledge that strategies may declare they use (`uses_oracle`).
+        on_progress: called with (round or version, the evaluation record or {}) after each step.
+    """
     def __init__(self, scenario, data, executor, history: History, evaluator: Evaluator,
                  params: np.ndarray, participation, system: SystemModel, work: np.ndarray,
                  oracle: Oracle, on_progress: Callable[[int, dict], None] | None = None):
@@ -105,10 +116,29 @@ class Engine:
     # -- shared machinery -----------------------------------------------------------------
 
     def event(self, kind: str, **fields: Any) -> None:
+        """Append one record to events.jsonl.
+
+        Args:
+            kind: dispatch, finish, arrive, drop, commit or warning.
+            **fields: the record's other fields (client, job, virtual_time, version, staleness, ...).
+        """
         self.history.event({"kind": kind, **fields})
 
     def dispatch(self, client: int, start: float, round_index: int) -> Pending:
-        """Create client `client`'s next job at virtual time `start` from the current model."""
+        """Create client `client`'s next job at virtual time `start` from the current model.
+
+        Everything random about the job (its seed, duration, dropout, faults, uplink loss,
+        downlink noise) is drawn here from streams keyed by the root seed, the client and
+        the dispatch index, so it never depends on the order in which results come back.
+
+        Args:
+            client: the client.
+            start: the virtual dispatch time.
+            round_index: the sync round (async: the server version).
+
+        Returns:
+            The job with its fixed virtual timeline.
+        """
         d = self.counters.dispatches
         self.counters.dispatches += 1
         down = None
@@ -216,6 +246,17 @@ class Engine:
         return out
 
     def reject(self, p: Pending, reason: str, at: float, **extra: Any) -> None:
+        """Record job `p` as failed: count it and log a `drop` event.
+
+        Args:
+            p: the job.
+            reason: why (dropout, deadline, lost in channel, client error: ..., invalid update).
+            at: the virtual time the server learns of it.
+            **extra: further event fields (e.g. `fault`).
+
+        Returns:
+            None, so that callers can `return self.reject(...)` for "no update".
+        """
         self.counters.num_failed += 1
         self.event("drop", client=p.client, job=p.job.id, virtual_time=at, version=self.version,
                    staleness=None, reason=reason, **extra)
@@ -235,14 +276,28 @@ class Engine:
                    message=msg)
 
     def server_step(self, new: np.ndarray) -> np.ndarray:
-        """Commit the strategy's proposal `new` through the server optimiser (Δ = new − params)."""
+        """Commit the strategy's proposal `new` through the server optimiser (Δ = new − params).
+
+        Args:
+            new: the strategy's proposed model.
+
+        Returns:
+            The model to commit (`new` itself without a server optimiser).
+        """
         if self.server_opt is None:
             return new
         self.opt_state, out = server_opt.server_step(self.server_opt, self.opt_state, self.params, new)
         return out
 
     def collect(self, pendings: list[Pending]) -> dict[int, JobResult]:
-        """Wait for every submitted job of `pendings`; results keyed by job id."""
+        """Wait for every submitted job of `pendings`.
+
+        Args:
+            pendings: the jobs that were submitted.
+
+        Returns:
+            Their results keyed by job id.
+        """
         wanted = {p.job.id for p in pendings}
         results: dict[int, JobResult] = {}
         while len(results) < len(wanted):
@@ -251,6 +306,18 @@ class Engine:
         return results
 
     def evaluate(self, round_index: int | None, final: bool = False) -> dict[str, Any]:
+        """Evaluate the global model and write a metrics.jsonl row (and clients.jsonl rows).
+
+        The row has the evaluation metrics, the counters and the example-weighted means of the
+        client training metrics since the previous evaluation (`train_loss`, ...).
+
+        Args:
+            round_index: the sync round (None in async mode: the row is keyed by version).
+            final: whether this is the final evaluation.
+
+        Returns:
+            The metrics.jsonl record.
+        """
         metrics, per_client = self.evaluator.evaluate(self.params, per_client=True)
         c = self.counters
         record: dict[str, Any] = {}
@@ -287,6 +354,14 @@ class Engine:
     # -- sync rounds ------------------------------------------------------------------------
 
     def run_sync(self) -> np.ndarray:
+        """Run the synchronous rounds.
+
+        Returns:
+            The final model.
+
+        Raises:
+            RunError: for a client error when `engine.on_client_error` is `raise`.
+        """
         eng = self.sc.engine
         every = self.sc.metrics.eval_every or 1
         if self.start_round == 0:
@@ -346,6 +421,14 @@ class Engine:
         return self.params
 
     def run(self) -> np.ndarray:
+        """Run the scenario in its mode (sync rounds, async on the virtual or the wall clock).
+
+        Returns:
+            The final model.
+
+        Raises:
+            ValueError: for an engine mode this build does not have.
+        """
         if self.sc.engine.mode == "sync":
             return self.run_sync()
         if self.sc.engine.mode == "async":
