@@ -36,6 +36,7 @@ class ClientTask:
     dispatch: int  # global dispatch index of this job (stable id)
     seed: int
     down: Any = None  # the strategy's down message (an instance of its `down_type`), from configure
+    lr_step: int | None = None  # exponent t of client.lr_decay (None: `round`); see ClientConfig
 
 
 @dataclass(frozen=True)

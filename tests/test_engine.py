@@ -67,7 +67,7 @@ class Saboteur:
 
 
 def test_failing_and_malicious_clients_are_recorded_and_excluded(tmp_path):
-    raw = merge(TINY, engine={"rounds": 3})
+    raw = merge(TINY, engine={"rounds": 3, "on_client_error": "drop"})
     raw["strategy"] = {"name": "test_engine:Saboteur"}
     from fedsim.runner import run
 

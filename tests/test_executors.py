@@ -257,7 +257,7 @@ def test_async_identical_on_inline_ray_and_flower(tmp_path, ray_cluster):
 @pytest.mark.parametrize("executor", ["ray", "flower"])
 def test_client_exception_is_a_recorded_drop(tmp_path, stateful, ray_cluster, executor):
     raw = merge(SYNC, strategy={"name": "stateful", "fail": 1}, participation={"name": "full"},
-                engine={"rounds": 2}, executor={"name": executor, "address": ray_cluster})
+                engine={"rounds": 2, "on_client_error": "drop"}, executor={"name": executor, "address": ray_cluster})
     if executor == "ray":
         raw["executor"]["warmup_inline"] = False  # the failure must cross the actor boundary
     run_raw(raw, tmp_path)

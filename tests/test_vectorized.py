@@ -140,11 +140,16 @@ def test_a_failing_client_is_a_drop_and_the_cohort_goes_on(tmp_path, monkeypatch
         return (yield from plain(strategy, task, trainer, state))
 
     monkeypatch.setattr(rules, "plain_sgd", flaky)
-    run_raw(_vectorized(merge(TINY, engine={"rounds": 2})), tmp_path)
+    run_raw(_vectorized(merge(TINY, engine={"rounds": 2, "on_client_error": "drop"})), tmp_path)
     last = read_metrics(tmp_path)[-1]
     assert last["num_failed"] == 2 and last["num_updates"] == 10
     drops = [e for e in _rows(tmp_path, "events.jsonl") if e["kind"] == "drop"]
     assert [d["client"] for d in drops] == [2, 2] and all("broken on purpose" in d["reason"] for d in drops)
+    # by default (engine.on_client_error unset, a simulated run) the same bug stops the run loudly
+    from fedsim.errors import RunError
+
+    with pytest.raises(RunError, match="client 2 failed job 2 .*broken on purpose"):
+        run_raw(_vectorized(merge(TINY, engine={"rounds": 2})), tmp_path / "strict")
 
 
 def test_empty_client_returns_its_start():

@@ -1,2 +1,5 @@
-"""The run loop on the virtual clock: engine state, sync rounds, async and wall-clock event
-loops, checkpoints, update validation and robust aggregation."""
+"""The run loop on the virtual clock.
+
+Engine state, sync rounds, async and wall-clock event loops, checkpoints, update
+validation and robust aggregation.
+"""

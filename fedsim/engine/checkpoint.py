@@ -34,8 +34,16 @@ FILE = Path("checkpoint") / "state.pkl"
 
 
 def snapshot(engine, next_round: int, loop: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Everything needed to continue `engine` at round `next_round` (async: at version
-    `next_round`, with the event loop's state `loop`)."""
+    """Everything needed to continue `engine` at round `next_round`.
+
+    Args:
+        engine: the running engine (its history is flushed first).
+        next_round: the sync round to continue from (async: the model version).
+        loop: async only, the event loop's own state (`AsyncLoop.state`).
+
+    Returns:
+        A picklable dict of the engine's state.
+    """
     engine.history.flush()
     return {
         "format": FORMAT, "mode": engine.sc.engine.mode, "next_round": next_round,
@@ -45,11 +53,21 @@ def snapshot(engine, next_round: int, loop: dict[str, Any] | None = None) -> dic
         "participation": engine.participation, "last_metrics": engine.history.last_metrics,
         "offsets": engine.history.offsets(), "loop": loop,
         "server_opt": getattr(engine, "opt_state", None),
+        "started": getattr(engine, "started", None), "train_sums": getattr(engine, "train_sums", {}),
     }
 
 
 def save(engine, next_round: int, loop: dict[str, Any] | None = None) -> Path:
-    """Write the snapshot atomically (temp file + fsync + os.replace)."""
+    """Write the snapshot atomically (temp file + fsync + os.replace).
+
+    Args:
+        engine: the running engine.
+        next_round: the round (async: version) to continue from.
+        loop: async only, the event loop's state.
+
+    Returns:
+        The checkpoint file's path.
+    """
     path = engine.history.out / FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -62,6 +80,17 @@ def save(engine, next_round: int, loop: dict[str, Any] | None = None) -> Path:
 
 
 def load(out: Path) -> dict[str, Any]:
+    """Read the checkpoint of the run folder `out`.
+
+    Args:
+        out: the run folder.
+
+    Returns:
+        The snapshot dict written by `save`.
+
+    Raises:
+        ValueError: one line, when the file is missing, unreadable or of another format.
+    """
     path = Path(out) / FILE
     if not path.is_file():
         raise ValueError(f"{out}: no checkpoint to resume from ({FILE} is missing)")
@@ -76,7 +105,12 @@ def load(out: Path) -> dict[str, Any]:
 
 
 def truncate_history(out: Path, offsets: dict[str, int]) -> None:
-    """Cut each JSONL file back to its checkpointed length (rows after it are recomputed)."""
+    """Cut each JSONL file back to its checkpointed length (rows after it are recomputed).
+
+    Args:
+        out: the run folder.
+        offsets: file stem -> byte length at the checkpoint (`History.offsets`).
+    """
     for name, offset in offsets.items():
         path = Path(out) / f"{name}.jsonl"
         with path.open("r+b") as fh:
@@ -84,7 +118,15 @@ def truncate_history(out: Path, offsets: dict[str, int]) -> None:
 
 
 def restore(engine, snap: dict[str, Any]) -> int:
-    """Put `snap` into a freshly built `engine`; returns the round to continue from."""
+    """Put `snap` into a freshly built `engine`.
+
+    Args:
+        engine: an engine built from the same scenario.
+        snap: the snapshot from `load`.
+
+    Returns:
+        The round (async: version) to continue from.
+    """
     from fedsim.engine.state import Counters
 
     engine.now, engine.version = snap["now"], snap["version"]
@@ -92,6 +134,9 @@ def restore(engine, snap: dict[str, Any]) -> int:
     engine.state, engine.client_states = snap["state"], snap["client_states"]
     engine.opt_state = snap.get("server_opt")  # the server optimiser's moments (None without one)
     engine.participations = snap["participations"]
+    if snap.get("started") is not None:
+        engine.started = snap["started"]
+    engine.train_sums = dict(snap.get("train_sums") or {})
     engine.counters = Counters(**snap["counters"])
     engine.participation = snap["participation"]
     engine.history.last_metrics = dict(snap["last_metrics"])

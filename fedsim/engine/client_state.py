@@ -1,5 +1,6 @@
-"""Per-client strategy state (SCAFFOLD's c_i, FedSpeed's h_i, ADMM's local model, ...),
-kept by the engine for the clients that have one — never a model copy per registered client.
+"""Per-client strategy state (SCAFFOLD's c_i, FedSpeed's h_i, ADMM's local model, ...).
+
+The engine keeps it for the clients that have one — never a model copy per registered client.
 
 Memory: (clients that have taken part) x (state floats per client) x 4 bytes in float32;
 e.g. SCAFFOLD with a 100k-parameter model and 10k distinct participants holds 4 GB.
@@ -49,6 +50,15 @@ class ClientStates:
         self._states: dict[int, Any] = {}
 
     def get(self, client: int, default: Any = None) -> Any:
+        """The state of `client` at full precision, or `default` when it has none.
+
+        Args:
+            client: the client id.
+            default: returned when no state is stored.
+
+        Returns:
+            The stored state (float16 arrays converted back to float32), or `default`.
+        """
         state = self._states.get(client)
         if state is None:
             return default
@@ -75,7 +85,11 @@ class ClientStates:
         return iter(self._states)
 
     def nbytes(self) -> int:
-        """Bytes held by numpy arrays inside the stored states."""
+        """Bytes held by numpy arrays inside the stored states.
+
+        Returns:
+            The total, over every stored state.
+        """
         total = 0
 
         def walk(obj: Any) -> None:

@@ -1,6 +1,8 @@
-"""The run loop on the virtual clock. Owns the global model, every piece of state and
-the order in which results are committed: virtual time, ties by dispatch index —
-never the order in which an executor returns them.
+"""The run loop on the virtual clock.
+
+The engine owns the global model, every piece of state and the order in which results are
+committed: virtual time, ties by dispatch index — never the order in which an executor
+returns them.
 
 Sync mode: round r starts at virtual time T_r; the participation process says who is
 online; each online client gets a job whose virtual duration is fixed at dispatch by
@@ -11,6 +13,7 @@ deadline); the strategy aggregates the arrived updates in arrival order.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -24,6 +27,7 @@ from fedsim.engine.robust import NoRobust
 from fedsim.engine.state import Counters, Pending
 from fedsim.engine.validation import validate_update
 from fedsim.engine.wall_loop import WallLoop
+from fedsim.errors import RunError
 from fedsim.results.history import History
 from fedsim.scenario.schema import FaultsConfig
 from fedsim.strategy import server_opt
@@ -37,13 +41,22 @@ if TYPE_CHECKING:  # keeps the engine importable without torch (async event-orde
     from fedsim.training.evaluation import Evaluator
 
 
-
-
-
-
-
-
 class Engine:
+    """The simulation: the global model, the strategy's state and the run loop.
+
+    Args:
+        scenario: the validated scenario.
+        data: the federated data set.
+        executor: runs the jobs (inline, Ray, Flower); results may come back in any order.
+        history: writes metrics.jsonl, clients.jsonl and events.jsonl.
+        evaluator: evaluates the global model (server test set and per-client metrics).
+        params: the initial flat model.
+        participation: the participation process (who is online when).
+        system: the system model (job durations and dropouts).
+        work: per-client work units (what the system model's durations scale with).
+        oracle: simulator knowledge that strategies may declare they use (`uses_oracle`).
+        on_progress: called with (round or version, the evaluation record or {}) after each step.
+    """
     def __init__(self, scenario, data, executor, history: History, evaluator: Evaluator,
                  params: np.ndarray, participation, system: SystemModel, work: np.ndarray,
                  oracle: Oracle, on_progress: Callable[[int, dict], None] | None = None):
@@ -64,6 +77,8 @@ class Engine:
         self.counters = Counters()
         self.client_states = ClientStates(getattr(scenario.engine, "client_state", "float32"))
         self.participations = np.zeros(self.n, dtype=np.int64)
+        self.started = np.zeros(self.n, dtype=np.int64)  # jobs dispatched to each client (async lr_decay)
+        self.train_sums: dict[str, list[float]] = {}  # metric -> [Σ n_i v_i, Σ n_i] since the last evaluation
         self.num_examples = data.num_examples()
         self.on_progress = on_progress
         self.wall_start = time.perf_counter()
@@ -73,10 +88,19 @@ class Engine:
         self.max_norm = getattr(getattr(scenario, "validation", None), "max_norm", None)
         self.robust = getattr(scenario, "robust", None) or NoRobust()  # cohort wrapper before aggregate
         self.checkpoint_every = getattr(getattr(scenario, "checkpoint", None), "every", None)
+        # A client job's exception stops a simulated run (unset = raise) and is a drop in a
+        # deployed one (the deploy server sets `drop`; a wall-clock run is always deployed).
+        policy = getattr(scenario.engine, "on_client_error", None)
+        if policy is None:
+            policy = "drop" if getattr(scenario.engine, "clock", "virtual") == "wall" else "raise"
+        self.on_client_error = policy
         self.start_round = 0  # > 0 when resumed from a checkpoint (fedsim.engine.checkpoint.restore)
         self.resume_loop: dict | None = None  # async: the event loop's checkpointed state
         # declared capabilities (fedsim.strategy.contracts), read once
         self.sends = declared(self.strategy, "sends")
+        # without a client rule a client keeps no state of its own, so a job whose upload is
+        # lost need not be computed at all
+        self.stateless_clients = hook(self.strategy, "client_update") is None
         self.down_type = declared(self.strategy, "down_type")
         self.up_type = declared(self.strategy, "up_type")
         if declared(self.strategy, "uses_oracle"):
@@ -92,36 +116,91 @@ class Engine:
     # -- shared machinery -----------------------------------------------------------------
 
     def event(self, kind: str, **fields: Any) -> None:
+        """Append one record to events.jsonl.
+
+        Args:
+            kind: dispatch, finish, arrive, drop, commit or warning.
+            **fields: the record's other fields (client, job, virtual_time, version, staleness, ...).
+        """
         self.history.event({"kind": kind, **fields})
 
     def dispatch(self, client: int, start: float, round_index: int) -> Pending:
-        """Create client `client`'s next job at virtual time `start` from the current model."""
+        """Create client `client`'s next job at virtual time `start` from the current model.
+
+        Everything random about the job (its seed, duration, dropout, faults, uplink loss,
+        downlink noise) is drawn here from streams keyed by the root seed, the client and
+        the dispatch index, so it never depends on the order in which results come back.
+
+        Args:
+            client: the client.
+            start: the virtual dispatch time.
+            round_index: the sync round (async: the server version).
+
+        Returns:
+            The job with its fixed virtual timeline.
+        """
         d = self.counters.dispatches
         self.counters.dispatches += 1
         down = None
         if self.down_type is not None:  # declared: the strategy sends a typed down message
             down = self.strategy.configure(self.state, client, RoundInfo(round_index, self.n, (), start))
         received = channel.downlink(self.sc.channel, self.params, self.root, client, d)
+        lr_step = round_index if self.sc.engine.mode == "sync" else int(self.started[client])
+        self.started[client] += 1
         task = ClientTask(client, received, self.version, round_index, d,
-                          seeding.seed_of(self.root, "job", client, d), down)
+                          seeding.seed_of(self.root, "job", client, d), down, lr_step)
         fin, arr, dropped = self.system.duration(client, int(self.work[client]),
                                                  seeding.rng(self.root, "system_job", client, d))
         job = Job(d, task, self.client_states.get(client), start + arr)
         self.counters.bytes_down += self.params.nbytes
         self.event("dispatch", client=client, job=d, virtual_time=start, version=self.version, staleness=None)
-        p = Pending(job, client, start, start + fin, start + arr, "dropout" if dropped else None)
+        p = Pending(job, client, start, start + fin, start + arr, "dropout" if dropped else None,
+                    channel.lost(self.sc.channel, self.root, client, d))
         if self.faults.active and p.dropped is None:
             hit = self.faults.on_dispatch(client, d, start, p.finish, p.arrive)
             if hit is not None:  # crashed or straggling: the server learns of it at hit[1]
                 p.dropped, p.arrive = hit
         return p
 
-    def accept(self, p: Pending, result: JobResult) -> ClientUpdate | None:
-        """Apply the uplink to a finished job's result; record a drop and return None if the
-        update is lost, failed or invalid."""
+    def computes(self, p: Pending) -> bool:
+        """Whether job `p` must run on the executor.
+
+        A dropped job never runs. A job whose upload is lost still runs when the strategy has
+        a client rule: the real client trained and keeps its own state (SCAFFOLD's c_i,
+        FedSpeed's h_i); only the upload is lost.
+
+        Args:
+            p: the dispatched job.
+
+        Returns:
+            True if the job is submitted to the executor.
+        """
+        return p.dropped is None and not (p.lost and self.stateless_clients)
+
+    def accept(self, p: Pending, result: JobResult | None) -> ClientUpdate | None:
+        """Apply the uplink to a finished job's result.
+
+        Args:
+            p: the job.
+            result: its result, or None for a lost job that was not computed (`computes`).
+
+        Returns:
+            The update as the server receives it, or None (a `drop` is recorded) when the
+            update is lost, failed or invalid.
+
+        Raises:
+            RunError: for a client error when `engine.on_client_error` is `raise`.
+        """
+        if result is None:
+            return self.reject(p, "lost in channel", p.arrive)
         if result.error is not None:
+            if self.on_client_error == "raise":
+                raise RunError(f"client {p.client} failed job {p.job.id} (round {p.job.task.round}, "
+                               f"version {p.job.task.version}): {result.error} "
+                               "(set engine.on_client_error: drop to record it as a drop and go on)")
             return self.reject(p, f"client error: {result.error}", p.arrive)
-        if channel.lost(self.sc.channel, self.root, p.client, p.job.id):
+        if p.lost:  # the client trained and keeps its state; the server never sees the update
+            self.client_states[p.client] = result.client_state
             return self.reject(p, "lost in channel", p.arrive)
         update, fault = result.update, None
         base = p.job.task.params  # the model the client started from (as received)
@@ -138,23 +217,87 @@ class Engine:
                                                            p.client, p.job.id))
         self.counters.bytes_up += update.vector.nbytes + message_nbytes(update.up)
         self.participations[p.client] += 1
+        self.note_train_metrics(update)
         return update
 
+    def note_train_metrics(self, update: ClientUpdate) -> None:
+        """Add an accepted update's finite scalar metrics to the running example-weighted sums.
+
+        Args:
+            update: the accepted update; its `metrics` are weighted by `num_examples`.
+        """
+        n = float(update.num_examples)
+        for key, value in (update.metrics or {}).items():
+            if isinstance(value, (int, float, np.floating, np.integer)) and np.isfinite(value):
+                name = key if key.startswith("train_") else f"train_{key}"
+                acc = self.train_sums.setdefault(name, [0.0, 0.0])
+                acc[0] += n * float(value)
+                acc[1] += n
+
+    def train_metrics(self) -> dict[str, float]:
+        """The example-weighted means of the client metrics since the last evaluation, then reset.
+
+        Returns:
+            `train_loss` and the other `train_*` means (Σ n_i v_i / Σ n_i over the updates
+            accepted since the previous evaluation); empty when none arrived.
+        """
+        out = {k: s / w for k, (s, w) in sorted(self.train_sums.items()) if w > 0}
+        self.train_sums = {}
+        return out
+
     def reject(self, p: Pending, reason: str, at: float, **extra: Any) -> None:
+        """Record job `p` as failed: count it and log a `drop` event.
+
+        Args:
+            p: the job.
+            reason: why (dropout, deadline, lost in channel, client error: ..., invalid update).
+            at: the virtual time the server learns of it.
+            **extra: further event fields (e.g. `fault`).
+
+        Returns:
+            None, so that callers can `return self.reject(...)` for "no update".
+        """
         self.counters.num_failed += 1
         self.event("drop", client=p.client, job=p.job.id, virtual_time=at, version=self.version,
                    staleness=None, reason=reason, **extra)
         return None
 
+    def warn_all_failed(self, where: str, jobs: int) -> None:
+        """Warn loudly (stderr warning and a `warning` event) that no job of `where` brought an update.
+
+        Args:
+            where: the step that failed, e.g. "round 3".
+            jobs: how many jobs it dispatched.
+        """
+        msg = (f"{where}: every one of its {jobs} jobs failed (see the `drop` events in "
+               "events.jsonl); the model did not change")
+        warnings.warn(msg, RuntimeWarning, stacklevel=2)
+        self.event("warning", client=None, virtual_time=self.now, version=self.version, staleness=None,
+                   message=msg)
+
     def server_step(self, new: np.ndarray) -> np.ndarray:
-        """Commit the strategy's proposal `new` through the server optimiser (Δ = new − params)."""
+        """Commit the strategy's proposal `new` through the server optimiser (Δ = new − params).
+
+        Args:
+            new: the strategy's proposed model.
+
+        Returns:
+            The model to commit (`new` itself without a server optimiser).
+        """
         if self.server_opt is None:
             return new
         self.opt_state, out = server_opt.server_step(self.server_opt, self.opt_state, self.params, new)
         return out
 
     def collect(self, pendings: list[Pending]) -> dict[int, JobResult]:
-        """Wait for every submitted job of `pendings`; results keyed by job id."""
+        """Wait for every submitted job of `pendings`.
+
+        Args:
+            pendings: the jobs that were submitted.
+
+        Returns:
+            Their results keyed by job id.
+        """
         wanted = {p.job.id for p in pendings}
         results: dict[int, JobResult] = {}
         while len(results) < len(wanted):
@@ -163,6 +306,18 @@ class Engine:
         return results
 
     def evaluate(self, round_index: int | None, final: bool = False) -> dict[str, Any]:
+        """Evaluate the global model and write a metrics.jsonl row (and clients.jsonl rows).
+
+        The row has the evaluation metrics, the counters and the example-weighted means of the
+        client training metrics since the previous evaluation (`train_loss`, ...).
+
+        Args:
+            round_index: the sync round (None in async mode: the row is keyed by version).
+            final: whether this is the final evaluation.
+
+        Returns:
+            The metrics.jsonl record.
+        """
         metrics, per_client = self.evaluator.evaluate(self.params, per_client=True)
         c = self.counters
         record: dict[str, Any] = {}
@@ -174,6 +329,8 @@ class Engine:
             "num_updates": c.num_updates, "num_failed": c.num_failed,
             "bytes_up": c.bytes_up, "bytes_down": c.bytes_down,
         })
+        for key, value in self.train_metrics().items():
+            record.setdefault(key, value)  # never shadows an evaluation metric
         self.history.metric(record)
         cm = self.sc.metrics.client_metrics
         rows = "all" if cm is True else "none" if cm is False else cm
@@ -197,6 +354,14 @@ class Engine:
     # -- sync rounds ------------------------------------------------------------------------
 
     def run_sync(self) -> np.ndarray:
+        """Run the synchronous rounds.
+
+        Returns:
+            The final model.
+
+        Raises:
+            RunError: for a client error when `engine.on_client_error` is `raise`.
+        """
         eng = self.sc.engine
         every = self.sc.metrics.eval_every or 1
         if self.start_round == 0:
@@ -210,8 +375,9 @@ class Engine:
                     if p.dropped is None and p.arrive - start > eng.deadline:
                         p.dropped = "deadline"
             live = [p for p in pendings if p.dropped is None]
-            self.executor.submit([p.job for p in live])  # late or dropped jobs are never computed
-            results = self.collect(live)
+            run = [p for p in live if self.computes(p)]
+            self.executor.submit([p.job for p in run])  # late or dropped jobs are never computed
+            results = self.collect(run)
             updates: list[ClientUpdate] = []
             # Commit order = virtual arrival time, ties by dispatch index (never executor order).
             for p in sorted(pendings, key=lambda q: (q.arrive, q.job.id)):
@@ -221,10 +387,10 @@ class Engine:
                     continue
                 self.event("finish", client=p.client, job=p.job.id, virtual_time=p.finish,
                            version=self.version, staleness=0)
-                update = self.accept(p, results[p.job.id])
+                update = self.accept(p, results.get(p.job.id))
                 if update is not None:
                     self.event("arrive", client=p.client, job=p.job.id, virtual_time=p.arrive,
-                               version=self.version, staleness=0)
+                               version=self.version, staleness=0, metrics=dict(update.metrics or {}))
                     updates.append(update)
             if pendings:
                 ends = [p.arrive for p in pendings]
@@ -232,6 +398,8 @@ class Engine:
             else:
                 end = start + eng.empty_round_time
             self.now = end
+            if pendings and not updates:
+                self.warn_all_failed(f"round {r + 1}", len(pendings))
             info = RoundInfo(r, self.n, tuple(int(c) for c in online), self.now)
             cohort = self.robust.apply(updates)  # identity unless `robust:` is set
             self.state, new_params = self.strategy.aggregate(self.state, self.params, cohort, info)
@@ -253,6 +421,14 @@ class Engine:
         return self.params
 
     def run(self) -> np.ndarray:
+        """Run the scenario in its mode (sync rounds, async on the virtual or the wall clock).
+
+        Returns:
+            The final model.
+
+        Raises:
+            ValueError: for an engine mode this build does not have.
+        """
         if self.sc.engine.mode == "sync":
             return self.run_sync()
         if self.sc.engine.mode == "async":

@@ -37,13 +37,31 @@ from fedsim.types import ClientUpdate
 
 
 def coordinate_median(stack: np.ndarray) -> np.ndarray:
-    """Coordinate-wise median of an (m, d) stack (mean of the two middle values when m is even)."""
+    """Coordinate-wise median of an (m, d) stack (mean of the two middle values when m is even).
+
+    Args:
+        stack: the (m, d) values, one row per update.
+
+    Returns:
+        The (d,) median.
+    """
     return np.median(stack, axis=0)
 
 
 def trimmed_mean(stack: np.ndarray, trim: float) -> np.ndarray:
-    """Coordinate-wise β-trimmed mean: per coordinate, drop the ⌊β·m⌋ smallest and ⌊β·m⌋
-    largest values and average the rest (Yin et al. 2018, Alg. 2)."""
+    """Coordinate-wise β-trimmed mean of an (m, d) stack.
+
+    Per coordinate, drop the ⌊β·m⌋ smallest and ⌊β·m⌋ largest values and average the rest
+    (Yin, Chen, Ramchandran, Bartlett, "Byzantine-Robust Distributed Learning: Towards
+    Optimal Statistical Rates", ICML 2018, the coordinate-wise trimmed mean).
+
+    Args:
+        stack: the (m, d) values, one row per update.
+        trim: β, the share dropped at each end (< 0.5).
+
+    Returns:
+        The (d,) trimmed mean.
+    """
     m = stack.shape[0]
     b = int(math.floor(trim * m))
     if b == 0:
@@ -69,6 +87,14 @@ class NoRobust:
     """Pass the cohort to the strategy unchanged (default)."""
 
     def apply(self, updates: Sequence[ClientUpdate]) -> list[ClientUpdate]:
+        """The cohort unchanged.
+
+        Args:
+            updates: the validated cohort.
+
+        Returns:
+            A list of the same updates.
+        """
         return list(updates)
 
 
@@ -77,6 +103,14 @@ class Median:
     """Replace every update by the cohort's coordinate-wise median (Yin et al. 2018)."""
 
     def apply(self, updates: Sequence[ClientUpdate]) -> list[ClientUpdate]:
+        """Robust cohort: every update's vector (and up-message arrays) replaced by the coordinate-wise median.
+
+        Args:
+            updates: the validated cohort, in commit order.
+
+        Returns:
+            The cohort as the strategy sees it (unchanged for fewer than two updates).
+        """
         return _robustify(updates, coordinate_median)
 
 
@@ -92,6 +126,14 @@ class TrimmedMean:
     trim: float = bounded(0.1, ge=0.0, lt=0.5)
 
     def apply(self, updates: Sequence[ClientUpdate]) -> list[ClientUpdate]:
+        """Robust cohort: every update's vector (and up-message arrays) replaced by the coordinate-wise β-trimmed mean.
+
+        Args:
+            updates: the validated cohort, in commit order.
+
+        Returns:
+            The cohort as the strategy sees it (unchanged for fewer than two updates).
+        """
         return _robustify(updates, lambda s: trimmed_mean(s, self.trim))
 
 

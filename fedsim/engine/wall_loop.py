@@ -46,9 +46,22 @@ class WallLoop(AsyncLoop):
         self.t0 = 0.0
 
     def elapsed(self) -> float:
+        """Wall seconds since the run started.
+
+        Returns:
+            The elapsed time, the loop's `now`.
+        """
         return self._clock() - self.t0
 
     def run(self) -> np.ndarray:
+        """Run until a stop condition, committing updates in the order they really come back.
+
+        Returns:
+            The final model parameters.
+
+        Raises:
+            Stalled: when the run cannot make progress any more.
+        """
         eng, cfg = self.eng, self.cfg
         self.t0 = self._clock()
         eng.now = 0.0
@@ -91,14 +104,25 @@ class WallLoop(AsyncLoop):
         return eng.params
 
     def wait(self, limit: float | None) -> JobResult | None:
-        """The next result the executor returns, or None when `limit` (run seconds) passes first."""
+        """The next result the executor returns, or None when `limit` passes first.
+
+        Args:
+            limit: the run time (seconds since the start) to wait until; None = no limit.
+
+        Returns:
+            The result, or None on timeout.
+        """
         poll = getattr(self.eng.executor, "poll", None)
         if poll is None:
             return self.eng.executor.next_result()
         return poll(None if limit is None else max(0.0, limit - self.elapsed()))
 
     def start(self, client: int) -> None:
-        """Dispatch `client` now; the job arrives whenever its result really comes back."""
+        """Dispatch `client` now; the job arrives whenever its result really comes back.
+
+        Args:
+            client: the client.
+        """
         eng = self.eng
         p = eng.dispatch(client, eng.now, eng.version)
         p.dropped = None  # simulated dropouts/faults belong to the virtual clock
@@ -108,6 +132,11 @@ class WallLoop(AsyncLoop):
         self.idle_slots = 0
 
     def on_result(self, r: JobResult) -> None:
+        """Handle one result as it comes back: drop it, or hand its update to the strategy.
+
+        Args:
+            r: the executor's result (ignored when its job is no longer in flight).
+        """
         eng = self.eng
         f = self.flights.pop(r.id, None)
         if f is None:

@@ -88,7 +88,8 @@ class _Worker:
 
     def run(self, job: Job, params: np.ndarray) -> JobResult:
         t = job.task
-        task = ClientTask(t.client, np.array(params, copy=True), t.version, t.round, t.dispatch, t.seed, t.down)
+        task = ClientTask(t.client, np.array(params, copy=True), t.version, t.round, t.dispatch, t.seed, t.down,
+                          t.lr_step)
         return self.rt.run(Job(job.id, task, job.client_state, job.finish_time))
 
 
@@ -288,7 +289,7 @@ class RayExecutor:
                 return
             job = self._queue.popleft()
             t = job.task
-            light = Job(job.id, ClientTask(t.client, None, t.version, t.round, t.dispatch, t.seed, t.down),
+            light = Job(job.id, ClientTask(t.client, None, t.version, t.round, t.dispatch, t.seed, t.down, t.lr_step),
                         job.client_state, job.finish_time)
             fut = self._actors[i].run.remote(light, self._params_ref(t.params))
             self._futures[fut] = (i, job)

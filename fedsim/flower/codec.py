@@ -153,7 +153,7 @@ def encode_job(job: Job, extra_config: Mapping[str, Any] | None = None) -> Recor
     """
     t = job.task
     tree = {"id": job.id, "client": t.client, "params": t.params, "version": t.version, "round": t.round,
-            "dispatch": t.dispatch, "seed": t.seed, "down": _message_fields(t.down, "down"),
+            "dispatch": t.dispatch, "seed": t.seed, "lr_step": t.lr_step, "down": _message_fields(t.down, "down"),
             **_state_fields(job.client_state), "finish_time": job.finish_time}
     return pack(tree, extra_config)
 
@@ -171,7 +171,8 @@ def decode_job(content: RecordDict, down_type: type | None = None, state_type: t
     """
     d = unpack(content)
     task = ClientTask(int(d["client"]), d["params"], int(d["version"]), int(d["round"]), int(d["dispatch"]),
-                      int(d["seed"]), _message(d["down"], down_type, "down"))
+                      int(d["seed"]), _message(d["down"], down_type, "down"),
+                      None if d.get("lr_step") is None else int(d["lr_step"]))
     return Job(int(d["id"]), task, _state(d, state_type), float(d["finish_time"]))
 
 

@@ -110,6 +110,29 @@ def with_clock(scenario, clock: str):
     return replace(scenario, engine=replace(scenario.engine, clock=clock))
 
 
+def with_drop_on_client_error(scenario, log: Callable[[str], None] = say):
+    """`scenario` with `engine.on_client_error: drop`, as every deployed run has.
+
+    A real client's failure (or a malicious client's crafted error) must never stop the
+    server, so a scenario's `raise` is overridden, with one message.
+
+    Args:
+        scenario: the scenario.
+        log: receives the message when an explicit `raise` is overridden.
+
+    Returns:
+        The scenario, replaced only when its policy is not `drop` already.
+    """
+    from dataclasses import replace
+
+    policy = getattr(scenario.engine, "on_client_error", None)
+    if policy == "drop":
+        return scenario
+    if policy == "raise":
+        log("engine.on_client_error: raise is ignored by the deploy server (a client's failure is a drop)")
+    return replace(scenario, engine=replace(scenario.engine, on_client_error="drop"))
+
+
 def serve(scenario, out: Path, opts: ServerOptions, log: Callable[[str], None] = say,
           on_ready: Callable[[d.SuperLink], None] | None = None) -> Path:
     """Run `scenario` against deployed clients.
@@ -130,7 +153,7 @@ def serve(scenario, out: Path, opts: ServerOptions, log: Callable[[str], None] =
     """
     from fedsim import scenario as scenario_mod
 
-    scenario = with_clock(scenario, opts.clock)
+    scenario = with_drop_on_client_error(with_clock(scenario, opts.clock), log)
     if opts.tls is None and not opts.insecure and opts.attach is None:
         raise d.DeployError("no TLS files: pass --tls-dir DIR (see `fedsim deploy certs`) or "
                             "--ca/--cert/--key, or --insecure for an unencrypted trial")

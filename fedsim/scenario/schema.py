@@ -25,7 +25,11 @@ class ClientConfig:
 
     Args:
         local_steps: Q (FedAU), n_SGD (Fraboni).  local_epochs: E (overrides local_steps).
-        batch_size: B.  lr: γ, local learning rate.  lr_decay: γ_t = γ · lr_decay^t per round.
+        batch_size: B.  lr: γ, local learning rate.  lr_decay: γ_t = γ · lr_decay^t. Sync: t is the round.
+            Async: t is the client's own local round, the number of jobs this client started
+            before this one (every dispatch counts, also one that later dropped out), not the
+            server version: the analogue of a per-round schedule when each client advances at
+            its own pace. Known at dispatch, so deterministic.
         momentum: heavy-ball momentum (buffer starts at 0 every job).  weight_decay: L2 on w.
         clip_norm: clip the step direction to this global norm (off when unset).
     """
@@ -48,7 +52,9 @@ class ChannelConfig:
     Args:
         downlink_noise_std: σ_d; client k receives z + N(0, σ_d² I).
         uplink_noise_std: σ_u; the server receives the client's message + N(0, σ_u² I).
-        loss_prob: probability that an uplink message is lost.
+        loss_prob: probability that an uplink message is lost, drawn at dispatch per (client,
+            dispatch index). The client still trains and keeps its own state (e.g. SCAFFOLD's
+            c_i); only the server never receives the update (a `drop`, `lost in channel`).
     """
 
     downlink_noise_std: float = bounded(0.0, ge=0.0, le=1e6)
@@ -216,6 +222,13 @@ class EngineConfig:
     clock: async — `virtual`: the system model fixes when each update arrives (reproducible);
             `wall`: updates are committed in the order real clients return them, times are wall
             seconds since the start (`fedsim deploy server` sets it; see docs/how-to-deploy.md).
+        on_client_error: what an exception in a client's job (a bug in the strategy's client
+            rule, a failing data loader) does. `raise`: the run stops with one line naming the
+            client, the job and the error (metrics written so far are kept); `drop`: the job is
+            recorded as a `drop` and the run goes on. Unset = `raise` on simulated executors and
+            `drop` for deployed runs (`fedsim deploy server` sets it: a real client's failure
+            never stops the server). Injected faults (`faults:`) and channel losses are never
+            client errors: they are always drops.
     """
 
     mode: Literal["sync", "async"] = "sync"
@@ -232,6 +245,7 @@ class EngineConfig:
     drop_offline: bool = False
     clock: Literal["virtual", "wall"] = "virtual"
     max_failed_streak: int | None = bounded(1000, ge=1, le=1_000_000_000)
+    on_client_error: Literal["raise", "drop"] | None = None
 
     def validate(self) -> None:
         """Check the cross-field rules of the block.

@@ -23,10 +23,11 @@ from fedsim.types import ArrivalInfo, ClientUpdate, Params, RoundInfo
 
 
 def weighted_sum(vectors: Sequence[np.ndarray], weights: Iterable[float]) -> np.ndarray:
-    """Compute Σ_i w_i v_i in float64 (the caller casts the result).
+    """Compute Σ_i w_i v_i, streamed into one float64 accumulator (the caller casts the result).
 
-    The sum depends on the list order up to float rounding, so callers pass updates sorted
-    by client id (`sorted_updates`) for determinism.
+    Memory is O(d): each vector is added in turn, in the order given (callers pass updates
+    sorted by client id, `sorted_updates`, so the float sum is deterministic); no (m, d)
+    stack is built.
 
     Args:
         vectors: the v_i, each of shape (d,), any float dtype.
@@ -41,8 +42,14 @@ def weighted_sum(vectors: Sequence[np.ndarray], weights: Iterable[float]) -> np.
     w = np.asarray(list(weights), dtype=np.float64)
     if len(vectors) == 0:
         raise ValueError("weighted_sum of no vectors")
-    stacked = np.stack([np.asarray(v, dtype=np.float64) for v in vectors])
-    return w @ stacked
+    if len(w) != len(vectors):
+        raise ValueError(f"weighted_sum of {len(vectors)} vectors with {len(w)} weights")
+    acc = np.zeros(np.shape(vectors[0]), dtype=np.float64)
+    scratch = np.empty_like(acc)
+    for wi, v in zip(w, vectors, strict=True):
+        np.multiply(np.asarray(v), wi, out=scratch, casting="unsafe")
+        acc += scratch
+    return acc
 
 
 def apply_delta(params: Params, step: np.ndarray, lr: float = 1.0) -> Params:

@@ -1,5 +1,7 @@
-"""Client-side training in plain PyTorch: the default local-SGD rule, and the
-`LocalTrainer` helpers that strategies with their own client rule build on.
+"""Client-side training in plain PyTorch.
+
+The default local-SGD rule, and the `LocalTrainer` helpers that strategies with their own
+client rule build on.
 
 A `ClientRuntime` lives as long as its worker (inline process, Ray actor, Flower
 ClientApp): it keeps the model, its flat parameter buffer and every client's data
@@ -24,7 +26,15 @@ from fedsim.types import ClientTask, ClientUpdate, Job, JobResult
 
 
 class ClientRuntime:
-    """Resident model + data for running client jobs in one worker."""
+    """Resident model + data for running client jobs in one worker.
+
+    Args:
+        data: the federated data set (every client's train and local test split).
+        model_spec: the scenario's `model:` block (builds the torch module; its `device`).
+        client_cfg: the scenario's `client:` block (lr, lr_decay, batch size, local steps, ...).
+        strategy: the strategy; its `client_update` hook, if any, is the client rule.
+        threads: torch threads of this worker (0 = leave torch's setting alone).
+    """
 
     def __init__(self, data: FederatedData, model_spec, client_cfg: ClientConfig, strategy: Any,
                  threads: int = 1):
@@ -42,13 +52,34 @@ class ClientRuntime:
         self.y_val = torch.from_numpy(data.y_val).to(self.device)
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The training loss of the resident model on a batch.
+
+        Cross-entropy for classification; 0.5 · mean squared error for regression (F_k = 1/(2n)‖Xw − y‖²).
+
+        Args:
+            x: the inputs.
+            y: the labels (or targets).
+
+        Returns:
+            The scalar loss tensor (with its autograd graph).
+        """
         out = self.model.module(x)
         if self.regression:
             return 0.5 * F.mse_loss(out.squeeze(-1), y)  # F_k = 1/(2n)‖Xw − y‖²
         return F.cross_entropy(out, y)
 
     def run(self, job: Job) -> JobResult:
-        """Run one job; any exception becomes a failed JobResult (the run goes on)."""
+        """Run one job; any exception becomes a failed JobResult, never an exception.
+
+        The engine decides what a failed job does (`engine.on_client_error`).
+
+        Args:
+            job: the job (its task, and the client's stored state).
+
+        Returns:
+            The result: the update and the client's new state, or the error as one line
+            with its `file:line`.
+        """
         t0 = time.perf_counter()
         task = job.task
         try:
@@ -67,7 +98,15 @@ class ClientRuntime:
 
 
 class LocalTrainer:
-    """One client's view of the runtime during one job."""
+    """One client's view of the runtime during one job.
+
+    The learning rate is γ_t = γ · lr_decay^t, t = `task.lr_step` (the round in sync mode, the
+    client's own job count in async mode; see `ClientConfig`).
+
+    Args:
+        runtime: the worker's resident runtime.
+        task: the job as the client sees it.
+    """
 
     def __init__(self, runtime: ClientRuntime, task: ClientTask):
         self.rt = runtime
@@ -80,21 +119,35 @@ class LocalTrainer:
         self.y_val = runtime.y_val[vs]
         self.generator = torch.Generator().manual_seed(task.seed)
         cfg = runtime.cfg
-        self.lr = cfg.lr * cfg.lr_decay ** task.round
+        step = task.round if task.lr_step is None else task.lr_step
+        self.lr = cfg.lr * cfg.lr_decay ** step  # γ_t = γ · lr_decay^t (ClientConfig.lr_decay)
         n = len(self.y)
         self.steps = cfg.local_epochs * -(-n // cfg.batch_size) if cfg.local_epochs else cfg.local_steps
 
     def tensor(self, array: np.ndarray) -> torch.Tensor:
-        """A float32 tensor on the training device (for `extra_grad` closures), so that
-        strategy files need no torch import of their own."""
+        """A float32 tensor on the training device, for `extra_grad` closures.
+
+        Strategy files then need no torch import of their own.
+
+        Args:
+            array: the values.
+
+        Returns:
+            The tensor on the runtime's device.
+        """
         return torch.as_tensor(np.asarray(array, dtype=np.float32), device=self.rt.device)
 
     @property
     def num_examples(self) -> int:
+        """The number of this client's training examples (n_k)."""
         return int(len(self.y))
 
     def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Minibatches without replacement within an epoch; reshuffle when exhausted."""
+        """Minibatches without replacement within an epoch; reshuffle when exhausted.
+
+        Yields:
+            (inputs, labels) batches, drawn from the job's own generator (seeded per job).
+        """
         n, b = len(self.y), self.rt.cfg.batch_size
         while True:
             perm = torch.randperm(n, generator=self.generator).to(self.rt.device)
@@ -110,7 +163,19 @@ class LocalTrainer:
 
         Per step on minibatch ξ:  g = ∇ℓ(w; ξ)  [or ∇ℓ(w + ρ g/‖g‖; ξ) when sam_rho > 0]
         d = clip(g + extra_grad(w)) + wd·w;  m = μm + d;  w ← w − lr·m.
-        Returns the final flat parameters and the mean minibatch loss.
+
+        Args:
+            params: the start point.
+            steps: local steps (default: the client block's, or its epochs in steps).
+            lr: step size (default: the decayed γ_t).
+            extra_grad: w -> a term added to every gradient (corrections, proximal terms).
+            weight_decay: wd (default: the client block's).
+            momentum: μ (default: the client block's).
+            sam_rho: ρ of the sharpness-aware step (0 = plain SGD).
+            clip_norm: gradient-norm clip (default: the client block's).
+
+        Returns:
+            The final flat parameters and the mean minibatch loss.
         """
         cfg = self.rt.cfg
         steps = self.steps if steps is None else steps
@@ -154,7 +219,15 @@ class LocalTrainer:
 
     @torch.no_grad()
     def evaluate(self, params: np.ndarray, split: Literal["val", "train"] = "val") -> dict[str, float]:
-        """Loss and accuracy of `params` on this client's local test (`val`) or train data."""
+        """Loss and accuracy of `params` on this client's local test (`val`) or train data.
+
+        Args:
+            params: the model to evaluate.
+            split: `val` (local test data) or `train`.
+
+        Returns:
+            {"loss", "accuracy"} (NaN when the split is empty; accuracy NaN for regression).
+        """
         x, y = (self.x_val, self.y_val) if split == "val" else (self.x, self.y)
         self.rt.model.load(params)
         if len(y) == 0:
@@ -196,6 +269,15 @@ class LocalTrainer:
 
 
 def default_client_update(task: ClientTask, trainer: LocalTrainer, state: Any) -> tuple[ClientUpdate, Any]:
-    """Plain local SGD (FedAvg's client: McMahan et al., AISTATS 2017, Alg. 1 ClientUpdate)."""
+    """Plain local SGD (FedAvg's client: McMahan et al., AISTATS 2017, Alg. 1 ClientUpdate).
+
+    Args:
+        task: the job.
+        trainer: the client's trainer.
+        state: the client's state (kept unchanged).
+
+    Returns:
+        The delta update and the unchanged state.
+    """
     new, loss = trainer.sgd(task.params)
     return trainer.make_update(new, loss), state
