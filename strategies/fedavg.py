@@ -1,6 +1,6 @@
 """FedAvg (McMahan et al., AISTATS 2017) with a server learning rate.
 
-Update rule (specs §3):  x_{t+1} = x_t + η · Σ_{i∈S_t} a_i Δ_i
+Update rule (McMahan et al., AISTATS 2017, with a server rate η):  x_{t+1} = x_t + η · Σ_{i∈S_t} a_i Δ_i
 with a_i = n_i / Σ_j n_j (`weighting: examples`) or a_i = 1/|S_t| (`weighting: uniform`).
 Clients run plain local SGD (fedsim.training.runtime). Empty round: no change.
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, Sequence
 
+from fedsim.scenario.fields import bounded
 from fedsim.strategy.maths import (
     apply_delta,
     example_weights,
@@ -45,7 +46,7 @@ class FedAvg:
     down_type: ClassVar[type | None] = None
     up_type: ClassVar[type | None] = None
 
-    server_lr: float = 1.0
+    server_lr: float = bounded(1.0, gt=0.0, le=1e6)
     weighting: Literal["examples", "uniform"] = "examples"
     server_opt: Any = server_opt_field()
 
@@ -55,7 +56,7 @@ class FedAvg:
     def aggregate(self, state: None, params: Params, updates: Sequence[ClientUpdate],
                   info: RoundInfo) -> tuple[None, Params]:
         if not updates:
-            return state, params  # empty round: model unchanged (specs §3 edge cases)
+            return state, params  # empty round: model unchanged
         ups = sorted_updates(updates)
         a = example_weights(ups, self.weighting)
         step = weighted_sum([u.delta for u in ups], a)  # Σ a_i Δ_i

@@ -38,7 +38,7 @@ def apply_delta(params: Params, step: np.ndarray, lr: float = 1.0) -> Params:
 
 
 def example_weights(updates: Sequence[ClientUpdate], weighting: str) -> np.ndarray:
-    """Normalised aggregation weights a_i over a cohort (specs §3).
+    """Normalised aggregation weights a_i over a cohort (McMahan et al., AISTATS 2017).
 
     `examples`: a_i = n_i / Σ n_j (McMahan);  `uniform`: a_i = 1/|S|.
     """
@@ -54,12 +54,13 @@ def example_weights(updates: Sequence[ClientUpdate], weighting: str) -> np.ndarr
 
 
 def staleness_weight(staleness: int, kind: str, exponent: float = 0.5, cutoff: int = 0,
-                     stale_value: float = 0.0, avg_staleness: float = 0.0) -> float:
+                     stale_value: float = 0.0, avg_staleness: float | None = None,
+                     convention: str = "fedsim") -> float:
     """Staleness discount s(τ); see `fedsim.strategy.server_opt.StalenessDiscount`."""
     from fedsim.strategy.server_opt import StalenessDiscount
 
     return StalenessDiscount(kind=kind, exponent=exponent, cutoff=cutoff, stale_value=stale_value,
-                             avg_staleness=avg_staleness).weight(staleness)
+                             avg_staleness=avg_staleness, convention=convention).weight(staleness)
 
 
 def sorted_updates(updates: Sequence[ClientUpdate]) -> list[ClientUpdate]:
@@ -71,7 +72,7 @@ def sorted_updates(updates: Sequence[ClientUpdate]) -> list[ClientUpdate]:
 def least_squares_moments(trainer) -> tuple[np.ndarray, np.ndarray] | None:
     """(A_k, b_k) of the local least-squares loss F_k(w) = 1/(2n_k)‖X̃_k w − y_k‖², with
     A_k = X̃ᵀX̃/n_k and b_k = X̃ᵀy/n_k (X̃ = [X 1], the `linear` model's layout: weights then
-    bias). None when the client's model is not that linear regression (specs §9.2)."""
+    bias). None when the client's model is not that linear regression (Lari et al., arXiv 2409.13451)."""
     rt = trainer.rt
     x = trainer.x
     if not rt.regression or x.ndim != 2 or rt.model.flat.numel() != x.shape[1] + 1 or len(trainer.y) == 0:
@@ -84,7 +85,7 @@ def least_squares_moments(trainer) -> tuple[np.ndarray, np.ndarray] | None:
 
 def prox_solve(trainer, anchor: np.ndarray, rho: float, linear: np.ndarray | None = None,
                start: np.ndarray | None = None) -> np.ndarray:
-    """argmin_w F_k(w) + ⟨linear, w⟩ + (ρ/2)‖w − anchor‖² (the ADMM local step, specs §9.3).
+    """argmin_w F_k(w) + ⟨linear, w⟩ + (ρ/2)‖w − anchor‖² (the ADMM local step, Boyd et al., FnT ML 2011, Sec. 7.1).
 
     Closed form (A_k + ρI)^{-1}(b_k + ρ·anchor − linear) for the linear-regression model;
     otherwise the client's local SGD (`local_steps`, `lr`) on the same objective from
@@ -116,7 +117,7 @@ def participant_mask(updates: Sequence[ClientUpdate], num_clients: int) -> np.nd
 
 def replace_rows(table: np.ndarray | None, updates: Sequence[ClientUpdate], num_clients: int) -> np.ndarray:
     """A copy of the (N, d) float32 table of each client's latest update with this round's
-    deltas written in (MIFA / FedVARP server memory, specs §4.4). `table=None` means all
+    deltas written in (MIFA, Gu et al., NeurIPS 2021; FedVARP, Jhunjhunwala et al., UAI 2022). `table=None` means all
     zeros (lazy allocation before the first update). The input table is not modified."""
     d = updates[0].delta.size
     out = np.zeros((num_clients, d), dtype=np.float32) if table is None else table.copy()
@@ -128,7 +129,7 @@ def replace_rows(table: np.ndarray | None, updates: Sequence[ClientUpdate], num_
 
 def consensus_average(last: Mapping[int, np.ndarray], updates: Sequence[ClientUpdate],
                       memory: bool) -> tuple[dict[int, np.ndarray], np.ndarray]:
-    """Consensus-ADMM server step z = mean of the messages (specs §9.3 / §9.4).
+    """Consensus-ADMM server step z = mean of the messages (Boyd et al., FnT ML 2011, Sec. 7.1).
 
     The message is the update's model (`ClientUpdate.model`). Without memory, the mean runs over this
     round's messages; with memory, over every client's last message (`last`, returned
