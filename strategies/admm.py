@@ -1,7 +1,8 @@
 """Noise-robust, resource-efficient ADMM FL (Lari, Arablouei, Gogineni, Werner, 2024) —
 fedsim's reconstruction; see docs/admm.md for what is confirmed and what is not.
 
-Update rule (specs §9.4, damped proximal form, dual variable eliminated):
+Update rule (Lari, Arablouei, Gogineni, Werner, arXiv 2409.13451, as
+reconstructed here: damped proximal form, dual variable eliminated):
     w°_k(z̃) = argmin_w f_k(w) + (ρ/2)‖w − z̃‖² = (A_k + ρI)^{-1}(b_k + ρ z̃)
     one local iteration with the last received global z̃_k:
         w_k ← (1 − μ) w_k + μ w°_k(z̃_k)       (= w_k + μ(A_k+ρI)^{-1}[b_k − A_k w_k + ρ(z̃_k − w_k)])
@@ -108,6 +109,6 @@ class Admm:
     def aggregate(self, state: AdmmServer, params: Params, updates: Sequence[ClientUpdate],
                   info: RoundInfo) -> tuple[AdmmServer, Params]:
         if not updates:
-            return state, params  # empty schedule: z unchanged (specs §9.6)
+            return state, params  # empty schedule: z unchanged
         last, z = consensus_average(state.last, updates, self.server_memory)
         return AdmmServer(last if self.server_memory else state.last), z

@@ -1,5 +1,5 @@
 """Textbook noisy consensus ADMM with random scheduling (the baseline of the noise-robust
-ADMM; specs §9.3).
+ADMM; Boyd et al., FnT ML 2011, Sec. 7.1).
 
 Update rule, scheduled client k at iteration n (noisy z̃_k = z + ε_k):
     if k was scheduled before:  λ_k ← λ_k + ρ(w_k − z̃_k)            (§9.3 step 2)

@@ -1,9 +1,9 @@
 """Average all (FedAU paper baseline): sum of the participants' updates divided by N.
 
-Update rule (specs §4.4, §3):  x_{t+1} = x_t + η · (1/N) Σ_{n∈S_t} Δ_n
+Update rule (Wang & Ji, ICLR 2024, baselines):  x_{t+1} = x_t + η · (1/N) Σ_{n∈S_t} Δ_n
 Absent clients count as a zero update. With independent participation the stationary point
-is exactly that of Σ p_n F_n (specs §3), i.e. still biased by the participation rates. It
-equals FedAU with cutoff K = 1 (specs §10 T5). Clients run plain local SGD. Empty round:
+is exactly that of Σ p_n F_n (Wang & Ji, ICLR 2024), i.e. still biased by the participation rates. It
+equals FedAU with cutoff K = 1 (tested). Clients run plain local SGD. Empty round:
 no change.
 
 Example:

@@ -1,9 +1,9 @@
 """Average participating (FedAU paper baseline): plain FedAvg over the clients who showed up.
 
-Update rule (specs §4.4, §3):  x_{t+1} = x_t + η · (1/|S_t|) Σ_{n∈S_t} Δ_n
+Update rule (Wang & Ji, ICLR 2024, baselines):  x_{t+1} = x_t + η · (1/|S_t|) Σ_{n∈S_t} Δ_n
 Every arriving update gets the same weight whatever the client's participation rate, so
 with heterogeneous participation it converges to the minimiser of the participation-weighted
-objective ≈ Σ p_n F_n / Σ p_n, not (1/N) Σ F_n (specs §3 "Analytic behaviour", §4.1).
+objective ≈ Σ p_n F_n / Σ p_n, not (1/N) Σ F_n (Wang & Ji, ICLR 2024).
 Clients run plain local SGD. Empty round: no change.
 
 Example:

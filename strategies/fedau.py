@@ -1,7 +1,8 @@
 """FedAU (Wang & Ji, ICLR 2024): aggregation weights estimated online from participation intervals.
 
-Update rule (specs §4.3). Per client n the server keeps three scalars: c_n (rounds since
-the last recorded interval), Σ_n (sum of recorded intervals) and M_n (how many). In round t,
+Update rule (Wang & Ji, ICLR 2024, Algorithm 1, and the authors' code). Per client n the
+server keeps three scalars: c_n (rounds since the last recorded interval), Σ_n (sum of
+recorded intervals) and M_n (how many). In round t,
 with S_t the clients whose update arrived:
 
     ω_n = Σ_n / M_n   if M_n > 0, else 1          (read BEFORE this round's interval is recorded)
@@ -13,7 +14,7 @@ The mean interval estimates 1/p_n (Kac's lemma) without the server ever knowing 
 participation process; under Bernoulli(p) E[ω] → (1 − (1−p)^K)/p, so K = ∞ (the default
 100000) targets the unweighted objective (1/N) Σ_n F_n and K = 1 gives ω ≡ 1 (`average_all`).
 Clients run plain local SGD. Empty round: the model is unchanged, the counters advance.
-A client that drops mid-round counts as not participating (specs §4.8). Memory: three
+A client that drops mid-round counts as not participating (as in the authors' code). Memory: three
 scalars per client.
 
 Example:
@@ -44,7 +45,7 @@ from fedsim.types import ClientUpdate, Params, RoundInfo
 
 @dataclass(frozen=True)
 class FedAUState:
-    """Interval records per client (specs §4.2): all int64/float64 arrays of length N."""
+    """Interval records per client (Wang & Ji, ICLR 2024): all int64/float64 arrays of length N."""
 
     count: np.ndarray  # c_n
     total: np.ndarray  # Σ_n
@@ -84,12 +85,12 @@ class FedAU:
                   info: RoundInfo) -> tuple[FedAUState, Params]:
         n = len(state.count)
         ups = sorted_updates(updates)
-        omega = interval_weights(state)  # specs §4.3 step 3: intervals completed before round t only
+        omega = interval_weights(state)  # Algorithm 1: intervals completed before round t only
         if ups:
             w = [omega[u.client] / n for u in ups]  # ω_n / N
             params = apply_delta(params, scaled(weighted_sum([u.delta for u in ups], w), self.server_lr))  # step 4
         part = participant_mask(ups, n)
-        # specs §4.3 step 5: participants record c_n + 1; the others count on and record K at the cutoff
+        # Algorithm 1: participants record c_n + 1; the others count on and record K at the cutoff
         total = state.total + np.where(part, state.count + 1, 0)
         records = state.records + part
         count = np.where(part, 0, state.count + 1)

@@ -3,8 +3,8 @@
 Update rule (Nguyen et al., AISTATS 2022, Algorithm 1; FLSim's FedBuff aggregator), per
 arrival of Δ_i with staleness τ = v − v_start:
     drop it if τ > max_staleness (FLSim's `max_staleness`), or if `one_per_client` and
-    client i is already in the buffer (a client contributes once per buffer, Nguyen et al.,
-    Sec. 3);
+    client i is already in the buffer (a client contributes once per buffer, as Nguyen et al.
+    note);
     w = e_i · s(τ);   B ← B + w Δ_i;   k ← k + 1
     when k = K:  g = B (`buffer_reduction: sum`, FLSim's WEIGHTED_SUM) or B / Σ e (`mean`,
     the paper's average);  m ← μ m + g;  x ← x + η m;  B ← 0, k ← 0   (one new server version)
@@ -158,7 +158,7 @@ class FedBuff:
                 info: ArrivalInfo) -> tuple[FedBuffState, Params | None]:
         if self.max_staleness is not None and info.staleness > self.max_staleness:  # FLSim's max_staleness
             return dataclasses.replace(state, discarded=state.discarded + 1), None
-        if self.one_per_client and update.client in state.members:  # Nguyen et al., Sec. 3
+        if self.one_per_client and update.client in state.members:  # Nguyen et al., AISTATS 2022
             return dataclasses.replace(state, discarded=state.discarded + 1), None
         e = self._example_weight(state, update, info.num_clients)
         s = self._discount().weight(info.staleness)

@@ -1,6 +1,7 @@
 """FedCE (Jiang et al., CVPR 2023): aggregation weights from estimated client contributions.
 
-Update rule (specs §8.3–8.4), over the clients J whose update arrived in round t:
+Update rule (Jiang et al., CVPR 2023, Sec. 3, and NVFlare's FedCE code), over the clients J
+whose update arrived in round t:
 
 Client j (`client_update`): with its coefficient c_j (sent down by `configure`) and its
 previous local model w_j^prev (kept in its per-client state), build the minus model
@@ -18,12 +19,12 @@ Server (`aggregate`):
 
 `norm` is the 2026 NVFlare port's max(v, ε)/Σ max(v, ε) (`clip: before`, ε = 1e-6, so Σc = 1
 exactly) or the original assembler's clip(v/Σv, ≥ ε) (`clip: after`, with ε = 1e-3 it
-reproduces the original's numbers of specs §8.6). Partial participation (the original
+reproduces the original's numbers of NVFlare's FedCE unit test). Partial participation (the original
 assumes everyone, every round): coefficients are renormalised over the participants, absent
 clients keep their last coefficient, the cosine history is a per-client running mean, and a
 client's minus model uses its coefficient from the last round it took part in. The identity
 x_t = Σ c_k w_k^prev behind the minus model is exact only with full participation and η = 1;
-otherwise the minus model is an approximation (specs §8.7). An update without a finite
+otherwise the minus model is an approximation. An update without a finite
 score is left out of the round and counted in `fedce_rejected`.
 
 Example:
@@ -66,7 +67,7 @@ class FedCEUp:
 
 
 def normalise(values: np.ndarray, epsilon: float, clip: str) -> np.ndarray:
-    """Contribution normalisation (specs §8.4 steps 3–5).
+    """Contribution normalisation (Jiang et al., CVPR 2023, Sec. 3).
 
     `before` (2026 port): v ← max(v, ε), then v/Σv (sums to 1).
     `after` (original): v/Σv, then max(·, ε) (may sum to slightly more than 1).
@@ -83,7 +84,7 @@ def normalise(values: np.ndarray, epsilon: float, clip: str) -> np.ndarray:
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    """cos(a, b), defined as 0 when either vector is zero (the port's guard, specs §8.6)."""
+    """cos(a, b), defined as 0 when either vector is zero (the port's guard)."""
     na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
     if na == 0.0 or nb == 0.0:
         return 0.0
@@ -153,7 +154,7 @@ class FedCE:
     def configure(self, state: FedCEState, client: int, info: Any) -> FedCEDown:
         return FedCEDown(prior_coefficient(state, client))  # c_j for the client's minus model
 
-    # -- client side (specs §8.3) ------------------------------------------------------------
+    # -- client side (Jiang et al.) -----------------------------------------------------------
 
     def client_update(self, task: ClientTask, trainer: Any,
                       client_state: FedCEClientState | None) -> tuple[ClientUpdate, FedCEClientState]:
@@ -176,7 +177,7 @@ class FedCE:
         update = trainer.make_update(new, loss, FedCEUp(s), **metrics)
         return update, FedCEClientState(new.astype(np.float32), total, count)
 
-    # -- server side (specs §8.4) ------------------------------------------------------------
+    # -- server side (Jiang et al.) -----------------------------------------------------------
 
     def aggregate(self, state: FedCEState, params: Params, updates: Sequence[ClientUpdate],
                   info: RoundInfo) -> tuple[FedCEState, Params]:

@@ -1,6 +1,6 @@
 """FedProx (Li et al., MLSys 2020): local SGD on a proximally regularised objective.
 
-Update rule (specs §3 server; FedProx client):
+Update rule (McMahan et al., AISTATS 2017 server; Li et al., MLSys 2020 client):
     client:  min_w F_i(w) + (μ/2)‖w − w_t‖², run as `local_steps` SGD steps from w_t whose
              gradient is ∇ℓ(w; ξ) + μ(w − w_t);
     server:  x_{t+1} = x_t + η · Σ_{i∈S_t} a_i Δ_i  (FedAvg's rule and weights).

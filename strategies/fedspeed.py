@@ -1,6 +1,6 @@
 """FedSpeed (Sun et al., ICLR 2023): prox-correction + SAM-perturbed local steps.
 
-Update rule (specs §7.3–7.4, following the authors' code):
+Update rule (Sun et al., ICLR 2023, following the authors' code):
     client i, K steps from w_t (as received), minibatch ξ per step:
         g1 = ∇ℓ(w; ξ);  ŵ = w + ρ g1/(‖g1‖ + 1e-7);  g2 = ∇ℓ(ŵ; ξ)     (§7.3 steps 1–3)
         d  = clip_10(g2 + λ(h_i − w_t))                                  (§7.3 step 4)

@@ -1,6 +1,7 @@
 """FedVARP (Jhunjhunwala et al., UAI 2022) as in the FedAU code: SAGA-style variance reduction.
 
-Update rule (specs §4.4), with y_n the latest stored update of client n (init 0) and
+Update rule (Jhunjhunwala et al., UAI 2022; as in FedAU's code), with y_n the latest stored
+update of client n (init 0) and
 ȳ = (1/N) Σ_n y_n taken BEFORE this round's replacements:
 
     x_{t+1} = x_t + η · [ (1/|S_t|) Σ_{n∈S_t} (Δ_n − y_n) + ȳ ];   then y_n ← Δ_n for n ∈ S_t.
@@ -67,7 +68,7 @@ class FedVarp:
     def aggregate(self, state: FedVarpState, params: Params, updates: Sequence[ClientUpdate],
                   info: RoundInfo) -> tuple[FedVarpState, Params]:
         if not updates:
-            return state, params  # empty round: nothing added, nothing stored (specs §4.4)
+            return state, params  # empty round: nothing added, nothing stored
         ups = sorted_updates(updates)
         old = state.latest
         if old is None:

@@ -1,6 +1,6 @@
 """Known participation probability (FedAU paper's oracle baseline): weights 1/p_n.
 
-Update rule (specs §4.4):  x_{t+1} = x_t + η · (1/N) Σ_{n∈S_t} Δ_n / p_n
+Update rule (Wang & Ji, ICLR 2024, baselines):  x_{t+1} = x_t + η · (1/N) Σ_{n∈S_t} Δ_n / p_n
 With Bernoulli participation E[I_n/p_n] = 1, so the update is an unbiased estimate of the
 full-participation step and the method targets (1/N) Σ_n F_n. It needs the true p_n, which a
 real server does not have: this is an *oracle* (`uses_oracle = True`; the engine passes

@@ -1,6 +1,6 @@
 """MIFA (Gu et al., NeurIPS 2021) as in the FedAU code: average of every client's latest update.
 
-Update rule (specs §4.4):  y_n ← Δ_n for n ∈ S_t (y_n = 0 before n's first update);
+Update rule (Gu et al., NeurIPS 2021; as in FedAU's code):  y_n ← Δ_n for n ∈ S_t (y_n = 0 before n's first update);
                            x_{t+1} = x_t + η · (1/N) Σ_{all n} y_n
 Absent clients contribute their last (stale) update, so every client weighs 1/N whatever
 its participation rate. The step is applied every round, also when nobody participates
