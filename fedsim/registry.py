@@ -19,6 +19,7 @@ DATASETS: dict[str, str] = {
     "gaussian_mixture": "fedsim.data.datasets:GaussianMixture",
     "synthetic": "fedsim.data.datasets:Synthetic",
     "linear_regression": "fedsim.data.datasets:LinearRegression",
+    "least_squares_groups": "fedsim.data.datasets:LeastSquaresGroups",
     "mnist": "fedsim.data.files:MNIST",
     "cifar10": "fedsim.data.files:CIFAR10",
     "npz": "fedsim.data.files:Npz",
@@ -62,6 +63,7 @@ COMPUTE: dict[str, str] = {
     "exponential": "fedsim.world.system:Exponential",
     "uniform": "fedsim.world.system:UniformCompute",
     "linear_spread": "fedsim.world.system:LinearSpread",
+    "per_client": "fedsim.world.system:PerClient",
 }
 
 EXECUTORS: dict[str, str] = {

@@ -1,12 +1,13 @@
 """Asynchronous FedAvg / FedAsync: every arrival is applied at once (one version per update).
 
-Update rule, for an update Δ_i = x_i − x_start with staleness τ (specs §5.1–§5.3, §6.4):
+Update rule, for an update Δ_i = x_i − x_start with staleness τ (Fraboni et al., JMLR 2023;
+Xie et al. 2019, FedAsync):
     α_t = α · s(τ) · d_i
     `rule: delta` (Fraboni's asynchronous FedAvg; FedAsync in delta form):
         x ← x + α_t Δ_i
     `rule: mix` (Xie et al.'s FedAsync):  x ← (1 − α_t) x + α_t (x_start + Δ_i)
 Weights d_i: `identical` (1) — the surrogate objective is then weighted ∝ 1/τ_i, biased to
-fast clients (specs §5.3); or `weight`: d_i = P_i τ_i Σ_j 1/τ_j, which makes E[ω_i] = P_i
+fast clients (Fraboni et al.); or `weight`: d_i = P_i τ_i Σ_j 1/τ_j, which makes E[ω_i] = P_i
 (the true objective) when every client restarts as soon as it is aggregated; τ_i are the
 clients' expected job durations, read from the simulator's Oracle (`uses_oracle`).
 Staleness decay s(τ): constant, polynomial (1+τ)^−a, or hinge (1 up to `staleness_cutoff`
@@ -81,7 +82,7 @@ class AsyncFedAvg:
         else:
             n = np.asarray(oracle.num_examples, dtype=np.float64)
             p = n / n.sum()
-        return AsyncFedAvgState(p * tau * np.sum(1.0 / tau))  # d_i = P_i τ_i Σ_j 1/τ_j  (specs §5.3)
+        return AsyncFedAvgState(p * tau * np.sum(1.0 / tau))  # d_i = P_i τ_i Σ_j 1/τ_j  (Fraboni et al.)
 
     def receive(self, state: AsyncFedAvgState, params: Params, update: ClientUpdate,
                 info: ArrivalInfo) -> tuple[AsyncFedAvgState, Params]:

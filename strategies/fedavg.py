@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, Sequence
 
+from fedsim.scenario.fields import bounded
 from fedsim.strategy.maths import (
     apply_delta,
     example_weights,
@@ -46,7 +47,7 @@ class FedAvg:
     down_type: ClassVar[type | None] = None
     up_type: ClassVar[type | None] = None
 
-    server_lr: float = 1.0
+    server_lr: float = bounded(1.0, gt=0.0, le=1e6)
     weighting: Literal["examples", "uniform"] = "examples"
     server_opt: Any = server_opt_field()
 

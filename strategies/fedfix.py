@@ -1,12 +1,14 @@
 """FedFix (Fraboni et al., JMLR 2023): commit at fixed virtual intervals Δt.
 
-Update rule (specs §5.2, §5.3): the server keeps Σ d_i Δ_i over the updates that arrive in
-((n)Δt, (n+1)Δt] and at every tick (n+1)Δt commits
+Update rule (Fraboni et al., JMLR 2023, the FedFix scheme; official code FL/server.py): the
+server keeps Σ d_i Δ_i over the updates that arrive in ((n)Δt, (n+1)Δt] and at every tick
+(n+1)Δt commits
     x ← x + η Σ_{i arrived} d_i Δ_i
 whatever has arrived, even nothing (an empty tick is a no-op step that still counts as a
-server version, specs §5.7). Weights:
+server version, as in that code). Weights:
     `weight`:    d_i = ⌈τ_i/Δt⌉ · P_i   — client i contributes every ⌈τ_i/Δt⌉ ticks, so
-                 E[ω_i] ∝ P_i and the surrogate objective is the true one (specs §5.1);
+                 E[ω_i] ∝ P_i and the surrogate objective is the true one (Fraboni et al.'s
+                 main theorem: the limit weighs client i by q_i ∝ E[ω_i]);
     `identical`: d_i = P_i             — surrogate q_i ∝ P_i/⌈τ_i/Δt⌉, biased to fast clients.
 P_i = 1/N (`importance: uniform`) or n_i/Σn (`examples`); τ_i is the client's expected job
 duration, which the server does not know in a real deployment: `weight` and `examples` read
@@ -86,8 +88,9 @@ class FedFix:
             if oracle is None:
                 raise ValueError("fedfix weighting 'weight' needs the clients' mean durations (oracle)")
             tau = np.asarray(oracle.mean_durations, dtype=np.float64)
-            # m_i = ⌈τ_i/Δt⌉ (specs §5.3); the tiny slack keeps an exact multiple from rounding up
-            periods = np.maximum(1.0, np.ceil(tau / self.commit_interval - 1e-9))
+            # m_i = ⌈τ_i/Δt⌉ with the paper's own float arithmetic (Fraboni et al.'s code: np.ceil(tau_i /
+            # delta_t)), no slack: with F-80, M = 20, Δt = 0.2 the fastest τ = 0.20000000000000007 gives m = 2, as there
+            periods = np.ceil(tau / self.commit_interval)
         else:
             periods = np.ones(num_clients)
         return FedFixState(periods * p, periods, np.zeros(params.size), 0)
@@ -95,7 +98,7 @@ class FedFix:
     def receive(self, state: FedFixState, params: Params, update: ClientUpdate,
                 info: ArrivalInfo) -> tuple[FedFixState, None]:
         d = state.weights[update.client]
-        buffer = state.buffer + d * update.delta.astype(np.float64)  # Σ d_i (θ_i − sent_i)  (specs §5.2)
+        buffer = state.buffer + d * update.delta.astype(np.float64)  # Σ d_i (θ_i − sent_i), Fraboni et al.
         return dataclasses.replace(state, buffer=buffer, count=state.count + 1), None
 
     def tick(self, state: FedFixState, params: Params, info: ArrivalInfo) -> tuple[FedFixState, Params]:

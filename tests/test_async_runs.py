@@ -154,7 +154,8 @@ def test_on_commit_deadlock_and_bad_strategy_setup_are_one_line_errors(tmp_path)
                 strategy={"name": "fedbuff", "buffer_size": 5})
     with pytest.raises(RunError, match="engine: stalled at virtual time .*concurrency"):
         run_raw(raw, tmp_path / "a")
-    with pytest.raises(RunError, match="strategy: .*never fill"):
+    # found by validation now (strategy.check_clients), before any data is built
+    with pytest.raises(ScenarioError, match=r"strategy\.buffer_size: 7 is larger than .*never fill"):
         run_raw(merge(ASYNC_TINY, strategy={"name": "fedbuff", "buffer_size": 7, "one_per_client": True}),
                 tmp_path / "b")
 

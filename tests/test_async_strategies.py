@@ -95,6 +95,20 @@ def test_fedbuff_fraboni_weights_running_frequencies():
     assert state.contributions.tolist() == [2, 1, 1, 0]
 
 
+def test_fedbuff_fraboni_with_mean_is_refused_at_validation():
+    # Fraboni et al. (JMLR 2023): θ ← θ + η Σ d_i Δ_i, no division. With `mean` the server step was
+    # Σ d_i Δ_i / Σ d_i: for K = 1 exactly Δ, i.e. equal weights. Refused in one line naming the key.
+    from fedsim.errors import ConfigError
+    from fedsim.scenario.fields import build_plugin
+
+    with pytest.raises(ConfigError, match=r"strategy\.buffer_reduction: weighting 'fraboni' needs buffer_reduction"):
+        build_plugin("strategy", {"name": "fedbuff", "weighting": "fraboni"}, "strategy")
+    with pytest.raises(ConfigError, match="buffer_reduction"):
+        FedBuff(weighting="fraboni").init(X0, 4)
+    assert build_plugin("strategy", {"name": "fedbuff", "weighting": "fraboni", "buffer_reduction": "sum"},
+                        "strategy").weighting == "fraboni"
+
+
 def test_fedbuff_k1_equals_fedasync_delta():
     # FLSim's FedBuff tests (1): K = 1, no momentum ≡ FedAsync with the delta rule, scaled by η·s(τ).
     rng = np.random.default_rng(1)
@@ -178,7 +192,7 @@ def test_async_fedavg_fraboni_weight():
 
 
 @pytest.mark.parametrize("strategy", [FedBuff(buffer_size=2, server_momentum=0.5),
-                                      FedBuff(weighting="fraboni", buffer_size=1),
+                                      FedBuff(weighting="fraboni", buffer_size=1, buffer_reduction="sum"),
                                       FedFix(weighting="identical"), AsyncFedAvg(rule="mix")])
 def test_no_input_mutation(strategy):
     x = np.array([1.0, -1.0], dtype=np.float32)
@@ -194,3 +208,51 @@ def test_no_input_mutation(strategy):
         if callable(getattr(strategy, "tick", None)):
             st, new = strategy.tick(st, x, info())
     assert np.array_equal(x, snap_x) and np.array_equal(u.delta, snap_d)
+
+
+@pytest.mark.parametrize("m", [10, 20, 50])
+@pytest.mark.parametrize("dt", [0.2, 0.5, 0.8])
+def test_fedfix_weights_equal_fraboni_arithmetic_exactly(m, dt):
+    # Fraboni et al. (JMLR 2023), official code: tau_i = [1 - i * P/100 / (n - 1)] for F-80 and
+    # m_i = np.ceil(tau_i / delta_t), d_i = m_i * P_i with P_i = 1/n. Exact equality: with Δt = 0.2 and
+    # M = 20, the fastest client has τ = 0.20000000000000007, so m = 2 there (a slack in the ceil gave 1,
+    # halving its weight relative to the paper).
+    tau = np.array([1 - i * 80 / 100 / (m - 1) for i in range(m)])
+    from fedsim.world.system import LinearSpread
+    assert LinearSpread(spread=80).draw(m, np.random.default_rng(0)).tolist() == tau.tolist()
+    st = FedFix(commit_interval=dt).init(X0, m, oracle=oracle(tau))
+    paper = np.ceil(tau / dt) * np.full(m, 1.0 / m)
+    assert st.weights.tolist() == paper.tolist()
+
+
+def test_staleness_flsim_convention_divides_every_kind_at_avg_staleness():
+    # FLSim's StalenessWeight.weight: r(τ)/r(τ̄) for every kind, τ̄ = avg_staleness (default 1).
+    flsim = dict(convention="flsim")
+    assert staleness_weight(3, "polynomial", 0.5, **flsim) == pytest.approx((1 / 2) / (1 / np.sqrt(2)))  # √(2/4)
+    assert staleness_weight(1, "polynomial", 0.5, **flsim) == 1.0
+    assert staleness_weight(3, "polynomial", 0.5, avg_staleness=0.0, **flsim) == pytest.approx(0.5)
+    # threshold b = 0, value 0.4: τ̄ = 1 > b, so r(τ̄) = 0.4 and s(0) = 1/0.4, s(5) = 1
+    assert staleness_weight(0, "threshold", cutoff=0, stale_value=0.4, **flsim) == pytest.approx(2.5)
+    assert staleness_weight(5, "threshold", cutoff=0, stale_value=0.4, **flsim) == 1.0
+    assert staleness_weight(5, "threshold", cutoff=2, stale_value=0.4, **flsim) == pytest.approx(0.4)  # τ̄ ≤ b
+    # the default (fedsim) convention is unchanged: τ̄ = 0, threshold unnormalised
+    assert staleness_weight(3, "polynomial", 0.5) == 0.5
+    assert staleness_weight(0, "threshold", cutoff=0, stale_value=0.4) == 1.0
+
+
+def test_fedbuff_staleness_convention_validation_and_step():
+    from fedsim.errors import ConfigError
+    from fedsim.scenario.fields import build_plugin
+
+    # fedsim convention: threshold ignores avg_staleness, so setting it is refused (it was silently ignored)
+    with pytest.raises(ConfigError, match=r"strategy\.avg_staleness: staleness 'threshold' is not normalised"):
+        build_plugin("strategy", {"name": "fedbuff", "staleness": "threshold", "avg_staleness": 2}, "strategy")
+    with pytest.raises(ConfigError, match=r"strategy\.stale_value: is 0 at avg_staleness"):
+        build_plugin("strategy", {"name": "fedbuff", "staleness": "threshold", "staleness_convention": "flsim"},
+                     "strategy")
+    # K = 1, sum, η = 1, polynomial a = ½, FLSim's τ̄ = 1: Δ = [2, 0] at τ = 3 → x = √(2/4)·2 = √2
+    s = FedBuff(buffer_size=1, buffer_reduction="sum", staleness="polynomial", staleness_convention="flsim")
+    (x,), _ = feed(s, [(up(0, [2.0, 0.0]), 3)])
+    assert x[0] == pytest.approx(np.sqrt(2.0), rel=1e-6)
+    (x,), _ = feed(FedBuff(buffer_size=1, buffer_reduction="sum", staleness="polynomial"), [(up(0, [2.0, 0.0]), 3)])
+    assert x[0] == pytest.approx(1.0)  # the default: 1/√(1+3)·2

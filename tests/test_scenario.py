@@ -46,6 +46,12 @@ BASE = {"data": {"dataset": {"name": "digits"}, "num_clients": 5}}
     ({"data": {"num_clients": 5}}, "data.dataset: is required"),
     ({**BASE, "participation": {"name": "bernoulli", "probs": {"name": "uniform", "low": 0.9, "high": 0.1}}},
      "participation.probs: low (0.9) must be <= high (0.1)"),
+    # strategy constraints on the number of clients are found by `fedsim validate`, before data is built
+    ({**BASE, "engine": {"mode": "async", "max_versions": 3},
+      "strategy": {"name": "fedbuff", "buffer_size": 6, "one_per_client": True}},
+     "strategy.buffer_size: 6 is larger than data.num_clients (5) with one_per_client"),
+    ({**BASE, "strategy": {"name": "fedavg", "server_lr": -1.0}}, "strategy.server_lr: must be > 0"),
+    ({**BASE, "strategy": {"name": "fedavg", "server_lr": 1e9}}, "strategy.server_lr: must be <= 1000000"),
 ])
 def test_bad_values_name_the_dotted_path(tmp_path, raw, expected):
     p = _write(tmp_path, raw)

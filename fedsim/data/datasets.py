@@ -237,6 +237,85 @@ class LinearRegression:
                          xt.astype(np.float32), yt.astype(np.float32), 0, optimum)
 
 
+@dataclass(frozen=True, kw_only=True)
+class LeastSquaresGroups:
+    """Least squares where every client of group g has the optimum w_g given in the scenario.
+
+    For the bias experiments of asynchronous FL (Fraboni et al., JMLR 2023, whose analysis
+    places client optima and durations by hand): clients are cut into consecutive groups of
+    `sizes` clients; client k of group g gets X_k rows ~ N(0, I), y = X_k w_g + N(0, noise²),
+    so with `noise: 0` its local optimum is exactly (w_g, bias 0). The reported global optimum
+    is the closed form of `linear_regression` (Σ_k p_k A_k/n_k)^{-1} Σ_k p_k b_k/n_k; with
+    equal sizes, p_k = 1/N and noise 0 it is Σ_g (sizes_g/N) w_g in expectation over X.
+
+    Args:
+        optima: w_g per group, each a list of `dim` numbers.
+        sizes: clients per group (in client order); they must add up to data.num_clients.
+        samples_per_client: n_k.  noise: label noise std.
+        importance: p_k, `uniform` or `examples` (as `linear_regression`).
+        num_test: global test examples, drawn from the groups in proportion to their sizes.
+
+    Example:
+        dataset: {name: least_squares_groups, optima: [[1.0], [-1.0]], sizes: [5, 5]}
+    """
+
+    per_client: ClassVar[bool] = True  # generated client by client: needs partition `natural`
+    regression: ClassVar[bool] = True  # targets are real numbers: needs model `linear`
+
+    optima: tuple[tuple[float, ...], ...] = ((1.0,), (-1.0,))
+    sizes: tuple[int, ...] = (5, 5)
+    samples_per_client: int = bounded(20, ge=1, le=1_000_000)
+    noise: float = bounded(0.0, ge=0.0, le=1e6)
+    importance: Literal["uniform", "examples"] = "uniform"
+    num_test: int = bounded(1000, ge=1, le=10_000_000)
+
+    def validate(self) -> None:
+        """Refuse groups that do not line up.
+
+        Raises:
+            ValueError: if optima and sizes differ in length, optima differ in dimension, or a
+                size is below 1.
+        """
+        if not self.optima or len(self.optima) != len(self.sizes):
+            raise ValueError(f"optima ({len(self.optima)} groups) and sizes ({len(self.sizes)}) must have "
+                             "one entry per group")
+        if len({len(w) for w in self.optima}) != 1 or not self.optima[0]:
+            raise ValueError("every optimum must have the same, non-zero number of coordinates")
+        if min(self.sizes) < 1:
+            raise ValueError("sizes: every group needs at least 1 client")
+
+    def check_clients(self, num_clients: int) -> list[str]:
+        """Problems with `num_clients` registered clients, found before any data is built."""
+        total = sum(self.sizes)
+        return [] if total == num_clients else [f"sizes: add up to {total}, not data.num_clients ({num_clients})"]
+
+    def load(self, num_clients: int, rng: np.random.Generator) -> PerClient:
+        """Generate each group's clients and the closed-form global optimum.
+
+        Args:
+            num_clients: N; must equal sum(sizes).
+            rng: the `dataset` stream.
+
+        Returns:
+            Per-client data with `optimum` set (`linear` model layout: weights then bias).
+        """
+        problems = self.check_clients(num_clients)
+        if problems:
+            raise ValueError(problems[0])
+        w = np.asarray(self.optima, dtype=np.float64)  # (G, d)
+        group = np.repeat(np.arange(len(self.sizes)), self.sizes)  # client -> group
+        owner = np.repeat(np.arange(num_clients), self.samples_per_client)
+        x = rng.normal(size=(len(owner), w.shape[1]))
+        y = np.einsum("nd,nd->n", x, w[group[owner]]) + self.noise * rng.normal(size=len(owner))
+        test_group = rng.choice(len(self.sizes), size=self.num_test, p=np.asarray(self.sizes) / num_clients)
+        xt = rng.normal(size=(self.num_test, w.shape[1]))
+        yt = np.einsum("nd,nd->n", xt, w[test_group]) + self.noise * rng.normal(size=self.num_test)
+        offsets = np.arange(num_clients + 1) * self.samples_per_client
+        optimum = least_squares_optimum(x, y, offsets, self.importance)
+        return PerClient(x.astype(np.float32), y.astype(np.float32), offsets,
+                         xt.astype(np.float32), yt.astype(np.float32), 0, optimum)
+
+
 _CHUNK = 1 << 20  # rows per block when generating / reducing large per-client datasets
 
 

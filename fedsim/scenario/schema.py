@@ -326,12 +326,16 @@ class Scenario:
         """
         out: list[tuple[str, str]] = []
         # Plugins that can be wrong for a number of clients say so (`check_clients`).
-        for path, block in (("participation", self.participation), ("strategy", self.strategy)):
+        for path, block in (("participation", self.participation), ("strategy", self.strategy),
+                            ("data.dataset", self.data.dataset), ("system.compute", self.system.compute)):
             check = getattr(type(block), "check_clients", None)
             if check is not None:
                 for msg in check(block, self.data.num_clients):  # "key: what is wrong"
                     key, _, what = msg.partition(": ")
                     out.append((f"{path}.{key}", what))
+        if getattr(self.participation, "by", "time") == "round" and self.engine.mode != "sync":
+            out.append(("participation.by", "a trace keyed by round needs engine.mode: sync (async runs "
+                        "replay a trace in virtual time: by: time)"))
         if not self.name or self.name.startswith(".") or any(c in self.name for c in "/\\\0") \
                 or len(self.name) > 200:
             out.append(("name", f"{self.name!r} cannot name a results folder (no '/', '\\', "
@@ -355,7 +359,7 @@ class Scenario:
                               " is generated per client: use partition {name: natural}"))
         if natural and not per_client:
             out.append(("data.partition.name", "'natural' needs a per-client dataset "
-                              "(synthetic, linear_regression)"))
+                              "(synthetic, linear_regression, least_squares_groups)"))
         regression = getattr(type(self.data.dataset), "regression", False)
         if regression != getattr(type(self.model), "regression", False):
             out.append(("model.name", "linear_regression data needs model 'linear' (and 'linear' "

@@ -1,12 +1,13 @@
 """What strategies build on: the contracts they satisfy and the maths they share.
 
 Strategy files (`strategies/*.py`) import from here only: `contracts` declares the
-SyncStrategy / AsyncStrategy / TimedStrategy / ClientRule protocols and `check_strategy`;
+SyncStrategy / AsyncStrategy / TimedStrategy / ClientRule / ChecksClients protocols and `check_strategy`;
 `maths` holds weighted sums, staleness discounts, proximal solves and the like.
 """
 
 from fedsim.strategy.contracts import (
     AsyncStrategy,
+    ChecksClients,
     ClientRule,
     Strategy,
     SyncStrategy,
@@ -32,6 +33,7 @@ from fedsim.strategy.maths import (
 
 __all__ = [
     "AsyncStrategy",
+    "ChecksClients",
     "ClientRule",
     "Strategy",
     "SyncStrategy",

@@ -44,9 +44,10 @@ SENDS = ("delta", "model")
 CAPABILITIES: dict[str, Any] = {"uses_oracle": False, "sends": "delta", "down_type": None, "up_type": None,
                                 "client_state_type": None}
 # hook -> number of positional arguments after self (`validate()` is the config-block check
-# that fedsim.scenario.fields runs after building the strategy)
+# that fedsim.scenario.fields runs after building the strategy; `check_clients(num_clients)`
+# the check against the number of clients that `fedsim validate` runs, see `ChecksClients`)
 HOOKS: dict[str, int] = {"init": 2, "aggregate": 4, "receive": 4, "tick": 3, "configure": 3,
-                         "client_update": 3, "client_report": 1, "validate": 0}
+                         "client_update": 3, "client_report": 1, "validate": 0, "check_clients": 1}
 # public names a strategy class may carry besides its hooks and dataclass fields
 KNOWN = frozenset(HOOKS) | frozenset(CAPABILITIES) | {"modes", "commit_interval"}
 # field types that travel in a typed message (fedsim.flower.codec encodes exactly these)
@@ -199,6 +200,28 @@ class ClientRule(Protocol):
         Returns:
             (the update, with `up` an instance of `up_type` or None, and `kind` equal
             to the strategy's `sends`; the client's new state).
+        """
+        ...
+
+
+@runtime_checkable
+class ChecksClients(Protocol):
+    """Optional: a strategy whose hyperparameters can be wrong for a number of clients.
+
+    `Scenario.validate` (so `fedsim validate`) calls it with `data.num_clients` before any
+    data is built, so that such a mistake is one line at validation rather than an error
+    from `init` after the dataset has been generated.
+    """
+
+    def check_clients(self, num_clients: int) -> list[str]:
+        """The problems of these hyperparameters with `num_clients` registered clients.
+
+        Args:
+            num_clients: N, `data.num_clients`.
+
+        Returns:
+            One "key: what is wrong" message per problem (empty when none); `key` is a field
+            of the strategy, reported as `strategy.key`.
         """
         ...
 
@@ -496,6 +519,7 @@ __all__ = [
     "CAPABILITIES",
     "HOOKS",
     "AsyncStrategy",
+    "ChecksClients",
     "ClientRule",
     "Strategy",
     "SyncStrategy",

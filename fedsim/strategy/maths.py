@@ -94,7 +94,8 @@ def example_weights(updates: Sequence[ClientUpdate], weighting: str) -> np.ndarr
 
 
 def staleness_weight(staleness: int, kind: str, exponent: float = 0.5, cutoff: int = 0,
-                     stale_value: float = 0.0, avg_staleness: float = 0.0) -> float:
+                     stale_value: float = 0.0, avg_staleness: float | None = None,
+                     convention: str = "fedsim") -> float:
     """Staleness discount s(τ) of an update τ versions old.
 
     Args:
@@ -103,7 +104,9 @@ def staleness_weight(staleness: int, kind: str, exponent: float = 0.5, cutoff: i
         exponent: the polynomial exponent.
         cutoff: the staleness beyond which `stale_value` applies (0: none).
         stale_value: the weight beyond the cutoff.
-        avg_staleness: τ̄, the reference staleness of FedBuff's polynomial weight.
+        avg_staleness: τ̄, the reference staleness (None: the convention's default).
+        convention: `fedsim` (only `polynomial` is normalised) or `flsim` (every kind divided
+            by its value at τ̄), as `StalenessDiscount.convention`.
 
     Returns:
         The weight, as `StalenessDiscount(...).weight(staleness)`.
@@ -111,7 +114,7 @@ def staleness_weight(staleness: int, kind: str, exponent: float = 0.5, cutoff: i
     from fedsim.strategy.server_opt import StalenessDiscount
 
     return StalenessDiscount(kind=kind, exponent=exponent, cutoff=cutoff, stale_value=stale_value,
-                             avg_staleness=avg_staleness).weight(staleness)
+                             avg_staleness=avg_staleness, convention=convention).weight(staleness)
 
 
 def sorted_updates(updates: Sequence[ClientUpdate]) -> list[ClientUpdate]:

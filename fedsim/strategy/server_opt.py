@@ -421,36 +421,59 @@ def scaled(step: np.ndarray, lr: float) -> np.ndarray:
 class StalenessDiscount:
     """The staleness weight s(τ) of an asynchronous update, shared by FedBuff and async FedAvg.
 
-    constant: s = 1;
-    polynomial: s = ((1 + τ̄)/(1 + τ))^a, so s(τ̄) = 1 (Xie, Koyejo, Gupta, "Asynchronous
-        Federated Optimization", 2019, Sec. 5.2, s_a(τ) = (τ + 1)^−a, normalised at τ̄; with
-        a = 0.5 and τ̄ = 0 it is FedBuff's 1/√(1 + τ), Nguyen et al., AISTATS 2022, Sec. 5);
-    hinge: s = 1 if τ ≤ b else 1/(1 + a(τ − b))  (Xie et al., 2019, Sec. 5.2, s_{a,b});
-    threshold: s = 1 if τ ≤ b else `stale_value`.
+    Raw weights r(τ):
+    constant: r = 1;
+    polynomial: r = (1 + τ)^−a (Xie, Koyejo, Gupta, "Asynchronous Federated Optimization",
+        2019, Sec. 5.2, s_a; with a = 0.5 it is FedBuff's 1/√(1 + τ), Nguyen et al.,
+        AISTATS 2022, Sec. 5);
+    hinge: r = 1 if τ ≤ b else 1/(1 + a(τ − b))  (Xie et al., 2019, Sec. 5.2, s_{a,b});
+    threshold: r = 1 if τ ≤ b else `stale_value` (FLSim's ThresholdStalenessWeight).
+
+    Two conventions for the normalising staleness τ̄ (`avg_staleness`):
+    `fedsim` (the default): only `polynomial` is normalised, s = ((1 + τ̄)/(1 + τ))^a with
+        τ̄ = 0 when unset, i.e. the paper's 1/√(1 + τ); the other kinds are r(τ) as they are
+        (so τ̄ must stay unset with them: `FedBuff.validate` refuses it rather than ignore it);
+    `flsim`: every kind is divided by its value at τ̄, s = r(τ)/r(τ̄), as FLSim's
+        StalenessWeight.weight does, with FLSim's default τ̄ = 1 when unset (so its default
+        polynomial weighs √(2/(1 + τ)), and `threshold` with τ̄ > b divides by `stale_value`).
 
     Args:
         kind: constant | polynomial | hinge | threshold.
         exponent: a.  cutoff: b.  stale_value: weight past the cutoff for `threshold`.
-        avg_staleness: τ̄, the staleness at which `polynomial` weighs 1.
+        avg_staleness: τ̄, the staleness at which s weighs 1 (None: 0 for `fedsim`, 1 for `flsim`).
+        convention: `fedsim` or `flsim` (see above).
     """
 
     kind: str = "constant"
     exponent: float = 0.5
     cutoff: int = 0
     stale_value: float = 0.0
-    avg_staleness: float = 0.0
+    avg_staleness: float | None = None
+    convention: str = "fedsim"
 
-    def weight(self, staleness: int) -> float:
-        """The discount s(τ) of an update `staleness` versions old (1 = no discount)."""
+    def raw(self, staleness: float) -> float:
+        """r(τ), the unnormalised weight of `kind`."""
         if self.kind == "constant":
             return 1.0
         if self.kind == "polynomial":
-            return float(((1.0 + self.avg_staleness) / (1.0 + staleness)) ** self.exponent)
+            return float(1.0 / (1.0 + staleness) ** self.exponent)
         if self.kind == "hinge":
             return 1.0 if staleness <= self.cutoff else 1.0 / (1.0 + self.exponent * (staleness - self.cutoff))
         if self.kind == "threshold":
             return 1.0 if staleness <= self.cutoff else float(self.stale_value)
         raise ValueError(f"unknown staleness weighting {self.kind!r}")
+
+    def weight(self, staleness: int) -> float:
+        """s(τ) under the configured convention."""
+        if self.convention == "flsim":
+            avg = 1.0 if self.avg_staleness is None else self.avg_staleness
+            return self.raw(staleness) / self.raw(avg)  # FLSim: r(τ) / r(τ̄)
+        if self.convention != "fedsim":
+            raise ValueError(f"unknown staleness convention {self.convention!r}")
+        if self.kind == "polynomial":
+            avg = 0.0 if self.avg_staleness is None else self.avg_staleness
+            return float(((1.0 + avg) / (1.0 + staleness)) ** self.exponent)
+        return self.raw(staleness)
 
     def init(self, params: np.ndarray) -> tuple:
         """No state."""

@@ -21,7 +21,7 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import numpy as np
 
@@ -295,15 +295,24 @@ class Cyclic:
 
 @dataclass(frozen=True, kw_only=True)
 class Trace:
-    """Replay availability from a CSV with columns client,start,end in virtual time.
+    """Replay availability from a CSV file, in virtual time or (sync runs) by round.
 
-    A client is online at time t when start <= t < end for one of its rows.
+    `by: time` (the default): columns client,start,end in virtual time; a client is online at
+    time t when start <= t < end for one of its rows.
+    `by: round` (engine.mode: sync): columns client,round (online in that 0-based round) or
+    client,start,end in rounds (online in rounds start <= r < end), so a scenario can say
+    exactly who takes part in which round.
 
     Args:
         path: the CSV file (relative paths are resolved against the scenario file's folder).
+        by: `time` or `round` (see above).
+
+    Example:
+        participation: {name: trace, path: rounds.csv, by: round}
     """
 
     path: str
+    by: Literal["time", "round"] = "time"
 
     def load(self, num_clients: int) -> np.ndarray:
         """Read and check the trace file.
@@ -312,7 +321,8 @@ class Trace:
             num_clients: N; every `client` value must lie in 0..N-1.
 
         Returns:
-            (R, 3) float array of (client, start, end) rows, in file order.
+            (R, 3) float array of (client, start, end) rows, in file order (a `round` row r
+            is read as start r, end r + 1).
 
         Raises:
             ValueError: if the file is missing, not UTF-8 CSV, lacks a column or has a bad row.
@@ -331,12 +341,21 @@ class Trace:
         rows = []
         with p.open(newline="", encoding="utf-8") as fh:
             reader = csv.DictReader(fh)
-            missing = {"client", "start", "end"} - set(reader.fieldnames or [])
+            names = set(reader.fieldnames or [])
+            by_round = self.by == "round" and "round" in names
+            need = {"client", "round"} if by_round else {"client", "start", "end"}
+            missing = need - names
             if missing:
-                raise ValueError(f"participation.path: {self.path} lacks column(s) {sorted(missing)}")
+                alt = " (or client,round)" if self.by == "round" else ""
+                raise ValueError(f"participation.path: {self.path} lacks column(s) {sorted(missing)}{alt}")
             for line, row in enumerate(reader, start=2):
                 try:
-                    c, s, e = int(row["client"]), float(row["start"]), float(row["end"])
+                    c = int(row["client"])
+                    if by_round:
+                        s = float(int(row["round"]))
+                        e = s + 1.0
+                    else:
+                        s, e = float(row["start"]), float(row["end"])
                 except (TypeError, ValueError):
                     raise ValueError(f"participation.path: {self.path}:{line}: bad row {row}") from None
                 if not 0 <= c < num_clients:
@@ -348,19 +367,21 @@ class Trace:
         return np.array(rows, dtype=np.float64).reshape(-1, 3)
 
     def process(self, ctx: Context):
-        """Return a process that is online at virtual time t where a row covers t."""
-        return _Trace(self.load(ctx.num_clients), ctx.num_clients)
+        """Return a process that is online where a row covers the virtual time (or the round)."""
+        return _Trace(self.load(ctx.num_clients), ctx.num_clients, self.by == "round")
 
 
 class _Trace:
-    def __init__(self, rows: np.ndarray, n: int):
+    def __init__(self, rows: np.ndarray, n: int, by_round: bool = False):
         self.client = rows[:, 0].astype(np.int64)
         self.start, self.end, self.n = rows[:, 1], rows[:, 2], n
+        self.by_round = by_round
         self.probs = None  # not a stationary process with known p_n
 
     def online(self, step: int, time: float) -> np.ndarray:
         mask = np.zeros(self.n, dtype=bool)
-        live = (self.start <= time) & (time < self.end)
+        at = float(step) if self.by_round else time  # sync: step is the 0-based round
+        live = (self.start <= at) & (at < self.end)
         mask[self.client[live]] = True
         return mask
 

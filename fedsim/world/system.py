@@ -4,8 +4,9 @@ duration = τ_c · work · jitter  +  2 · (model bytes · 8 / bandwidth + laten
 
 τ_c is the client's compute time per unit of work, drawn once per client from a
 `compute` plugin (constant, lognormal, exponential, uniform, linear_spread = FedFix's
-F-X scenario); work is the job's number of local steps (`time_per: step`) or 1
-(`time_per: job`, Fraboni's time units). Channel noise lives in fedsim.world.channel.
+F-X scenario, per_client = times given per client or group); work is the job's number of
+local steps (`time_per: step`) or 1 (`time_per: job`, Fraboni's time units). Channel
+noise lives in fedsim.world.channel.
 """
 
 from __future__ import annotations
@@ -101,7 +102,47 @@ class LinearSpread:
 
 
 
+@dataclass(frozen=True, kw_only=True)
+class PerClient:
+    """Given per-client compute times, one per client or one per group of consecutive clients.
 
+    For the bias experiments of asynchronous FL (Fraboni et al., JMLR 2023), where chosen
+    clients are slow: `{name: per_client, times: [1.0, 0.2], sizes: [5, 5]}` makes clients
+    0-4 take 1.0 and clients 5-9 take 0.2; without `sizes`, `times` lists every client's time.
+    No randomness.
+
+    Args:
+        times: compute time per client, or per group when `sizes` is set.
+        sizes: clients per group, in client order (unset: one time per client).
+    """
+
+    times: tuple[float, ...] = (1.0,)
+    sizes: tuple[int, ...] | None = None
+
+    def validate(self) -> None:
+        """Refuse non-positive times and mismatched groups.
+
+        Raises:
+            ValueError: if a time is not > 0, or `sizes` and `times` differ in length.
+        """
+        if not self.times or min(self.times) <= 0:
+            raise ValueError("times: every compute time must be > 0")
+        if self.sizes is not None and (len(self.sizes) != len(self.times) or min(self.sizes) < 1):
+            raise ValueError(f"sizes: one positive group size per time ({len(self.times)} times)")
+
+    def check_clients(self, num_clients: int) -> list[str]:
+        """Problems with `num_clients` registered clients, found before any data is built."""
+        count = len(self.times) if self.sizes is None else sum(self.sizes)
+        key = "times" if self.sizes is None else "sizes"
+        return [] if count == num_clients else [f"{key}: give {count} clients, not data.num_clients ({num_clients})"]
+
+    def draw(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """Return (n,) compute times as given; `rng` is unused."""
+        problems = self.check_clients(n)
+        if problems:
+            raise ValueError(problems[0])
+        t = np.asarray(self.times, dtype=np.float64)
+        return t.copy() if self.sizes is None else np.repeat(t, self.sizes)
 
 
 class SystemModel:
