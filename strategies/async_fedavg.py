@@ -45,6 +45,7 @@ from fedsim.types import ArrivalInfo, ClientUpdate, Oracle, Params
 
 @dataclass(frozen=True)
 class AsyncFedAvgState:
+    """Server state: the per-client aggregation weights d_i."""
     weights: np.ndarray  # d_i
 
 
@@ -69,9 +70,11 @@ class AsyncFedAvg:
 
     @property
     def uses_oracle(self) -> bool:
+        """True for the weightings that need the clients' mean durations (a simulator-only baseline)."""
         return self.weighting == "weight"
 
     def init(self, params: Params, num_clients: int, oracle: Oracle | None = None) -> AsyncFedAvgState:
+        """Fix each client's weight d_i (from the oracle's mean durations for the `weight` variants)."""
         if self.weighting == "identical":
             return AsyncFedAvgState(np.ones(num_clients))
         if oracle is None:
@@ -86,6 +89,7 @@ class AsyncFedAvg:
 
     def receive(self, state: AsyncFedAvgState, params: Params, update: ClientUpdate,
                 info: ArrivalInfo) -> tuple[AsyncFedAvgState, Params]:
+        """Apply one arrival at once: every update is a new server version (FedAsync-style mixing)."""
         s = StalenessDiscount(kind=self.staleness, exponent=self.staleness_exponent,
                               cutoff=self.staleness_cutoff).weight(info.staleness)
         a = self.alpha * s * float(state.weights[update.client])  # α_t
@@ -98,4 +102,5 @@ class AsyncFedAvg:
         return state, new.astype(np.float32)
 
     def client_report(self, state: AsyncFedAvgState) -> dict[int, dict[str, float]]:
+        """Per-client weight d_i, logged in clients.jsonl."""
         return {k: {"weight": float(w)} for k, w in enumerate(state.weights)}

@@ -71,6 +71,7 @@ from fedsim.types import ArrivalInfo, ClientUpdate, Params
 
 @dataclass(frozen=True)
 class FedBuffState:
+    """Server state: the buffer being filled, the momentum and the per-client step counts."""
     buffer: np.ndarray  # B = Σ w Δ (float64)
     count: int  # k
     example_sum: float  # Σ e over the buffer
@@ -138,6 +139,7 @@ class FedBuff:
         return []
 
     def init(self, params: Params, num_clients: int) -> FedBuffState:
+        """An empty buffer (refuses a one_per_client buffer larger than the federation)."""
         self.validate()
         problems = self.check_clients(num_clients)
         if problems:
@@ -156,6 +158,7 @@ class FedBuff:
 
     def receive(self, state: FedBuffState, params: Params, update: ClientUpdate,
                 info: ArrivalInfo) -> tuple[FedBuffState, Params | None]:
+        """Buffer one weighted arrival; every K-th takes a server step (Nguyen et al., AISTATS 2022, Alg. 1)."""
         if self.max_staleness is not None and info.staleness > self.max_staleness:  # FLSim's max_staleness
             return dataclasses.replace(state, discarded=state.discarded + 1), None
         if self.one_per_client and update.client in state.members:  # Nguyen et al., AISTATS 2022
@@ -180,4 +183,5 @@ class FedBuff:
                             state.discarded), new
 
     def client_report(self, state: FedBuffState) -> dict[int, dict[str, float]]:
+        """Per client: the number of server steps it contributed to, logged in clients.jsonl."""
         return {k: {"server_steps": int(c)} for k, c in enumerate(state.contributions)}

@@ -46,6 +46,7 @@ from fedsim.types import ArrivalInfo, ClientUpdate, Oracle, Params
 
 @dataclass(frozen=True)
 class FedFixState:
+    """Server state: the weights d_i, the periods ⌈τ_i/Δt⌉ and the buffer of the current tick."""
     weights: np.ndarray  # d_i
     periods: np.ndarray  # ⌈τ_i/Δt⌉ (ones for `identical` without an oracle)
     buffer: np.ndarray  # Σ d_i Δ_i since the last tick (float64)
@@ -80,9 +81,11 @@ class FedFix:
 
     @property
     def uses_oracle(self) -> bool:
+        """True for the weightings that need the clients' mean durations (a simulator-only baseline)."""
         return self.weighting == "weight" or self.importance == "examples"
 
     def init(self, params: Params, num_clients: int, oracle: Oracle | None = None) -> FedFixState:
+        """Fix the weights d_i = ⌈τ_i/Δt⌉·P_i (or equal weights for `identical`), Fraboni et al., JMLR 2023."""
         p = importance(self.importance, num_clients, oracle)
         if self.weighting == "weight":
             if oracle is None:
@@ -97,13 +100,16 @@ class FedFix:
 
     def receive(self, state: FedFixState, params: Params, update: ClientUpdate,
                 info: ArrivalInfo) -> tuple[FedFixState, None]:
+        """Buffer d_i Δ_i until the next tick; arrivals never commit by themselves."""
         d = state.weights[update.client]
         buffer = state.buffer + d * update.delta.astype(np.float64)  # Σ d_i (θ_i − sent_i), Fraboni et al.
         return dataclasses.replace(state, buffer=buffer, count=state.count + 1), None
 
     def tick(self, state: FedFixState, params: Params, info: ArrivalInfo) -> tuple[FedFixState, Params]:
+        """Commit the buffer at the tick: θ ← θ + η Σ d_i Δ_i (an empty tick changes nothing)."""
         new = apply_delta(params, scaled(state.buffer, self.server_lr))  # θ ← θ + η Σ d_i Δ_i; empty: no-op
         return dataclasses.replace(state, buffer=np.zeros_like(state.buffer), count=0), new
 
     def client_report(self, state: FedFixState) -> dict[int, dict[str, float]]:
+        """Per-client weight d_i, logged in clients.jsonl."""
         return {k: {"weight": float(w)} for k, w in enumerate(state.weights)}
