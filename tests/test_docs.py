@@ -73,3 +73,31 @@ def test_results_page_has_every_scenario():
         assert f"## {path.stem}" in text, f"docs/results.md lacks {path.stem}: run python docs/make_results.py"
     for ref in [line.split("](", 1)[1].rstrip(")") for line in text.splitlines() if line.startswith("![")]:
         assert (DOCS / ref).is_file(), ref
+
+
+def test_how_to_add_a_strategy_example_satisfies_the_contract_and_runs(tmp_path, monkeypatch):
+    """The page's example is real code: it passes check_strategy, a misspelt copy does not, and it
+    runs as an out-of-tree `module:Class` plugin from a scenario."""
+    import dataclasses
+    import re
+    import sys
+
+    from conftest import TINY, merge, read_metrics, run_raw
+
+    import fedsim
+    from fedsim.errors import ContractError
+
+    text = (DOCS / "how-to-add-a-strategy.md").read_text(encoding="utf-8")
+    code = re.findall(r"```python\n(.*?)```", text, re.S)[0]
+    (tmp_path / "clipped_example.py").write_text(code, encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import clipped_example
+
+    fedsim.check_strategy(clipped_example.ClippedFedAvg)
+    broken = type("Broken", (), {"aggregat": lambda self: None, "modes": ("sync",), "__doc__": "x"})
+    with pytest.raises(ContractError):
+        fedsim.check_strategy(dataclasses.dataclass(frozen=True)(broken))
+    run_raw(merge(TINY, strategy={"name": "clipped_example:ClippedFedAvg", "clip": 0.5}), tmp_path / "run")
+    rows = read_metrics(tmp_path / "run")
+    assert rows[-1]["test_loss"] < rows[0]["test_loss"]
+    sys.modules.pop("clipped_example", None)

@@ -1,6 +1,6 @@
 """Job and JobResult <-> Flower `RecordDict`, exactly and without pickle.
 
-Every numpy array (global model, delta, payload vectors, numpy scalars inside client
+Every numpy array (global model, delta, the array fields of typed messages, numpy scalars inside client
 state) goes into one `ArrayRecord` (dtype, shape and bytes preserved); everything else
 is a JSON tree in a `ConfigRecord`, with arrays replaced by references. Python floats
 survive JSON exactly (shortest round-trip repr). Pickle is avoided on purpose: the same
