@@ -24,9 +24,7 @@ from typing import Any, ClassVar, Literal, Sequence
 from fedsim.scenario.fields import bounded
 from fedsim.strategy.maths import (
     apply_delta,
-    example_weights,
-    sorted_updates,
-    weighted_sum,
+    averaged_delta,
 )
 from fedsim.strategy.server_opt import scaled, server_opt_field
 from fedsim.types import ClientUpdate, Params, RoundInfo
@@ -64,7 +62,5 @@ class FedAvg:
         """
         if not updates:
             return state, params  # empty round: model unchanged
-        ups = sorted_updates(updates)
-        a = example_weights(ups, self.weighting)
-        step = weighted_sum([u.delta for u in ups], a)  # Σ a_i Δ_i
+        step = averaged_delta(updates, self.weighting)  # Σ a_i Δ_i
         return state, apply_delta(params, scaled(step, self.server_lr))  # x + η Σ a_i Δ_i

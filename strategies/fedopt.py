@@ -35,26 +35,9 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, Sequence
 
 from fedsim.scenario.fields import plugin
-from fedsim.strategy.maths import apply_delta, example_weights, sorted_updates, weighted_sum
+from fedsim.strategy.maths import apply_delta, averaged_delta
 from fedsim.strategy.server_opt import SERVER_OPT_DOC
 from fedsim.types import ClientUpdate, Params, RoundInfo
-
-
-def averaged_model(params: Params, updates: Sequence[ClientUpdate], weighting: str) -> Params:
-    """FedAvg's proposal x + Σ a_i Δ_i, i.e. Δ_t of Reddi et al. (ICLR 2021), Alg. 2, added to x.
-
-    The engine turns Δ_t = proposal − x into the adaptive step with `server_opt`.
-
-    Args:
-        params: the global model x_t.
-        updates: the cohort's deltas (not empty).
-        weighting: `examples` (a_i ∝ n_i) or `uniform`.
-
-    Returns:
-        The proposed model, float32.
-    """
-    ups = sorted_updates(updates)
-    return apply_delta(params, weighted_sum([u.delta for u in ups], example_weights(ups, weighting)))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -81,8 +64,11 @@ class FedAdam:
 
     def aggregate(self, state: None, params: Params, updates: Sequence[ClientUpdate],
                   info: RoundInfo) -> tuple[None, Params]:
-        """Propose FedAvg's model; an empty round leaves the model (and the moments) unchanged."""
-        return state, (averaged_model(params, updates, self.weighting) if updates else params)
+        """Propose FedAvg's model x + Σ a_i Δ_i (the engine's server_opt turns it into the adaptive step).
+
+        An empty round leaves the model, and the optimiser's moments, unchanged.
+        """
+        return state, (apply_delta(params, averaged_delta(updates, self.weighting)) if updates else params)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -109,8 +95,11 @@ class FedYogi:
 
     def aggregate(self, state: None, params: Params, updates: Sequence[ClientUpdate],
                   info: RoundInfo) -> tuple[None, Params]:
-        """Propose FedAvg's model; an empty round leaves the model (and the moments) unchanged."""
-        return state, (averaged_model(params, updates, self.weighting) if updates else params)
+        """Propose FedAvg's model x + Σ a_i Δ_i (the engine's server_opt turns it into the adaptive step).
+
+        An empty round leaves the model, and the optimiser's moments, unchanged.
+        """
+        return state, (apply_delta(params, averaged_delta(updates, self.weighting)) if updates else params)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -137,5 +126,8 @@ class FedAdagrad:
 
     def aggregate(self, state: None, params: Params, updates: Sequence[ClientUpdate],
                   info: RoundInfo) -> tuple[None, Params]:
-        """Propose FedAvg's model; an empty round leaves the model (and the moments) unchanged."""
-        return state, (averaged_model(params, updates, self.weighting) if updates else params)
+        """Propose FedAvg's model x + Σ a_i Δ_i (the engine's server_opt turns it into the adaptive step).
+
+        An empty round leaves the model, and the optimiser's moments, unchanged.
+        """
+        return state, (apply_delta(params, averaged_delta(updates, self.weighting)) if updates else params)

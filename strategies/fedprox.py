@@ -23,9 +23,7 @@ from typing import Any, ClassVar, Literal, Sequence
 from fedsim.scenario.fields import bounded
 from fedsim.strategy.maths import (
     apply_delta,
-    example_weights,
-    sorted_updates,
-    weighted_sum,
+    averaged_delta,
 )
 from fedsim.strategy.server_opt import scaled, server_opt_field
 from fedsim.types import ClientTask, ClientUpdate, Params, RoundInfo
@@ -72,6 +70,4 @@ class FedProx:
         """FedAvg's step x_{t+1} = x_t + η Σ_{i∈S_t} a_i Δ_i; empty round: no change."""
         if not updates:
             return state, params
-        ups = sorted_updates(updates)
-        a = example_weights(ups, self.weighting)
-        return state, apply_delta(params, scaled(weighted_sum([u.delta for u in ups], a), self.server_lr))
+        return state, apply_delta(params, scaled(averaged_delta(updates, self.weighting), self.server_lr))

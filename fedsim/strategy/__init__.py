@@ -20,6 +20,7 @@ from fedsim.strategy.contracts import (
 )
 from fedsim.strategy.maths import (
     apply_delta,
+    averaged_delta,
     consensus_average,
     example_weights,
     least_squares_moments,
@@ -39,6 +40,7 @@ __all__ = [
     "SyncStrategy",
     "TimedStrategy",
     "apply_delta",
+    "averaged_delta",
     "check_strategy",
     "consensus_average",
     "example_weights",

@@ -52,6 +52,24 @@ def weighted_sum(vectors: Sequence[np.ndarray], weights: Iterable[float]) -> np.
     return acc
 
 
+def averaged_delta(updates: Sequence[ClientUpdate], weighting: str) -> np.ndarray:
+    """FedAvg's aggregate Σ_{i∈S_t} a_i Δ_i over a cohort, summed in canonical client order.
+
+    Args:
+        updates: the cohort's delta updates (not empty).
+        weighting: `examples` (a_i = n_i / Σ n_j) or `uniform` (a_i = 1/|S_t|).
+
+    Returns:
+        float64 array of shape (d,).
+
+    References:
+        McMahan et al., "Communication-Efficient Learning of Deep Networks from Decentralized
+        Data", AISTATS 2017, FederatedAveraging (server step).
+    """
+    ups = sorted_updates(updates)
+    return weighted_sum([u.delta for u in ups], example_weights(ups, weighting))
+
+
 def apply_delta(params: Params, step: np.ndarray, lr: float = 1.0) -> Params:
     """Return x + lr · step as a new float32 vector (summed in float64; inputs untouched).
 
