@@ -11,6 +11,7 @@ Two kinds of check:
 from __future__ import annotations
 
 import ast
+import functools
 import subprocess
 import sys
 from pathlib import Path
@@ -42,6 +43,7 @@ ALLOWED: dict[str, set[str]] = {
 }
 
 
+@functools.cache
 def _modules() -> dict[str, Path]:
     out = {}
     for top in ("fedsim", "strategies"):
@@ -82,7 +84,7 @@ def _imports(path: Path, module: str) -> list[tuple[int, str]]:
                 name = ".".join(base + ([node.module] if node.module else []))
             else:
                 name = node.module or ""
-            mods = _modules()
+            mods = _modules()  # cached: one tree walk per session
             # `from fedsim.engine import checkpoint` imports the submodule fedsim.engine.checkpoint
             out += [(node.lineno, f"{name}.{a.name}" if f"{name}.{a.name}" in mods else name) for a in node.names]
     return [(ln, m) for ln, m in out if m.split(".")[0] in ("fedsim", "strategies")]
