@@ -31,9 +31,10 @@ ALLOWED: dict[str, set[str]] = {
     "world": {"scenario"},
     "results": set(),
     "training": {"scenario", "data", "results", "strategy"},
-    "engine": {"scenario", "world", "strategy", "results"},
+    "pipeline": {"scenario", "strategy"},  # update stages: DP, compression, secure aggregation
+    "engine": {"scenario", "world", "strategy", "results", "pipeline"},
     "executors": {"scenario", "data", "training", "strategy", "strategies"},  # vectorized: batched client rules
-    "runner": {"scenario", "data", "world", "training", "engine", "executors", "results", "strategy"},
+    "runner": {"scenario", "data", "world", "training", "engine", "executors", "results", "strategy", "pipeline"},
     "sweep": {"scenario", "runner", "results"},
     "cli": {"scenario", "runner", "sweep", "results", "flower"},
     "flower": {"scenario", "data", "training", "engine", "executors", "runner", "results", "strategy"},
