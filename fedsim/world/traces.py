@@ -370,12 +370,13 @@ def read(path: str | Path, kind: Kind | None = None) -> tuple[Kind, dict]:
         found, data = "behave", read_behave_jsonl(p)
     else:
         raw = load_pickle(p)
-        found = kind or detect_kind(raw)
+        found = detect_kind(raw) or kind
         if found is None:
             raise ValueError(f"trace file {p}: neither a device-capacity trace (entries with computation "
                              "and communication) nor an availability trace (entries with active, inactive, "
                              "finish_time)")
-        data = check_device(p, raw) if found == "device" else check_behave(p, raw)
+        if found == kind or kind is None:
+            data = check_device(p, raw) if found == "device" else check_behave(p, raw)
     if kind is not None and found != kind:
         raise ValueError(f"trace file {p}: is {'a device' if found == 'device' else 'an availability'} trace, "
                          f"not {'a device' if kind == 'device' else 'an availability'} trace")
