@@ -49,6 +49,7 @@ PARTICIPATION: dict[str, str] = {
     "markov": "fedsim.world.participation:Markov",
     "cyclic": "fedsim.world.participation:Cyclic",
     "trace": "fedsim.world.participation:Trace",
+    "fedscale_trace": "fedsim.world.participation:FedScaleTrace",
 }
 
 PROBS: dict[str, str] = {
@@ -64,6 +65,7 @@ COMPUTE: dict[str, str] = {
     "uniform": "fedsim.world.system:UniformCompute",
     "linear_spread": "fedsim.world.system:LinearSpread",
     "per_client": "fedsim.world.system:PerClient",
+    "fedscale_trace": "fedsim.world.system:FedScaleDevices",
 }
 
 EXECUTORS: dict[str, str] = {

@@ -212,7 +212,8 @@ def _prepare(sc):
     except ValueError as exc:
         raise RunError(f"participation: {exc}") from None
     probs = process.probs
-    system = SystemModel(sc.system, data.num_clients, params.nbytes, seeding.rng(sc.seed, "system"))
+    system = SystemModel(sc.system, data.num_clients, params.nbytes, seeding.rng(sc.seed, "system"),
+                         batch_size=sc.client.batch_size)
     work = local_work(sc, data)
     oracle = Oracle(None if probs is None else np.asarray(probs), system.mean_durations(work), data.num_examples())
     return data, params, eval_model, process, system, work, oracle

@@ -36,7 +36,7 @@ ALLOWED: dict[str, set[str]] = {
     "executors": {"scenario", "data", "training", "strategy", "strategies"},  # vectorized: batched client rules
     "runner": {"scenario", "data", "world", "training", "engine", "executors", "results", "strategy", "pipeline"},
     "sweep": {"scenario", "runner", "results"},
-    "cli": {"scenario", "runner", "sweep", "results", "flower"},
+    "cli": {"scenario", "runner", "sweep", "results", "flower", "world"},  # world: fedsim trace convert
     "flower": {"scenario", "data", "training", "engine", "executors", "runner", "results", "strategy"},
     "strategies": {"scenario", "strategy"},
     "__init__": {"scenario", "runner", "strategy"},

@@ -8,6 +8,7 @@ Examples:
   fedsim sweep scenarios/quickstart.yaml --seeds 0..2 --set strategy.weighting=examples,uniform --out runs/sw
   fedsim plot runs/sw --kind all
   fedsim compare runs/sw
+  fedsim trace convert client_device_capacity devices.csv
   fedsim deploy --help
 """
 
@@ -208,6 +209,26 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 1 if res.failed else 0
 
 
+def cmd_trace(args: argparse.Namespace) -> int:
+    """`fedsim trace convert IN OUT`: FedScale pickle <-> fedsim's plain trace schema (docs/traces.md).
+
+    Args:
+        args: the parsed command line.
+
+    Returns:
+        The exit status: 0, or 2 for an unreadable, unsafe or mismatched trace.
+    """
+    from fedsim.world import traces
+
+    try:
+        kind = traces.convert(args.src, args.dst, args.kind)
+    except ValueError as exc:
+        _error(exc)
+        return EXIT_BAD_INPUT
+    print(f"wrote {args.dst} ({'device capacities' if kind == 'device' else 'availability'})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `fedsim` argument parser, one subcommand per `cmd_*` function (plus `deploy`)."""
     parser = argparse.ArgumentParser(prog="fedsim", description="Deterministic federated-learning simulator.",
@@ -260,6 +281,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=1, help="parallel runs (inline executor only)")
     p.add_argument("--force", action="store_true", help="rerun combinations that already finished")
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("trace", help="device and availability traces (FedScale format)")
+    trace_sub = p.add_subparsers(dest="trace_command", required=True)
+    p = trace_sub.add_parser("convert", help="FedScale pickle -> .csv (devices) / .jsonl (availability), or back")
+    p.add_argument("src", help="a FedScale pickle, devices .csv or availability .jsonl")
+    p.add_argument("dst", help=".csv / .jsonl for fedsim's plain schema; any other name writes a pickle")
+    p.add_argument("--kind", choices=["device", "behave"], help="expected kind (default: from the content)")
+    p.set_defaults(func=cmd_trace)
 
     from fedsim.flower.cli import (
         add_parser as add_deploy,  # fedsim deploy {certs,server,client}

@@ -228,6 +228,12 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
         candidate = base / part["path"]
         if candidate.exists():
             part["path"] = str(candidate)
+    system = raw.get("system")
+    comp = system.get("compute") if isinstance(system, dict) else None  # a device trace file
+    if isinstance(comp, dict) and isinstance(comp.get("path"), str) and not Path(comp["path"]).is_absolute():
+        candidate = base / comp["path"]
+        if candidate.exists():
+            comp["path"] = str(candidate)
     data = raw.get("data")
     ds = data.get("dataset") if isinstance(data, dict) else None
     if isinstance(ds, dict) and isinstance(ds.get("path"), str) and not Path(ds["path"]).is_absolute():

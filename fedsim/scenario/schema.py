@@ -87,6 +87,19 @@ class SystemConfig:
     latency: float = bounded(0.0, ge=0.0, le=1e12)
     dropout_prob: float = bounded(0.0, ge=0.0, le=1.0)
 
+    def validate(self) -> None:
+        """Refuse what a device trace (a compute plugin that gives bandwidths) contradicts.
+
+        Raises:
+            ConfigError: `bandwidth_mbps` set, or `time_per: job`, with a trace that gives both.
+        """
+        if getattr(type(self.compute), "gives_bandwidth", False):
+            if self.bandwidth_mbps is not None:
+                raise ConfigError("bandwidth_mbps", "the device trace (compute) gives each client's bandwidth: "
+                                  "unset bandwidth_mbps")
+            if self.time_per != "step":
+                raise ConfigError("time_per", "the device trace (compute) gives time per sample: use time_per: step")
+
 
 @dataclass(frozen=True, kw_only=True)
 class ByzantineConfig:

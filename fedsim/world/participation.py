@@ -25,7 +25,9 @@ from typing import Any, Callable, Literal
 
 import numpy as np
 
+from fedsim.errors import ConfigError
 from fedsim.scenario.fields import bounded, plugin
+from fedsim.world import traces
 
 
 @dataclass(frozen=True)
@@ -386,3 +388,77 @@ class _Trace:
         return mask
 
 
+
+
+@dataclass(frozen=True, kw_only=True)
+class FedScaleTrace:
+    """Availability from a FedScale behaviour trace: online when active[j] <= t mod finish_time <= inactive[j].
+
+    The file is fedsim's availability JSONL (one object per client with FedScale's fields
+    `active`, `inactive`, `finish_time`; docs/traces.md) or FedScale's `client_behave_trace`
+    pickle (read safely). Client k is online at virtual time t when some interval j of its trace
+    entry has active[j] <= t mod finish_time <= inactive[j], both ends included, as in FedScale
+    (client_metadata.py `ClientMetadata.is_active`). Sync runs ask at each round's start, async
+    runs at every `engine.slot` boundary. FedScale answers with a cursor that moves at most one
+    interval per query; fedsim checks every interval, so a sparse query never misses one.
+
+    Args:
+        path: the availability trace (relative paths are resolved against the scenario file's folder).
+        mapping: which trace entry each client gets: `fedscale` (client k is FedScale's id k + 1 and
+            gets the entry at position (k + 1) mod L in file order, client_manager.py
+            `register_client`), `order` (position k mod L) or `sample` (uniform draws, once, from
+            the run's probs stream).
+        k: at most this many online clients take part in a round (sync) or slot (async), drawn
+            uniformly without replacement as FedScale's random selector does; unset = all online.
+
+    Example:
+        participation: {name: fedscale_trace, path: availability.jsonl}
+    """
+
+    path: str
+    mapping: Literal["fedscale", "order", "sample"] = "fedscale"
+    k: int | None = bounded(None, ge=1, le=10_000_000)
+
+    def validate(self) -> None:
+        """Read and check the trace file now, so that a bad file stops before any data loads.
+
+        Raises:
+            ConfigError: for `path`, one line naming the file (and the line of a bad JSONL line).
+        """
+        try:
+            traces.cached(self.path, "behave")
+        except ValueError as exc:
+            raise ConfigError("path", str(exc)) from None
+
+    def process(self, ctx: Context):
+        """Return the interval process of the mapped trace entries (the mapping drawn from `ctx.prob_rng`)."""
+        arrays = traces.behave_arrays(traces.cached(self.path, "behave"), ctx.num_clients, self.mapping,
+                                      ctx.prob_rng)
+        return _Intervals(*arrays, ctx.num_clients, self.k, ctx.rng)
+
+
+class _Intervals:
+    """Stateless look-up of periodic intervals (every interval checked at every query)."""
+
+    def __init__(self, finish: np.ndarray, owner: np.ndarray, active: np.ndarray, inactive: np.ndarray,
+                 n: int, k: int | None, rng: np.random.Generator):
+        self.finish, self.owner, self.active, self.inactive = finish, owner, active, inactive
+        self.n, self.k, self.rng = n, k, rng
+        self.probs = None  # the server never knows; no stationary p_n is claimed
+
+    def available(self, time: float) -> np.ndarray:
+        """Which clients the trace has online at virtual time `time` (no sampling)."""
+        norm = np.mod(float(time), self.finish)[self.owner]
+        live = (self.active <= norm) & (norm <= self.inactive)
+        mask = np.zeros(self.n, dtype=bool)
+        mask[self.owner[live]] = True
+        return mask
+
+    def online(self, step: int, time: float) -> np.ndarray:
+        mask = self.available(time)
+        if self.k is not None:
+            on = np.flatnonzero(mask)
+            if len(on) > self.k:
+                mask[:] = False
+                mask[self.rng.choice(on, self.k, replace=False)] = True
+        return mask

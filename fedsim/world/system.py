@@ -7,16 +7,23 @@ duration = τ_c · work · jitter  +  2 · (model bytes · 8 / bandwidth + laten
 F-X scenario, per_client = times given per client or group); work is the job's number of
 local steps (`time_per: step`) or 1 (`time_per: job`, Fraboni's time units). Channel
 noise lives in fedsim.world.channel.
+
+A FedScale device trace (`fedscale_trace`, docs/traces.md) gives each client its own compute
+speed and bandwidth instead: τ_c = 3 · ms_per_sample / 1000 · batch_size per step and
+model bytes · 8 / 1024 / kbit_per_s each way (FedScale's units).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
+from fedsim.errors import ConfigError
 from fedsim.scenario.fields import bounded
 from fedsim.scenario.schema import SystemConfig
+from fedsim.world import traces
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -145,6 +152,65 @@ class PerClient:
         return t.copy() if self.sizes is None else np.repeat(t, self.sizes)
 
 
+@dataclass(frozen=True, kw_only=True)
+class FedScaleDevices:
+    """Per-client compute speed and bandwidth from a FedScale device trace (docs/traces.md).
+
+    The file is fedsim's device CSV (client,compute_ms_per_sample,bandwidth_kbps) or FedScale's
+    `client_device_capacity` pickle (read safely). As in FedScale (client_metadata.py
+    `ClientMetadata.get_completion_time`), a job computes for augmentation_factor · batch_size ·
+    local_steps · ms_per_sample / 1000 seconds and communicates (download + upload) model_kbit /
+    kbit_per_s each way, with the model's size in kbit = bytes · 8 / 1024 (FedScale's
+    aggregator.py measures `sys.getsizeof(pickle.dumps(model)) / 1024 * 8`; fedsim counts the
+    parameters' bytes). Needs `system.time_per: step` and no `system.bandwidth_mbps`.
+
+    Args:
+        path: the device trace (relative paths are resolved against the scenario file's folder).
+        mapping: which trace entry each client gets: `fedscale` (client k is FedScale's id k + 1
+            and gets the entry with key (k + 1) mod L, or FedScale's default of 1 ms/sample and
+            1 kbit/s when no entry has that key), `order` (the (k mod L)-th entry in file order)
+            or `sample` (uniform draws, once, from the run's system stream).
+        augmentation_factor: FedScale's 3: the backward pass costs about twice the forward
+            latency the trace measured.
+
+    Example:
+        system: {compute: {name: fedscale_trace, path: devices.csv}}
+    """
+
+    path: str
+    mapping: Literal["fedscale", "order", "sample"] = "fedscale"
+    augmentation_factor: float = bounded(3.0, gt=0.0, le=1e6)
+    gives_bandwidth = True  # class attribute: SystemModel takes each client's bandwidth from `profiles`
+
+    def validate(self) -> None:
+        """Read and check the trace file now, so that a bad file stops before any data loads.
+
+        Raises:
+            ConfigError: for `path`, one line naming the file (and the row of a bad CSV line).
+        """
+        try:
+            traces.cached(self.path, "device")
+        except ValueError as exc:
+            raise ConfigError("path", str(exc)) from None
+
+    def profiles(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Each client's compute seconds per sample and bandwidth in kbit/s.
+
+        Args:
+            n: number of clients.
+            rng: the stream for `mapping: sample` (unused otherwise).
+
+        Returns:
+            ((n,) augmentation_factor · ms_per_sample / 1000, (n,) kbit/s).
+        """
+        ms, kbps = traces.device_profiles(traces.cached(self.path, "device"), n, self.mapping, rng)
+        return self.augmentation_factor * ms / 1000.0, kbps
+
+    def draw(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """Return (n,) compute seconds per sample (the system model multiplies by the batch size)."""
+        return self.profiles(n, rng)[0]
+
+
 class SystemModel:
     """Per-run system model: fixed per-client speeds, per-job draws from job-keyed streams.
 
@@ -155,9 +221,16 @@ class SystemModel:
         speed_rng: stream for the per-client compute times (drawn once, here).
     """
 
-    def __init__(self, cfg: SystemConfig, num_clients: int, model_bytes: int, speed_rng: np.random.Generator):
+    def __init__(self, cfg: SystemConfig, num_clients: int, model_bytes: int, speed_rng: np.random.Generator,
+                 batch_size: int = 1):
         self.cfg = cfg
-        self.tau = np.asarray(cfg.compute.draw(num_clients, speed_rng), dtype=np.float64)
+        self.link = None  # per-client one-way transfer seconds, when a device trace gives bandwidths
+        if getattr(type(cfg.compute), "gives_bandwidth", False):  # FedScale trace: per sample, kbit/s
+            per_sample, kbps = cfg.compute.profiles(num_clients, speed_rng)
+            self.tau = np.asarray(per_sample, dtype=np.float64) * batch_size
+            self.link = model_bytes * 8 / 1024 / np.asarray(kbps, dtype=np.float64)
+        else:
+            self.tau = np.asarray(cfg.compute.draw(num_clients, speed_rng), dtype=np.float64)
         comm = 0.0
         if cfg.bandwidth_mbps:
             comm += model_bytes * 8 / (cfg.bandwidth_mbps * 1e6)
@@ -177,8 +250,9 @@ class SystemModel:
         units = work if self.cfg.time_per == "step" else 1
         jitter = rng.lognormal(-self.cfg.jitter**2 / 2, self.cfg.jitter) if self.cfg.jitter > 0 else 1.0
         dropped = bool(rng.random() < self.cfg.dropout_prob) if self.cfg.dropout_prob > 0 else False
-        finish = self.comm / 2 + float(self.tau[client] * units * jitter)
-        return finish, finish + self.comm / 2, dropped
+        half = self.comm / 2 if self.link is None else float(self.link[client]) + self.cfg.latency
+        finish = half + float(self.tau[client] * units * jitter)
+        return finish, finish + half, dropped
 
     def mean_durations(self, work: np.ndarray) -> np.ndarray:
         """Expected job duration per client, ignoring jitter.
@@ -193,4 +267,5 @@ class SystemModel:
             (N,) expected durations in virtual seconds (compute plus download and upload).
         """
         units = work if self.cfg.time_per == "step" else np.ones_like(work)
-        return self.tau * units + self.comm
+        comm = self.comm if self.link is None else 2 * (self.link + self.cfg.latency)
+        return self.tau * units + comm
