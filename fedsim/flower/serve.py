@@ -12,6 +12,7 @@ its partition of the scenario's data, or on the user's own `.npz` (see local_dat
 
 from __future__ import annotations
 
+import re
 import shutil
 import sys
 import time
@@ -265,11 +266,14 @@ def serve(scenario, out: Path, opts: ServerOptions, log: Callable[[str], None] =
             f"results: {out}")
         run_proc = d.flwr_run(home, app, home / "run.log")
         deadline = None if opts.run_timeout is None else time.monotonic() + opts.run_timeout
+        relayed = 0
         while run_proc.alive():
+            relayed = _relay(run_proc.log_text(), relayed, log)
             if deadline is not None and time.monotonic() > deadline:
                 raise d.DeployError(f"the run did not finish within {opts.run_timeout:g} s "
                                     f"(log: {run_proc.log})")
             time.sleep(0.5)
+        _relay(run_proc.log_text(), relayed, log)
         if not (out / "summary.json").is_file():
             tail = " | ".join(run_proc.log_text().strip().splitlines()[-4:])
             raise d.DeployError(f"the run ended without results (exit {run_proc.popen.returncode}; "
@@ -282,6 +286,26 @@ def serve(scenario, out: Path, opts: ServerOptions, log: Callable[[str], None] =
         if sl is not None:
             sl.stop()
         shutil.rmtree(home / "apps", ignore_errors=True)
+
+
+_RELAYED = re.compile(r"^(node \d+ excluded: .*|every Flower node .*|error: .*)$", re.MULTILINE)
+
+
+def _relay(text: str, done: int, log: Callable[[str], None]) -> int:
+    """Pass the ServerApp's exclusion and error lines from the streamed run log to `log`.
+
+    Args:
+        text: the run log so far.
+        done: how many such lines were passed already.
+        log: receives each new line.
+
+    Returns:
+        The number passed so far.
+    """
+    lines = _RELAYED.findall(text)
+    for line in lines[done:]:
+        log(line.strip())
+    return len(lines)
 
 
 def _note_deployment(path: Path, sl: d.SuperLink, opts: ServerOptions) -> None:
