@@ -112,6 +112,9 @@ class Engine:
         opt = getattr(self.strategy, "server_opt", None)
         self.server_opt = None if server_opt.is_identity(opt) else opt
         self.opt_state = None if self.server_opt is None else self.server_opt.init(self.params)
+        bind = getattr(executor, "bind_engine", None)  # deployed (fedsim.flower.grid): clients of excluded
+        if bind is not None:  # nodes drop out of participation; `exclude` events go to events.jsonl
+            self.participation = bind(self)
 
     # -- shared machinery -----------------------------------------------------------------
 

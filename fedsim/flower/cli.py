@@ -99,7 +99,8 @@ def cmd_server(args: argparse.Namespace) -> int:
             host=args.host, port=args.port, fleet=args.fleet_address, tls=tls, insecure=args.insecure,
             node_keys=serve.public_keys(args.client_keys), attach=args.superlink, attach_ca=attach_ca,
             client_timeout=args.client_timeout, wait_clients=args.wait_clients, run_timeout=args.run_timeout,
-            clock=args.clock)
+            clock=args.clock, client_app=args.client_app, app_dir=Path(args.app_dir) if args.app_dir else None,
+            client_api=args.client_api)
         from fedsim.runner import default_out
 
         signal.signal(signal.SIGTERM, _terminate)  # run the cleanup (stop the SuperLink) on SIGTERM too
@@ -180,6 +181,12 @@ def add_parser(sub) -> None:
     s.add_argument("--clock", choices=["wall", "virtual"], default="wall",
                    help="async scenarios: commit updates in the order clients really return them, with "
                         "wall-clock times (wall, default), or in the simulated order of the virtual clock")
+    s.add_argument("--client-app", metavar="MODULE:ATTR", help="the clients run your own Flower ClientApp "
+                   "(e.g. myapp.client_app:app) instead of fedsim's; the server then speaks the standard Flower "
+                   "messages (docs/how-to-deploy.md, 'If you already have a Flower ClientApp')")
+    s.add_argument("--app-dir", help="your Flower project folder: its files are shipped to the nodes with the run")
+    s.add_argument("--client-api", choices=["message", "numpy"], default="message",
+                   help="your ClientApp's API: message (@app.train, default) or numpy (NumPyClient via client_fn)")
     s.set_defaults(func=cmd_server)
 
     k = dsub.add_parser("client", help="start a SuperNode that trains this client's partition")

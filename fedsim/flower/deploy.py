@@ -551,21 +551,29 @@ def toml_value(v: object) -> str:
 
 
 def write_app(app_dir: Path, run_config: Mapping[str, object], server_app: str = SERVER_APP,
-              client_app: str = CLIENT_APP) -> Path:
+              client_app: str = CLIENT_APP, sources: Path | None = None) -> Path:
     """Write the Flower app bundle `flwr run` ships.
 
-    The bundle is only a pyproject.toml naming fedsim's ServerApp and ClientApp and the run
-    config they read; fedsim itself must be installed on the server and on every client.
+    The bundle is a pyproject.toml naming fedsim's ServerApp, the ClientApp and the run
+    config they read; fedsim itself must be installed on the server (and, for fedsim's
+    ClientApp, on every client). With `sources` (a user's own Flower project), its files go
+    into the bundle too, so the nodes import the user's ClientApp from it.
 
     Args:
         app_dir: the bundle folder (created).
         run_config: [tool.flwr.app.config] values.
         server_app: `module:attribute` of the ServerApp.
         client_app: `module:attribute` of the ClientApp.
+        sources: a folder whose files are copied in first (its pyproject.toml is replaced).
 
     Returns:
         `app_dir`.
     """
+    if sources is not None:
+        import shutil
+
+        shutil.copytree(sources, app_dir, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns(".git", ".venv", "__pycache__", "*.pyc", ".flwr"))
     app_dir.mkdir(parents=True, exist_ok=True)
     lines = ["[build-system]", 'requires = ["hatchling"]', 'build-backend = "hatchling.build"', "",
              "[project]", 'name = "fedsim-deploy"', 'version = "1.0.0"', "dependencies = []", "",

@@ -12,6 +12,7 @@ its partition of the scenario's data, or on the user's own `.npz` (see local_dat
 
 from __future__ import annotations
 
+import re
 import shutil
 import sys
 import time
@@ -27,6 +28,7 @@ RC_OUT = "out"  # absolute results folder on the server machine
 RC_NODES = "num-nodes"  # SuperNodes to wait for (one per client)
 RC_JOB_TIMEOUT = "job-timeout"  # seconds a job may take before it counts as failed
 RC_CONNECT_TIMEOUT = "connect-timeout"  # seconds to wait for every client to connect
+RC_CLIENT_API = "client-api"  # "" = fedsim's ClientApp; "message" / "numpy" = the user's own ClientApp
 # node-config keys a SuperNode passes to its ClientApp
 NC_CLIENT = "partition-id"  # the fedsim client id (Flower's conventional key)
 NC_DATA = "fedsim-data"  # path of the client's own .npz, "" = the scenario's partition
@@ -56,6 +58,9 @@ class ServerOptions:
     wait_clients: float = 600.0
     run_timeout: float | None = None
     clock: str = "wall"  # async scenarios: engine.clock of the deployed run (real arrival order)
+    client_app: str | None = None  # MODULE:ATTR of the user's own Flower ClientApp (None = fedsim's)
+    app_dir: Path | None = None  # the user's Flower project folder, shipped to the nodes in the app bundle
+    client_api: str = "message"  # the user's ClientApp: "message" (@app.train) or "numpy" (NumPyClient)
 
 
 def say(msg: str) -> None:
@@ -133,6 +138,59 @@ def with_drop_on_client_error(scenario, log: Callable[[str], None] = say):
     return replace(scenario, engine=replace(scenario.engine, on_client_error="drop"))
 
 
+def check_own_client_app(scenario, opts: ServerOptions) -> None:
+    """Refuse, in one line, what a user's own ClientApp cannot run.
+
+    Args:
+        scenario: the scenario.
+        opts: the server options (`client_app`, `app_dir`, `client_api`).
+
+    Raises:
+        DeployError: for a bad MODULE:ATTR, a missing app folder, an unknown API or a strategy
+            whose clients need fedsim's client rule.
+    """
+    from fedsim.flower import standard
+
+    module, sep, attr = str(opts.client_app).partition(":")
+    if not sep or not module or not attr:
+        raise d.DeployError(f"--client-app {opts.client_app!r}: expected MODULE:ATTRIBUTE (e.g. myapp.client_app:app)")
+    if opts.client_api not in standard.APIS:
+        raise d.DeployError(f"--client-api must be one of {', '.join(standard.APIS)}, got {opts.client_api!r}")
+    if opts.app_dir is not None and not Path(opts.app_dir).is_dir():
+        raise d.DeployError(f"--app-dir {opts.app_dir} is not a folder")
+    try:
+        standard.check_strategy(scenario.strategy)
+    except ValueError as exc:
+        raise d.DeployError(f"--client-app: {exc}") from None
+
+
+def own_app_config(scenario, app_dir: Path | None) -> dict[str, object]:
+    """The run config a stock ClientApp reads: its own pyproject's, then the scenario's training keys.
+
+    Args:
+        scenario: the scenario (its `client:` block and rounds).
+        app_dir: the user's Flower project (its `[tool.flwr.app.config]` is kept), or None.
+
+    Returns:
+        The user's config keys, with `lr`, `batch-size`, `local-steps`, `num-server-rounds` and
+        (when the scenario sets it) `local-epochs` taken from the scenario.
+    """
+    import tomllib
+
+    out: dict[str, object] = {}
+    pyproject = Path(app_dir) / "pyproject.toml" if app_dir else None
+    if pyproject is not None and pyproject.is_file():
+        data = tomllib.loads(pyproject.read_text(encoding="utf-8"))
+        out.update(data.get("tool", {}).get("flwr", {}).get("app", {}).get("config", {}))
+    c = scenario.client
+    out.update({"lr": float(c.lr), "batch-size": int(c.batch_size), "local-steps": int(c.local_steps)})
+    if c.local_epochs:
+        out["local-epochs"] = int(c.local_epochs)
+    if scenario.engine.mode == "sync":
+        out["num-server-rounds"] = int(scenario.engine.rounds)
+    return {k: v for k, v in out.items() if isinstance(v, (bool, int, float, str))}
+
+
 def serve(scenario, out: Path, opts: ServerOptions, log: Callable[[str], None] = say,
           on_ready: Callable[[d.SuperLink], None] | None = None) -> Path:
     """Run `scenario` against deployed clients.
@@ -154,6 +212,8 @@ def serve(scenario, out: Path, opts: ServerOptions, log: Callable[[str], None] =
     from fedsim import scenario as scenario_mod
 
     scenario = with_drop_on_client_error(with_clock(scenario, opts.clock), log)
+    if opts.client_app:
+        check_own_client_app(scenario, opts)
     if opts.tls is None and not opts.insecure and opts.attach is None:
         raise d.DeployError("no TLS files: pass --tls-dir DIR (see `fedsim deploy certs`) or "
                             "--ca/--cert/--key, or --insecure for an unencrypted trial")
@@ -192,19 +252,28 @@ def serve(scenario, out: Path, opts: ServerOptions, log: Callable[[str], None] =
             on_ready(sl)
         resolved = home / "scenario.yaml"
         resolved.write_text(scenario_mod.to_yaml(scenario), encoding="utf-8")
-        app = d.write_app(home / "app", {
+        run_config = {
             RC_SCENARIO: str(resolved), RC_OUT: str(out), RC_NODES: int(scenario.data.num_clients),
             RC_JOB_TIMEOUT: float(opts.client_timeout), RC_CONNECT_TIMEOUT: float(opts.wait_clients),
-        })
+        }
+        if opts.client_app:
+            run_config = {**own_app_config(scenario, opts.app_dir), **run_config,
+                          RC_CLIENT_API: opts.client_api}
+            log(f"clients run your ClientApp {opts.client_app} ({opts.client_api} API; standard Flower messages)")
+        app = d.write_app(home / "app", run_config, client_app=opts.client_app or d.CLIENT_APP,
+                          sources=opts.app_dir)
         log(f"waiting for {scenario.data.num_clients} clients, then running {scenario.name!r}; "
             f"results: {out}")
         run_proc = d.flwr_run(home, app, home / "run.log")
         deadline = None if opts.run_timeout is None else time.monotonic() + opts.run_timeout
+        relayed = 0
         while run_proc.alive():
+            relayed = _relay(run_proc.log_text(), relayed, log)
             if deadline is not None and time.monotonic() > deadline:
                 raise d.DeployError(f"the run did not finish within {opts.run_timeout:g} s "
                                     f"(log: {run_proc.log})")
             time.sleep(0.5)
+        _relay(run_proc.log_text(), relayed, log)
         if not (out / "summary.json").is_file():
             tail = " | ".join(run_proc.log_text().strip().splitlines()[-4:])
             raise d.DeployError(f"the run ended without results (exit {run_proc.popen.returncode}; "
@@ -217,6 +286,26 @@ def serve(scenario, out: Path, opts: ServerOptions, log: Callable[[str], None] =
         if sl is not None:
             sl.stop()
         shutil.rmtree(home / "apps", ignore_errors=True)
+
+
+_RELAYED = re.compile(r"^(node \d+ excluded: .*|every Flower node .*|error: .*)$", re.MULTILINE)
+
+
+def _relay(text: str, done: int, log: Callable[[str], None]) -> int:
+    """Pass the ServerApp's exclusion and error lines from the streamed run log to `log`.
+
+    Args:
+        text: the run log so far.
+        done: how many such lines were passed already.
+        log: receives each new line.
+
+    Returns:
+        The number passed so far.
+    """
+    lines = _RELAYED.findall(text)
+    for line in lines[done:]:
+        log(line.strip())
+    return len(lines)
 
 
 def _note_deployment(path: Path, sl: d.SuperLink, opts: ServerOptions) -> None:
