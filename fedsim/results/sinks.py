@@ -95,8 +95,8 @@ class TensorBoardSink:
 
     Written with tensorboard's own event-file writer and protos (no TensorFlow or torch): each
     value is a DT_DOUBLE tensor with the scalars plugin's metadata, so what is read back
-    equals metrics.jsonl exactly. On resume a SessionLog START at the first new step makes
-    TensorBoard drop the points that the checkpoint rolled back.
+    equals metrics.jsonl exactly. On resume a second SessionLog START at the first new step
+    makes TensorBoard drop the points that the checkpoint rolled back.
     """
 
     def __init__(self, info: RunInfo):
@@ -106,11 +106,12 @@ class TensorBoardSink:
         self._event_pb2 = event_pb2
         self._writer = EventFileWriter(str(info.out / "tensorboard"), flush_secs=5)
         self._seen: set[str] = set()
-        if info.previous:
-            start = step_of(info.previous[-1]) + 1
-            self._writer.add_event(event_pb2.Event(
-                step=start, wall_time=time.time(), session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))
-        else:
+        # Every session starts with a SessionLog START; TensorBoard takes the first as the start
+        # and a later one (a resume) as a restart that drops the old points at steps >= its step.
+        start = step_of(info.previous[-1]) + 1 if info.previous else 0
+        self._writer.add_event(event_pb2.Event(
+            step=start, wall_time=time.time(), session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))
+        if not info.previous:
             self._text("scenario", "    " + info.text.replace("\n", "\n    "), 0, time.time())
         self._writer.flush()
 
