@@ -11,6 +11,7 @@ import sys
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from conftest import TINY, merge, read_metrics, run_raw
@@ -84,8 +85,9 @@ def test_tensorboard_reads_back_metrics_jsonl(runs):
     tags = set(acc.Tags()["tensors"])
     assert tags == set(expected) | {"scenario", "summary"}
     for key, points in expected.items():
-        got = [(e.step, float(tensor_util.make_ndarray(e.tensor_proto))) for e in acc.Tensors(key)]
-        assert got == points, key  # float64: exactly the JSON values
+        got = [(e.step, tensor_util.make_ndarray(e.tensor_proto)) for e in acc.Tensors(key)]
+        assert all(v.dtype == np.float32 for _, v in got)  # what TensorBoard's data server shows
+        assert [(s, float(v)) for s, v in got] == [(s, float(np.float32(v))) for s, v in points], key
     # wall time: the engine's start + each record's wall_time, so differences match the records'
     walls = [e.wall_time for e in acc.Tensors("test_accuracy")]
     for i in range(1, len(rows)):
@@ -209,4 +211,4 @@ def test_resumed_run_copies_match_metrics_jsonl(tmp_path):
     acc = EventAccumulator(str(out / "tensorboard"), size_guidance={"tensors": 0})
     acc.Reload()  # two event files; the second one's START at step 8 drops the old 8..10
     got = [(e.step, float(tensor_util.make_ndarray(e.tensor_proto))) for e in acc.Tensors("test_loss")]
-    assert got == [(r["round"], r["test_loss"]) for r in rows]
+    assert got == [(r["round"], float(np.float32(r["test_loss"]))) for r in rows]

@@ -10,7 +10,7 @@ Step and time given to the trackers: the step is the record's `round` (sync) or 
 Unix time at which the engine started, so every point of a run sits on one real-time axis. The
 virtual time is logged as the scalar `virtual_time`.
 
-Files (all inside the run folder): `tensorboard/` (event files, float64 scalars),
+Files (all inside the run folder): `tensorboard/` (event files, float32 scalars),
 `mlflow.db` (an MLflow SQLite tracking store: MLflow 3's `file:` store refuses to start
 unless `MLFLOW_ALLOW_FILE_STORE=true`), `metrics.csv`. docs/trackers.md says how to open them.
 The packages are imported only when a sink is opened.
@@ -91,11 +91,13 @@ def flatten(raw: Any, prefix: str = "") -> dict[str, Any]:
 
 
 class TensorBoardSink:
-    """Event files in `<out>/tensorboard/`, one float64 scalar series per metric, plus the scenario text.
+    """Event files in `<out>/tensorboard/`, one scalar series per metric, plus the scenario text.
 
     Written with tensorboard's own event-file writer and protos (no TensorFlow or torch): each
-    value is a DT_DOUBLE tensor with the scalars plugin's metadata, so what is read back
-    equals metrics.jsonl exactly. On resume a second SessionLog START at the first new step
+    value is a scalar tensor with the scalars plugin's metadata. It is float32 (DT_FLOAT), what
+    TensorBoard's default (Rust) data server reads: it shows no DT_DOUBLE scalars (checked with
+    tensorboard 2.21), so the values are metrics.jsonl's rounded to float32; metrics.jsonl and
+    metrics.csv keep every digit. On resume a second SessionLog START at the first new step
     makes TensorBoard drop the points that the checkpoint rolled back.
     """
 
@@ -140,7 +142,7 @@ class TensorBoardSink:
 
         step_key = "round" if "round" in record else "version"
         for key, value in scalars(record, step_key).items():
-            tensor = tensor_pb2.TensorProto(dtype=types_pb2.DT_DOUBLE, double_val=[value],
+            tensor = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, float_val=[value],
                                             tensor_shape=tensor_shape_pb2.TensorShapeProto())
             self._summary(key, tensor, metadata.create_summary_metadata(key, ""), step, wall_time)
         self._writer.flush()
