@@ -267,8 +267,8 @@ def search(scenario: str | Path, params: Sequence[str], trials: int, objective: 
     if stored is None:
         study.set_user_attr("definition", definition)
     elif stored != definition:
-        raise SweepError(f"{out} holds a different search ({', '.join(k for k in definition if stored.get(k) != definition[k])} "
-                         "differ); use another --out")
+        changed = ", ".join(k for k in definition if stored.get(k) != definition[k])
+        raise SweepError(f"{out} holds a different search ({changed} differ); use another --out")
     study_id = storage.get_study_id_from_name(STUDY)
     note = on_event or (lambda name, status: None)
     seed_list: list[int | None] = list(seeds) if seeds is not None else [None]

@@ -140,4 +140,5 @@ def test_bad_objective_and_other_search_in_folder(lsq, tmp_path, capsys):
     assert err.startswith("error: --objective 'acc': not in the final metrics; one of: ") and "optimum_distance" in err
     assert main(["sweep", str(lsq), "--optuna", "--trials", "1", "--param", PARAMS[1], "--objective", "acc",
                  "--out", str(out)]) == 2
-    assert capsys.readouterr().err.strip() == f"error: {out} holds a different search (params differ); use another --out"
+    want = f"error: {out} holds a different search (params differ); use another --out"
+    assert capsys.readouterr().err.strip() == want

@@ -212,3 +212,21 @@ def test_resumed_run_copies_match_metrics_jsonl(tmp_path):
     acc.Reload()  # two event files; the second one's START at step 8 drops the old 8..10
     got = [(e.step, float(tensor_util.make_ndarray(e.tensor_proto))) for e in acc.Tensors("test_loss")]
     assert got == [(r["round"], float(np.float32(r["test_loss"]))) for r in rows]
+
+
+def test_async_run_is_keyed_by_version(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    raw = merge(TINY, engine={"mode": "async", "concurrency": 3, "max_versions": 6},
+                strategy={"name": "fedbuff", "buffer_size": 2}, metrics={"eval_every": 2, "sinks": ["mlflow", "csv"]})
+    out = tmp_path / "a"
+    run_raw(raw, out)
+    rows = _jsonl(out / "metrics.jsonl")
+    assert "round" not in rows[0] and [r["version"] for r in rows] == [0, 2, 4, 6]
+    client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    hist = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, "test_loss"))
+    assert hist == [(r["version"], r["test_loss"]) for r in rows]
+    assert client.get_metric_history(run.info.run_id, "version") == []  # the step, not a series
+    with (out / "metrics.csv").open(newline="") as fh:
+        assert [int(c["version"]) for c in csv.DictReader(fh)] == [0, 2, 4, 6]

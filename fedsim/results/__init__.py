@@ -1,5 +1,6 @@
 """What a run leaves behind and what reads it.
 
-Modules: history (the writer), fairness (metrics), rundata (run folders), compare (tables) and
+Modules: history (the writer), sinks (tracker copies of metrics.jsonl), fairness (metrics), rundata (run
+folders), compare (tables) and
 plots.
 """
