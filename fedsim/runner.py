@@ -219,6 +219,28 @@ def _prepare(sc):
     return data, params, eval_model, process, system, work, oracle
 
 
+def open_run_sinks(sc, out: Path, resume: bool = False):
+    """Open the scenario's `metrics.sinks` for the run folder `out` (fedsim.results.sinks).
+
+    Args:
+        sc: the scenario.
+        out: the run folder.
+        resume: whether the run continues from a checkpoint (metrics.jsonl already truncated).
+
+    Returns:
+        A `Sinks` fed by History, or None when the scenario names no sink.
+    """
+    if not sc.metrics.sinks:
+        return None
+    from fedsim.results.history import read_jsonl
+    from fedsim.results.sinks import RunInfo, flatten, open_sinks
+    from fedsim.scenario.fields import to_raw
+
+    previous = read_jsonl(out / "metrics.jsonl") if resume and (out / "metrics.jsonl").exists() else []
+    info = RunInfo(out, sc.name, out.resolve().name, flatten(to_raw(sc)), scenario_mod.to_yaml(sc), previous)
+    return open_sinks(sc.metrics.sinks, info)
+
+
 def run(sc, out: Path | None = None, on_progress: Callable[[int, dict], None] | None = None,
         on_start: Callable[[Any], None] | None = None, resume: bool = False,
         executor: Any = None) -> RunResult:
@@ -279,7 +301,8 @@ def run(sc, out: Path | None = None, on_progress: Callable[[int, dict], None] | 
     # executor: the same arithmetic everywhere, and, with Ray actors or Flower clients
     # beside it, no idle OpenMP threads spinning on the cores the client workers need.
     torch.set_num_threads(int(getattr(sc.executor, "threads", 1)))
-    history = History(out, append=resume)
+    sinks = open_run_sinks(sc, out, resume)
+    history = History(out, append=resume, sinks=sinks)
     try:
         executor.start(Setup(data, sc.model, sc.client, sc.strategy, sc.seed))
         if on_start:
@@ -297,6 +320,10 @@ def run(sc, out: Path | None = None, on_progress: Callable[[int, dict], None] | 
             final_params = host(engine.run) if host is not None else engine.run()
         except Stalled as exc:
             raise RunError(f"engine: {exc}") from None
+    except BaseException:
+        if sinks is not None:
+            sinks.close(failed=True)
+        raise
     finally:
         executor.close()
         history.close()
@@ -315,4 +342,6 @@ def run(sc, out: Path | None = None, on_progress: Callable[[int, dict], None] | 
         "compute": _compute_facts(sc),
     }
     (out / "summary.json").write_text(json.dumps(clean(summary), indent=2) + "\n", encoding="utf-8")
+    if sinks is not None:
+        sinks.close(clean(summary))
     return RunResult(out, final_params, final, summary)

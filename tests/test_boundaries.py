@@ -36,7 +36,8 @@ ALLOWED: dict[str, set[str]] = {
     "executors": {"scenario", "data", "training", "strategy", "strategies"},  # vectorized: batched client rules
     "runner": {"scenario", "data", "world", "training", "engine", "executors", "results", "strategy", "pipeline"},
     "sweep": {"scenario", "runner", "results"},
-    "cli": {"scenario", "runner", "sweep", "results", "flower", "world"},  # world: fedsim trace convert
+    "search": {"scenario", "runner", "sweep"},  # fedsim sweep --optuna
+    "cli": {"scenario", "runner", "sweep", "results", "flower", "world", "search"},  # world: fedsim trace convert
     "flower": {"scenario", "data", "training", "engine", "executors", "runner", "results", "strategy"},
     "strategies": {"scenario", "strategy"},
     "__init__": {"scenario", "runner", "strategy"},

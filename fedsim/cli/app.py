@@ -6,6 +6,7 @@ Examples:
   fedsim validate scenarios/*.yaml
   fedsim list strategies
   fedsim sweep scenarios/quickstart.yaml --seeds 0..2 --set strategy.weighting=examples,uniform --out runs/sw
+  fedsim sweep scenarios/quickstart.yaml --optuna --trials 20 --param client.lr=loguniform:1e-3:1 --out runs/opt
   fedsim plot runs/sw --kind all
   fedsim compare runs/sw
   fedsim trace convert client_device_capacity devices.csv
@@ -193,6 +194,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(f"error: unexpected argument(s) {' '.join(extra)} (overrides look like key.path=value)",
               file=sys.stderr)
         return EXIT_BAD_INPUT
+    if args.optuna or args.params or args.trials is not None:
+        return _optuna_sweep(args, fixed)
     try:
         seeds = parse_seeds(args.seeds) if args.seeds is not None else None
         res = sweep(args.scenario, args.sets, seeds, fixed, args.out, args.jobs, args.force,
@@ -227,6 +230,37 @@ def cmd_trace(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     print(f"wrote {args.dst} ({'device capacities' if kind == 'device' else 'availability'})")
     return 0
+
+
+def _optuna_sweep(args: argparse.Namespace, fixed: list[str]) -> int:
+    """`fedsim sweep --optuna`: an Optuna search (fedsim.search); exit codes as cmd_sweep's."""
+    from fedsim.search import search
+    from fedsim.sweep import parse_seeds
+
+    try:
+        if not args.optuna:
+            raise SweepError("--param and --trials belong to an Optuna search: add --optuna")
+        if args.sets or args.force or args.jobs != 1:
+            raise SweepError("--optuna takes --param, not --set; trials run one at a time (no --jobs), and a "
+                             "rerun resumes the search (no --force: use another --out)")
+        seeds = parse_seeds(args.seeds) if args.seeds is not None else None
+        res = search(args.scenario, args.params, args.trials if args.trials is not None else 20, args.objective,
+                     args.direction, seeds, fixed, args.out,
+                     on_event=lambda name, status: print(f"{status:<6} {name}", file=sys.stderr))
+    except (SweepError, ScenarioError) as exc:
+        _error(exc)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted: finished trials are kept; run the same command to resume", file=sys.stderr)
+        return 130
+    failed = [t for t in res.trials if t["state"] == "FAIL"]
+    print(f"results: {res.out} ({len(res.trials)} trials, {res.ran} ran now, {len(failed)} failed)")
+    if res.best is not None:
+        print(f"best: trial {res.best['number']} {args.objective}={res.best['value']:.6g} "
+              + " ".join(f"{k}={v}" for k, v in res.best["params"].items()))
+    for t in failed:
+        print(f"failed: trial {t['number']}: {t['error']}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -280,6 +314,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="sweep folder (default runs/<name>/sweep-<timestamp>)")
     p.add_argument("--jobs", type=int, default=1, help="parallel runs (inline executor only)")
     p.add_argument("--force", action="store_true", help="rerun combinations that already finished")
+    p.add_argument("--optuna", action="store_true", help="Optuna (TPE) search instead of a grid: docs/trackers.md")
+    p.add_argument("--param", dest="params", action="append", default=[], metavar="KEY=KIND:LO:HI",
+                   help="--optuna: a searched key, KIND float|loguniform|int|logint (or choice:A,B,...)")
+    p.add_argument("--trials", type=int, help="--optuna: trials in the study (default 20; a rerun resumes)")
+    p.add_argument("--objective", default="test_accuracy", help="--optuna: final-metrics key (default test_accuracy)")
+    p.add_argument("--direction", default="maximize", choices=["maximize", "minimize"], help="--optuna")
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("trace", help="device and availability traces (FedScale format)")

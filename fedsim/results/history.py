@@ -44,12 +44,14 @@ class History:
     Args:
         out: the run folder (created if missing).
         append: keep existing lines (resuming from a checkpoint that truncated them); else start empty.
+        sinks: optional trackers (fedsim.results.sinks.Sinks) given a copy of every metrics record.
     """
 
     FILES = ("metrics", "clients", "events")
 
-    def __init__(self, out: Path, append: bool = False):
+    def __init__(self, out: Path, append: bool = False, sinks: Any = None):
         self.out = out
+        self.sinks = sinks
         out.mkdir(parents=True, exist_ok=True)
         mode = "a" if append else "w"
         self._fh = {name: (out / f"{name}.jsonl").open(mode, encoding="utf-8") for name in self.FILES}
@@ -66,6 +68,8 @@ class History:
         self.last_metrics = dict(record)
         self._write("metrics", record, flush=False)
         self.flush()  # an evaluation point: everything up to it reaches the disk
+        if self.sinks is not None:  # the trackers get what metrics.jsonl got, after it is written
+            self.sinks.metric(clean(dict(record)))
 
     def client(self, record: Mapping[str, Any]) -> None:
         """Append one per-client row to clients.jsonl (buffered until the next flush)."""

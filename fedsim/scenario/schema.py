@@ -274,6 +274,13 @@ class EngineConfig:
                               "max_time or max_updates")
 
 
+# The import names each metrics sink needs (the `mlflow` extra brings SQLAlchemy and Alembic
+# for its SQLite store); checked at validation, imported only when a run opens the sink.
+SINK_PACKAGES: dict[str, tuple[str, ...]] = {
+    "tensorboard": ("tensorboard",), "mlflow": ("mlflow", "sqlalchemy", "alembic"), "csv": (),
+}
+
+
 @dataclass(frozen=True, kw_only=True)
 class MetricsConfig:
     """When to evaluate the global model, and which per-client numbers to record.
@@ -286,12 +293,32 @@ class MetricsConfig:
             `participants` (clients that have taken part so far) or `none` (false).
         client_sample: per-client evaluation (clients.jsonl accuracy/loss and the fairness
             metrics) on a fixed random sample of this many clients; unset = every client.
+        sinks: trackers that get a copy of every metrics.jsonl record: `tensorboard`
+            (<out>/tensorboard/), `mlflow` (<out>/mlflow.db, an MLflow SQLite store), `csv`
+            (<out>/metrics.csv). Each needs its optional extra (`pip install 'fedsim[NAME]'`);
+            see docs/trackers.md.
     """
 
     eval_every: int | None = bounded(None, ge=1, le=1_000_000_000)
     eval_every_time: float | None = bounded(None, gt=0.0)
     client_metrics: bool | Literal["all", "participants", "none"] = True
     client_sample: int | None = bounded(None, ge=1, le=10_000_000)
+    sinks: tuple[Literal["tensorboard", "mlflow", "csv"], ...] = ()
+
+    def validate(self) -> None:
+        """Check that no sink is named twice and that each sink's packages are installed.
+
+        Raises:
+            ConfigError: `sinks: tensorboard needs the tensorboard package (pip install 'fedsim[tensorboard]')`.
+        """
+        import importlib.util
+
+        if len(set(self.sinks)) != len(self.sinks):
+            raise ConfigError("sinks", f"a sink is named twice: {list(self.sinks)}")
+        for sink in self.sinks:
+            for package in SINK_PACKAGES[sink]:
+                if importlib.util.find_spec(package) is None:
+                    raise ConfigError("sinks", f"{sink} needs the {package} package (pip install 'fedsim[{sink}]')")
 
 
 @dataclass(frozen=True, kw_only=True)
