@@ -128,6 +128,10 @@ class SecAggPlus(SecAgg):
     """SecAgg+ (Bell et al., CCS 2020): pairwise masks and shares only along a random k-regular graph.
 
     Args:
+        threshold: t, as for `secagg`, of each secret's k + 1 share holders (its neighbours and itself).
+        bits: b, the field Z_{2^b} of the masked vectors.
+        clip_range: r, each coordinate of an update is clipped to [−r, r] by its client.
+        max_weight: largest client weight (examples), as for `secagg`.
         neighbours: k, neighbours per client (even; an odd k is rounded up). Unset: 2·⌈log2 m⌉
             for a cohort of m (Bell et al. need k = O(log m); the constant 2 is fedsim's). At
             least m − 1 = the complete graph, i.e. SecAgg.
@@ -318,7 +322,7 @@ class Keys:
 
 
 def threshold(cfg: SecAgg, holders: int) -> int:
-    """t for a secret with this many share holders.
+    """The threshold t of a secret with this many share holders.
 
     Args:
         cfg: the block.
