@@ -130,8 +130,8 @@ def test_least_squares_same_model_up_to_the_fixed_point_error(tmp_path):
     s = sa.scale(sa.SecAgg(clip_range=8.0), 10, 1000)  # 10 clients, max_weight 1000 (examples)
     diff = np.max(np.abs(secure.astype(np.float64) - plain))
     assert 0 < diff <= 1 / s + 1e-6  # 1/s ≈ 3.7e-5; + float32 rounding of the model
-    long_plain = run_raw(merge(LINREG, engine={"rounds": 100}), tmp_path / "lp")
-    long_sa = run_raw(merge(LINREG, engine={"rounds": 100}, secagg=cfg), tmp_path / "ls")
+    long_plain = run_raw(merge(LINREG, engine={"rounds": 40}, metrics={"eval_every": 40}), tmp_path / "lp")
+    long_sa = run_raw(merge(LINREG, engine={"rounds": 40}, metrics={"eval_every": 40}, secagg=cfg), tmp_path / "ls")
     assert np.max(np.abs(long_sa.params - long_plain.params)) < 1e-3
     assert abs(long_sa.final["optimum_distance"] - long_plain.final["optimum_distance"]) < 1e-3
 
@@ -199,10 +199,24 @@ def test_a_single_client_cohort_is_never_revealed(tmp_path):
     assert rows[-1]["optimum_distance"] == rows[0]["optimum_distance"] and rows[-1]["num_updates"] == 0
 
 
-def test_same_seed_same_run(tmp_path):
-    raw = merge(TINY, engine={"rounds": 3}, system={"dropout_prob": 0.2}, secagg={"name": "secagg_plus"})
-    a, b = run_raw(raw, tmp_path / "a"), run_raw(raw, tmp_path / "b")
+def test_same_seed_same_run_on_a_thread_pool_and_after_resume(tmp_path):
+    import shutil
+
+    from fedsim import cli
+    from fedsim.engine import checkpoint
+
+    raw = merge(TINY, engine={"rounds": 6}, system={"dropout_prob": 0.2}, secagg={"name": "secagg_plus"},
+                checkpoint={"every": 3})
+    a = run_raw(raw, tmp_path / "a")
+    b = run_raw(merge(raw, executor={"name": "inline", "workers": 2}), tmp_path / "b")
     assert read_metrics(a.out) == read_metrics(b.out) and np.array_equal(a.params, b.params)
+    assert _events(a.out) == _events(b.out)
+    shutil.copytree(a.out, tmp_path / "again")  # as a crash after the round-3 checkpoint leaves it
+    (tmp_path / "again" / "summary.json").unlink()
+    assert checkpoint.load(tmp_path / "again")["next_round"] == 3
+    assert cli.main(["run", "--resume", str(tmp_path / "again"), "--quiet"]) == 0
+    assert read_metrics(tmp_path / "again") == read_metrics(a.out)
+    assert _events(tmp_path / "again") == _events(a.out)
 
 
 @pytest.mark.parametrize("changes, line", [
