@@ -114,7 +114,8 @@ class Engine:
         self.server_opt = None if server_opt.is_identity(opt) else opt
         self.opt_state = None if self.server_opt is None else self.server_opt.init(self.params)
         # Secure aggregation (fedsim.pipeline.secagg): None = off, and then no arithmetic at all.
-        self.secagg = secagg.build(getattr(scenario, "secagg", None), self.root, self.strategy, scenario.system)
+        self.secagg = secagg.build(getattr(scenario, "secagg", None), self.root, self.strategy,
+                                   getattr(scenario, "system", None))
 
     # -- shared machinery -----------------------------------------------------------------
 
