@@ -283,3 +283,18 @@ def test_pooled_update_feeds_fedavg_its_weighted_mean():
     _, ref = FedAvg().aggregate(None, np.zeros(4, np.float32), ups, None)
     assert np.max(np.abs(new - ref)) <= 1 / sa.scale(stage.cfg, 4, 1000) + 1e-7
     assert math.isclose(float(ref[0]), 14 / 60, rel_tol=1e-6)
+
+
+def test_none_is_bit_identical_and_rejected_updates_are_dropouts(tmp_path):
+    raw = merge(TINY, engine={"rounds": 2}, faults={"nan_update_prob": 0.3})
+    plain = run_raw(raw, tmp_path / "plain")
+    none = run_raw(merge(raw, secagg={"name": "none"}), tmp_path / "none")
+    assert read_metrics(plain.out) == read_metrics(none.out) and np.array_equal(plain.params, none.params)
+    # NaN updates fail validation: under secagg those clients never send a masked input (dropouts
+    # before MaskedInputCollection) and the sum of the others is what the plain run averages
+    secure = run_raw(merge(raw, engine={"rounds": 1}, secagg={"name": "secagg", "clip_range": 8.0}), tmp_path / "sa")
+    one = run_raw(merge(raw, engine={"rounds": 1}), tmp_path / "one")
+    drops = [e for e in _events(secure.out) if e["kind"] == "drop"]
+    assert drops and all(e["reason"] == "non-finite values in update" for e in drops)
+    s = sa.scale(sa.SecAgg(clip_range=8.0), 6, 1000)
+    assert np.max(np.abs(secure.params.astype(np.float64) - one.params)) <= 1 / s + 1e-6
