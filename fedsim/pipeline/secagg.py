@@ -5,7 +5,8 @@ Secure Aggregation", semi-honest version: rounds 0 AdvertiseKeys, 1 ShareKeys,
 2 MaskedInputCollection, 4 Unmasking; round 3 ConsistencyCheck belongs to the malicious
 version and is not run) over the complete graph (`secagg`), or over a random k-regular
 Harary graph of neighbours (`secagg_plus`, Bell, Bonawitz, Gascón, Lepoint, Raykova,
-"Secure Single-Server Aggregation with (Poly)Logarithmic Overhead", CCS 2020, §3-4).
+"Secure Single-Server Aggregation with (Poly)Logarithmic Overhead", CCS 2020: the k-regular
+neighbour graph replacing the complete one).
 
 Per round r, with U1 the clients dispatched in the round (all advertise keys and share
 them), U3 ⊆ U1 those whose update was accepted (every other job dropped out before the
@@ -42,8 +43,8 @@ shares, two 4-byte ids, AES-GCM nonce and tag):
   ShareKeys       up k_u·C,                   down k_u·C          (the server forwards them)
   MaskedInput     (d + 1)·b/8 instead of 4d   (no extra latency: it replaces the float upload)
   Unmasking       up (k_u + 1)·S,             down 4·|U1|         (survivor / dropout lists)
-This follows the per-client accounting of Bonawitz et al. 2017, §7.1 (client communication
-O(n + m): public keys, shares, the masked vector) and Bell et al. 2020 (n replaced by the
+This follows the per-client accounting of the performance analysis of Bonawitz et al. 2017
+(client communication O(n + m): public keys, shares, the masked vector) and Bell et al. 2020 (n replaced by the
 neighbourhood size k = O(log n)); the message sizes are fedsim's constants. An aborted
 round has no Unmasking round trip.
 """
