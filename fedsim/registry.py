@@ -91,6 +91,12 @@ SERVER_OPT: dict[str, str] = {
     "chain": "fedsim.strategy.server_opt:Chained",
 }
 
+SECAGG: dict[str, str] = {
+    "none": "fedsim.pipeline.secagg:NoSecAgg",
+    "secagg": "fedsim.pipeline.secagg:SecAgg",
+    "secagg_plus": "fedsim.pipeline.secagg:SecAggPlus",
+}
+
 # family (as used in `plugin(...)` fields) -> (table, name shown by `fedsim list`, scenario key)
 FAMILIES: dict[str, Mapping[str, str]] = {
     "dataset": DATASETS,
@@ -103,6 +109,7 @@ FAMILIES: dict[str, Mapping[str, str]] = {
     "executor": EXECUTORS,
     "robust": ROBUST,
     "server_opt": SERVER_OPT,
+    "secagg": SECAGG,
 }
 
 # family -> "module:function" returning the problems (list of one-line strings) of an
@@ -126,6 +133,7 @@ LISTINGS: dict[str, tuple[str, str]] = {
     "executors": ("executor", "executor"),
     "robust": ("robust", "robust"),
     "server_opt": ("server_opt", "strategy.server_opt"),
+    "secagg": ("secagg", "secagg"),
 }
 
 

@@ -42,6 +42,8 @@ class AverageParticipating:
     sends: ClassVar[Literal["delta", "model"]] = "delta"
     down_type: ClassVar[type | None] = None
     up_type: ClassVar[type | None] = None
+    secure_sum: ClassVar[bool] = True  # (1/|S|) Σ Δ is the uniform weighted mean (fedsim.pipeline.secagg)
+    weighting: ClassVar[Literal["uniform"]] = "uniform"
 
     server_lr: float = bounded(1.0, gt=0.0)
     server_opt: Any = server_opt_field()

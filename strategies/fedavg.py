@@ -44,6 +44,7 @@ class FedAvg:
     sends: ClassVar[Literal["delta", "model"]] = "delta"
     down_type: ClassVar[type | None] = None
     up_type: ClassVar[type | None] = None
+    secure_sum: ClassVar[bool] = True  # x + η·(weighted mean): fedsim.pipeline.secagg can feed it the sum
 
     server_lr: float = bounded(1.0, gt=0.0, le=1e6)
     weighting: Literal["examples", "uniform"] = "examples"

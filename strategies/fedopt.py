@@ -54,6 +54,7 @@ class FedAdam:
     sends: ClassVar[Literal["delta", "model"]] = "delta"
     down_type: ClassVar[type | None] = None
     up_type: ClassVar[type | None] = None
+    secure_sum: ClassVar[bool] = True  # FedAvg's proposal from the weighted mean (fedsim.pipeline.secagg)
 
     weighting: Literal["examples", "uniform"] = "examples"
     server_opt: Any = plugin("server_opt", {"name": "adam"}, doc=SERVER_OPT_DOC)
@@ -85,6 +86,7 @@ class FedYogi:
     sends: ClassVar[Literal["delta", "model"]] = "delta"
     down_type: ClassVar[type | None] = None
     up_type: ClassVar[type | None] = None
+    secure_sum: ClassVar[bool] = True  # FedAvg's proposal from the weighted mean (fedsim.pipeline.secagg)
 
     weighting: Literal["examples", "uniform"] = "examples"
     server_opt: Any = plugin("server_opt", {"name": "yogi"}, doc=SERVER_OPT_DOC)
@@ -116,6 +118,7 @@ class FedAdagrad:
     sends: ClassVar[Literal["delta", "model"]] = "delta"
     down_type: ClassVar[type | None] = None
     up_type: ClassVar[type | None] = None
+    secure_sum: ClassVar[bool] = True  # FedAvg's proposal from the weighted mean (fedsim.pipeline.secagg)
 
     weighting: Literal["examples", "uniform"] = "examples"
     server_opt: Any = plugin("server_opt", {"name": "adagrad"}, doc=SERVER_OPT_DOC)

@@ -44,6 +44,7 @@ class FedProx:
     sends: ClassVar[Literal["delta", "model"]] = "delta"
     down_type: ClassVar[type | None] = None
     up_type: ClassVar[type | None] = None
+    secure_sum: ClassVar[bool] = True  # x + η·(weighted mean): fedsim.pipeline.secagg can feed it the sum
 
     mu: float = bounded(0.01, ge=0.0)
     server_lr: float = bounded(1.0, gt=0.0)

@@ -28,6 +28,7 @@ from fedsim.engine.state import Counters, Pending
 from fedsim.engine.validation import validate_update
 from fedsim.engine.wall_loop import WallLoop
 from fedsim.errors import RunError
+from fedsim.pipeline import secagg
 from fedsim.results.history import History
 from fedsim.scenario.schema import FaultsConfig
 from fedsim.strategy import server_opt
@@ -112,6 +113,9 @@ class Engine:
         opt = getattr(self.strategy, "server_opt", None)
         self.server_opt = None if server_opt.is_identity(opt) else opt
         self.opt_state = None if self.server_opt is None else self.server_opt.init(self.params)
+        # Secure aggregation (fedsim.pipeline.secagg): None = off, and then no arithmetic at all.
+        self.secagg = secagg.build(getattr(scenario, "secagg", None), self.root, self.strategy,
+                                   getattr(scenario, "system", None))
         bind = getattr(executor, "bind_engine", None)  # deployed (fedsim.flower.grid): clients of excluded
         if bind is not None:  # nodes drop out of participation; `exclude` events go to events.jsonl
             self.participation = bind(self)
@@ -292,6 +296,33 @@ class Engine:
         self.opt_state, out = server_opt.server_step(self.server_opt, self.opt_state, self.params, new)
         return out
 
+    def secure_aggregate(self, r: int, pendings: list[Pending], updates: list[ClientUpdate]) -> list[ClientUpdate]:
+        """Run round r's secure aggregation: the strategy gets only the pooled sum (fedsim.pipeline.secagg).
+
+        Adds the protocol's extra rounds to the clock and its bytes to the counters; a round that
+        aborts (too few share holders survive) is a `warning` event and an empty cohort.
+
+        Args:
+            r: the round.
+            pendings: every job dispatched in the round (U1: they all took part in the key setup).
+            updates: the accepted updates (U3's inputs).
+
+        Returns:
+            [the pooled update], or [] when the round failed or nobody survived.
+        """
+        assert self.secagg is not None
+        out = self.secagg.round(r, [p.client for p in pendings], updates, self.params.size, self.version)
+        self.now += out.seconds
+        self.counters.bytes_up += out.bytes_up
+        self.counters.bytes_down += out.bytes_down
+        if out.failure is not None and updates:
+            self.counters.secagg_failed += 1
+            msg = f"round {r + 1}: secure aggregation aborted: {out.failure}; the model did not change"
+            warnings.warn(msg, RuntimeWarning, stacklevel=2)
+            self.event("warning", client=None, virtual_time=self.now, version=self.version, staleness=None,
+                       message=msg)
+        return out.cohort
+
     def collect(self, pendings: list[Pending]) -> dict[int, JobResult]:
         """Wait for every submitted job of `pendings`.
 
@@ -403,8 +434,12 @@ class Engine:
             self.now = end
             if pendings and not updates:
                 self.warn_all_failed(f"round {r + 1}", len(pendings))
+            summed = None
+            if self.secagg is not None and pendings:  # the server sees only the cohort's sum
+                summed = self.secure_aggregate(r, pendings, updates)
+                updates = updates if summed else []
             info = RoundInfo(r, self.n, tuple(int(c) for c in online), self.now)
-            cohort = self.robust.apply(updates)  # identity unless `robust:` is set
+            cohort = self.robust.apply(updates) if summed is None else summed  # identity unless `robust:` is set
             self.state, new_params = self.strategy.aggregate(self.state, self.params, cohort, info)
             if cohort:  # an empty round leaves the model and the optimiser's moments alone
                 new_params = self.server_step(new_params)

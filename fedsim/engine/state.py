@@ -40,6 +40,7 @@ class Counters:
         bytes_up: uplink bytes the server received (vector and up message).
         bytes_down: downlink bytes sent (the model, once per job).
         dispatches: jobs dispatched so far (the next job's dispatch index).
+        secagg_failed: sync rounds whose secure aggregation aborted (fedsim.pipeline.secagg).
     """
 
     num_updates: int = 0
@@ -47,3 +48,4 @@ class Counters:
     bytes_up: int = 0
     bytes_down: int = 0
     dispatches: int = 0
+    secagg_failed: int = 0

@@ -346,6 +346,7 @@ class Scenario:
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     robust: Any = plugin("robust", {"name": "none"})
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    secagg: Any = plugin("secagg", {"name": "none"})
 
     def validate(self) -> None:
         """Check the rules that span blocks, reporting every problem at once.
@@ -400,8 +401,32 @@ class Scenario:
         if natural and not per_client:
             out.append(("data.partition.name", "'natural' needs a per-client dataset "
                               "(synthetic, linear_regression, least_squares_groups)"))
+        out += self._secagg_problems()
         regression = getattr(type(self.data.dataset), "regression", False)
         if regression != getattr(type(self.model), "regression", False):
             out.append(("model.name", "linear_regression data needs model 'linear' (and 'linear' "
                               "needs linear_regression data)"))
+        return out
+
+    def _secagg_problems(self) -> list[tuple[str, str]]:
+        """What cannot run under secure aggregation, where the server sees only the cohort's sum."""
+        if not getattr(type(self.secagg), "active", False):
+            return []
+        out: list[tuple[str, str]] = []
+        name = config.plugin_name("strategy", self.strategy)
+        if self.engine.mode != "sync":
+            out.append(("secagg", "needs engine.mode: sync (an async server commits single arrivals, and the "
+                        "secure sum of one update is that update)"))
+        elif not getattr(type(self.strategy), "secure_sum", False):
+            out.append(("secagg", f"strategy {name} needs per-client updates (its aggregate is not a weighted "
+                        "sum the clients can compute: it does not declare secure_sum)"))
+        if config.plugin_name("robust", self.robust) != "none":
+            out.append(("robust.name", "robust aggregation needs per-client updates; under secagg the server "
+                        "sees only their sum"))
+        if self.channel.uplink_noise_std > 0:
+            out.append(("channel.uplink_noise_std", "secagg uploads masked integers mod 2^b, which analogue "
+                        "noise would turn into garbage; unset it or secagg"))
+        if self.faults.byzantine.fraction > 0:
+            out.append(("faults.byzantine.fraction", "under secagg validation.max_norm is each client's own "
+                        "check, which Byzantine clients would skip; no server defence sees their updates"))
         return out

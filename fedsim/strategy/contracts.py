@@ -10,10 +10,17 @@ capabilities as class attributes (right after the class docstring):
     sends: ClassVar[Literal["delta", "model"]] = "delta"  # what ClientUpdate.vector holds
     down_type: ClassVar[type | None] = None             # frozen dataclass configure() returns
     up_type: ClassVar[type | None] = None               # frozen dataclass client_update() sends
+    secure_sum: ClassVar[bool] = False                  # aggregate needs only a weighted sum (secagg)
 
 Optional: `client_state_type: ClassVar[type | None]`, the frozen dataclass a client rule
 keeps as its per-client state when that state is a dataclass (so the Flower codec can
 rebuild it without pickle); plain arrays and tuples need no declaration.
+`secure_sum = True` declares that `aggregate` depends on the cohort only through the weighted
+mean Σ w_i Δ_i / Σ w_i that clients can compute before masking, with w_i = n_i when the
+strategy's `weighting` is `examples` and 1 when it is `uniform`: aggregating the single pooled
+update (that mean, num_examples = Σ w_i) gives the same model as aggregating the cohort. Only
+such strategies run under secure aggregation (fedsim.pipeline.secagg), which shows the server
+the sum alone; the declaration needs `sends = "delta"`, no `up_type` and a `weighting`.
 `uses_oracle` may instead be a property when it depends on the hyperparameters (FedFix).
 The hooks are the methods of the protocols below; a public name that is neither a hook,
 a capability nor a dataclass field is an error (a misspelt `client_updat` would otherwise
@@ -42,14 +49,15 @@ MODES = ("sync", "async")
 SENDS = ("delta", "model")
 # Declared capabilities and the value an out-of-tree class that omits one gets.
 CAPABILITIES: dict[str, Any] = {"uses_oracle": False, "sends": "delta", "down_type": None, "up_type": None,
-                                "client_state_type": None}
+                                "client_state_type": None, "secure_sum": False}
 # hook -> number of positional arguments after self (`validate()` is the config-block check
 # that fedsim.scenario.fields runs after building the strategy; `check_clients(num_clients)`
 # the check against the number of clients that `fedsim validate` runs, see `ChecksClients`)
 HOOKS: dict[str, int] = {"init": 2, "aggregate": 4, "receive": 4, "tick": 3, "configure": 3,
                          "client_update": 3, "client_report": 1, "validate": 0, "check_clients": 1}
 # public names a strategy class may carry besides its hooks and dataclass fields
-KNOWN = frozenset(HOOKS) | frozenset(CAPABILITIES) | {"modes", "commit_interval"}
+# (`weighting` may be a class attribute of a secure_sum strategy that has no such field)
+KNOWN = frozenset(HOOKS) | frozenset(CAPABILITIES) | {"modes", "commit_interval", "weighting"}
 # field types that travel in a typed message (fedsim.flower.codec encodes exactly these)
 MESSAGE_TYPES = (np.ndarray, float, int, bool, str)
 
@@ -360,7 +368,7 @@ def check_strategy(cls: type) -> type:
     and known, with the hooks each mode needs (sync: aggregate; async: receive; tick needs
     commit_interval); no unknown public name (with a did-you-mean); hook arities;
     configure iff down_type; typed message fields; `sends` valid; uses_oracle ⇒ init
-    accepts `oracle`.
+    accepts `oracle`; secure_sum ⇒ delta, no up_type, a weighting.
 
     Args:
         cls: a candidate strategy class.
@@ -457,9 +465,27 @@ def _capability_problems(cls: type) -> list[str]:
     state = getattr(cls, "client_state_type", None)
     if state is not None and not _has(cls, "client_update"):
         out.append("has a client_state_type but no client_update to keep it")
+    out += _secure_sum_problems(cls)
     for label, tp in (("down_type", down), ("up_type", up), ("client_state_type", state)):
         if tp is not None:
             out += _message_problems(label, tp)
+    return out
+
+
+def _secure_sum_problems(cls: type) -> list[str]:
+    """What is wrong with a `secure_sum` declaration (see the module docstring)."""
+    flag = inspect.getattr_static(cls, "secure_sum", False)
+    if not isinstance(flag, bool):
+        return [f"secure_sum must be a bool, got {flag!r}"]
+    if not flag:
+        return []
+    out = []
+    if getattr(cls, "sends", CAPABILITIES["sends"]) != "delta":
+        out.append("secure_sum needs sends 'delta' (the secure sum is a weighted mean of deltas)")
+    if getattr(cls, "up_type", None) is not None:
+        out.append("secure_sum cannot go with an up_type (its fields would not be summed)")
+    if getattr(cls, "weighting", None) not in ("examples", "uniform"):
+        out.append("secure_sum needs a weighting of 'examples' or 'uniform' (the clients' weights)")
     return out
 
 
