@@ -89,6 +89,12 @@ SERVER_OPT: dict[str, str] = {
     "chain": "fedsim.strategy.server_opt:Chained",
 }
 
+DP: dict[str, str] = {
+    "none": "fedsim.pipeline.dp:NoDP",
+    "central": "fedsim.pipeline.dp:CentralDP",
+    "local": "fedsim.pipeline.dp:LocalDP",
+}
+
 # family (as used in `plugin(...)` fields) -> (table, name shown by `fedsim list`, scenario key)
 FAMILIES: dict[str, Mapping[str, str]] = {
     "dataset": DATASETS,
@@ -101,6 +107,7 @@ FAMILIES: dict[str, Mapping[str, str]] = {
     "executor": EXECUTORS,
     "robust": ROBUST,
     "server_opt": SERVER_OPT,
+    "dp": DP,
 }
 
 # family -> "module:function" returning the problems (list of one-line strings) of an
@@ -124,6 +131,7 @@ LISTINGS: dict[str, tuple[str, str]] = {
     "executors": ("executor", "executor"),
     "robust": ("robust", "robust"),
     "server_opt": ("server_opt", "strategy.server_opt"),
+    "dp": ("dp", "dp"),
 }
 
 

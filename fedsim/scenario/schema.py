@@ -306,6 +306,7 @@ class Scenario:
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     robust: Any = plugin("robust", {"name": "none"})
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    dp: Any = plugin("dp", {"name": "none"}, doc="client-level differential privacy (docs/privacy.md)")
 
     def validate(self) -> None:
         """Check the rules that span blocks, reporting every problem at once.
@@ -360,8 +361,31 @@ class Scenario:
         if natural and not per_client:
             out.append(("data.partition.name", "'natural' needs a per-client dataset "
                               "(synthetic, linear_regression, least_squares_groups)"))
+        out += self._dp_problems()
         regression = getattr(type(self.data.dataset), "regression", False)
         if regression != getattr(type(self.model), "regression", False):
             out.append(("model.name", "linear_regression data needs model 'linear' (and 'linear' "
                               "needs linear_regression data)"))
+        return out
+
+    def _dp_problems(self) -> list[tuple[str, str]]:
+        """Combinations for which the `dp:` block could not give the guarantee it reports (docs/privacy.md)."""
+        where = getattr(type(self.dp), "location", None)  # a class attribute: no plugin module imported
+        if where is None:
+            return []
+        out: list[tuple[str, str]] = []
+        strategy = config.plugin_name("strategy", self.strategy)
+        if getattr(type(self.strategy), "sends", "delta") != "delta":
+            out.append(("dp.name", f"strategy {strategy!r} sends whole models, which clipping cannot bound; "
+                        "client-level DP needs a strategy that sends deltas"))
+        up = getattr(type(self.strategy), "up_type", None)
+        if up is not None:
+            out.append(("dp.name", f"strategy {strategy!r} sends an extra up message ({up.__name__}) that DP "
+                        "neither clips nor noises; it cannot be made private"))
+        if getattr(self.dp, "adaptive", None) is not None and self.engine.mode != "sync":
+            out.append(("dp.adaptive", "adaptive clipping needs a cohort per round (engine.mode: sync)"))
+        if where == "central" and self.engine.mode == "sync" and getattr(self.dp, "accountant", "rdp") == "pld" \
+                and config.plugin_name("participation", self.participation) == "uniform":
+            out.append(("dp.accountant", "dp-accounting's PLD accountant has no sampling-without-replacement "
+                        "event (participation uniform): use accountant: rdp"))
         return out
