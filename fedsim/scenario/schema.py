@@ -9,6 +9,7 @@ and the registry.
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -374,6 +375,8 @@ class Scenario:
         if where is None:
             return []
         out: list[tuple[str, str]] = []
+        if importlib.util.find_spec("dp_accounting") is None:  # the accountant, imported only when the run starts
+            out.append(("dp.accountant", "needs dp-accounting: pip install 'fedsim[privacy]'"))
         strategy = config.plugin_name("strategy", self.strategy)
         if getattr(type(self.strategy), "sends", "delta") != "delta":
             out.append(("dp.name", f"strategy {strategy!r} sends whole models, which clipping cannot bound; "
