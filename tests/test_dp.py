@@ -292,7 +292,8 @@ def test_bad_dp_blocks_give_one_line(change, match):
 
 def test_missing_library_is_a_one_line_install_hint(monkeypatch):
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "dp_accounting" else real(name, *a))
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "dp_accounting" else real(name, *a))
     with pytest.raises(ScenarioError, match=r"dp\.accountant: needs dp-accounting: pip install 'fedsim\[privacy\]'"):
         from_mapping(merge(TINY, dp=CENTRAL))
     from_mapping(TINY)  # without a dp: block nothing needs the library
@@ -305,7 +306,8 @@ def test_privacy_plot_draws_one_curve_per_dp_run_and_a_baseline(tmp_path):
     from fedsim.results import plots
     from fedsim.results.rundata import find_runs, group_runs
 
-    base = merge(TINY, engine={"rounds": 3}, participation={"name": "bernoulli", "probs": {"name": "constant", "p": 0.5}})
+    base = merge(TINY, engine={"rounds": 3},
+                 participation={"name": "bernoulli", "probs": {"name": "constant", "p": 0.5}})
     for z in (0.5, 2.0):
         run_raw(merge(base, dp={"name": "central", "clip": 0.5, "noise_multiplier": z}), tmp_path / "sw" / f"z{z}")
     run_raw(base, tmp_path / "sw" / "none")

@@ -20,9 +20,10 @@ dp-accounting is an optional dependency (`pip install 'fedsim[privacy]'`), impor
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Iterator, Literal
 
 from fedsim import registry
 
@@ -43,6 +44,22 @@ def library() -> Any:
     except ImportError:
         raise ImportError(INSTALL_HINT) from None
     return dp_accounting
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Mute dp-accounting's absl WARNINGs while it runs.
+
+    The RDP accountant logs each low order it drops as numerically unstable; the bound stays
+    valid over the remaining orders, so that chatter would only flood the run's output.
+    """
+    log = logging.getLogger("absl")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 @dataclass(frozen=True)
@@ -165,7 +182,8 @@ class Accountant:
             count: the number of mechanism invocations so far.
         """
         if count > self.count:
-            self.acc.compose(self.event, count - self.count)
+            with _quiet():
+                self.acc.compose(self.event, count - self.count)
             self.count = count
 
     def epsilon(self) -> float:
@@ -176,12 +194,5 @@ class Accountant:
         """
         if self.count == 0:
             return 0.0
-        # The RDP accountant logs (absl, WARNING) each low order it drops as numerically unstable;
-        # the bound is still valid over the remaining orders, so that chatter is muted here.
-        log = logging.getLogger("absl")
-        level = log.level
-        log.setLevel(logging.ERROR)
-        try:
+        with _quiet():
             return float(self.acc.get_epsilon(self.delta))
-        finally:
-            log.setLevel(level)

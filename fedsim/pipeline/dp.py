@@ -131,7 +131,8 @@ class CentralDP:
         noise_multiplier: z; the noise std on the clipped sum is z·C.
         delta: δ of the reported (ε, δ).
         accountant: `rdp` or `pld` (dp-accounting's accountants).
-        adaptive: adapt C to a quantile of the update norms (sync only); unset = fixed C.
+        adaptive: adapt C to a quantile of the update norms (sync only): `{target_quantile: γ (0.5),
+            lr: η_C (0.2), bit_noise: σ_b (> z/2)}`; unset = fixed C.
     """
 
     location: ClassVar[str | None] = "central"
@@ -274,7 +275,9 @@ class DPStage:
         mean = (total / m).astype(np.float32)
         if self.adaptive is not None:
             a = self.adaptive
-            draw = float(seeding.rng(self.root, "dp_bits", round_index).normal(0.0, a.bit_noise)) if a.bit_noise else 0.0
+            draw = 0.0
+            if a.bit_noise:
+                draw = float(seeding.rng(self.root, "dp_bits", round_index).normal(0.0, a.bit_noise))
             self.clip, _ = adapt_clip(self.clip, bits, draw, m, a.target_quantile, a.lr)
         return [replace(u, vector=mean, num_examples=1) for u in updates]
 

@@ -496,6 +496,8 @@ def privacy(groups: Sequence[Group]) -> Figure:
         right.plot([f[0] for f in finals], [f[1] for f in finals], color="0.6", linewidth=1, zorder=1)
         for e, acc, i in finals:
             right.scatter([e], [acc], color=_colour(i), s=40, zorder=2)
+        if finals[0][0] > 0:  # ε of a noise-multiplier sweep spans decades
+            right.set_xscale("log")
     for ax, title in ((left, "during training"), (right, "final, one point per run")):
         ax.set_xlabel("ε (at the run's δ)")
         ax.set_ylabel(key.replace("_", " "))

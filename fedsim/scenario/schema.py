@@ -307,7 +307,7 @@ class Scenario:
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     robust: Any = plugin("robust", {"name": "none"})
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    dp: Any = plugin("dp", {"name": "none"}, doc="client-level differential privacy (docs/privacy.md)")
+    dp: Any = plugin("dp", {"name": "none"}, doc="client-level differential privacy (docs/privacy.md).")
 
     def validate(self) -> None:
         """Check the rules that span blocks, reporting every problem at once.
