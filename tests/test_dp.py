@@ -325,3 +325,28 @@ def test_privacy_plot_draws_one_curve_per_dp_run_and_a_baseline(tmp_path):
     assert "privacy" in [k for k in plots.KINDS if plots.applicable(k, groups)]
     assert not plots.applicable("privacy", group_runs(find_runs([tmp_path / "sw" / "none"])))
     assert cli.main(["plot", str(tmp_path / "sw"), "--kind", "privacy", "-o", str(tmp_path / "cli.png")]) == 0
+
+
+def test_default_none_does_no_dp_arithmetic(tmp_path, monkeypatch):
+    def boom(*a, **k):
+        raise AssertionError("the DP stage ran without a dp: block")
+
+    monkeypatch.setattr(dpm, "clip", boom)
+    monkeypatch.setattr(dpm.DPStage, "__init__", boom)
+    res = run_raw(TINY, tmp_path / "plain")
+    assert "dp" not in res.summary and "epsilon" not in read_metrics(tmp_path / "plain")[-1]
+    assert dpm.build(dpm.NoDP(), from_mapping(TINY), 0, 6) is None
+
+
+def test_async_resume_restores_the_dp_stage(tmp_path):
+    raw = merge(TINY, name="ackpt", engine={"mode": "async", "max_versions": 12, "concurrency": 3},
+                strategy={"name": "fedbuff", "buffer_size": 2}, checkpoint={"every": 4},
+                dp={"name": "central", "clip": 0.3, "noise_multiplier": 0.7})
+    run_raw(raw, tmp_path / "ref")
+    shutil.copytree(tmp_path / "ref", tmp_path / "again")
+    (tmp_path / "again" / "summary.json").unlink()
+    assert cli.main(["run", "--resume", str(tmp_path / "again"), "--quiet"]) == 0
+    assert read_metrics(tmp_path / "ref") == read_metrics(tmp_path / "again")
+    s_ref = json.loads((tmp_path / "ref" / "summary.json").read_text())["dp"]
+    s_again = json.loads((tmp_path / "again" / "summary.json").read_text())["dp"]
+    assert s_ref == s_again and s_ref["mechanisms"] >= 2
