@@ -97,6 +97,12 @@ SECAGG: dict[str, str] = {
     "secagg_plus": "fedsim.pipeline.secagg:SecAggPlus",
 }
 
+DP: dict[str, str] = {
+    "none": "fedsim.pipeline.dp:NoDP",
+    "central": "fedsim.pipeline.dp:CentralDP",
+    "local": "fedsim.pipeline.dp:LocalDP",
+}
+
 # family (as used in `plugin(...)` fields) -> (table, name shown by `fedsim list`, scenario key)
 FAMILIES: dict[str, Mapping[str, str]] = {
     "dataset": DATASETS,
@@ -110,6 +116,7 @@ FAMILIES: dict[str, Mapping[str, str]] = {
     "robust": ROBUST,
     "server_opt": SERVER_OPT,
     "secagg": SECAGG,
+    "dp": DP,
 }
 
 # family -> "module:function" returning the problems (list of one-line strings) of an
@@ -134,6 +141,7 @@ LISTINGS: dict[str, tuple[str, str]] = {
     "robust": ("robust", "robust"),
     "server_opt": ("server_opt", "strategy.server_opt"),
     "secagg": ("secagg", "secagg"),
+    "dp": ("dp", "dp"),
 }
 
 

@@ -341,6 +341,8 @@ def run(sc, out: Path | None = None, on_progress: Callable[[int, dict], None] | 
         "num_clients": data.num_clients, "num_params": int(params.size),
         "compute": _compute_facts(sc),
     }
+    if getattr(engine, "dp", None) is not None:  # ε(δ), accountant and the sampling assumption
+        summary["dp"] = engine.dp.summary()
     (out / "summary.json").write_text(json.dumps(clean(summary), indent=2) + "\n", encoding="utf-8")
     if sinks is not None:
         sinks.close(clean(summary))

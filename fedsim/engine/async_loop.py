@@ -498,6 +498,8 @@ class AsyncLoop:
         self.since_commit += 1
         self.release(p.client, arrived=True)
         info = ArrivalInfo(eng.version, eng.now, eng.n, staleness, base_params=f.base)
+        if getattr(eng, "dp", None) is not None:  # central DP: clip + noise per arriving update
+            update = eng.dp.arrival(update, p.client, p.job.id)
         eng.state, new = self.strategy.receive(eng.state, eng.params, update, info)
         if new is not None:
             self.commit(new)

@@ -54,6 +54,7 @@ def snapshot(engine, next_round: int, loop: dict[str, Any] | None = None) -> dic
         "offsets": engine.history.offsets(), "loop": loop,
         "server_opt": getattr(engine, "opt_state", None),
         "started": getattr(engine, "started", None), "train_sums": getattr(engine, "train_sums", {}),
+        "dp": getattr(engine, "dp", None),  # the DP stage: current clip, release counts, composed accountant
     }
 
 
@@ -140,5 +141,7 @@ def restore(engine, snap: dict[str, Any]) -> int:
     engine.counters = Counters(**snap["counters"])
     engine.participation = snap["participation"]
     engine.history.last_metrics = dict(snap["last_metrics"])
+    if snap.get("dp") is not None:
+        engine.dp = snap["dp"]
     engine.resume_loop = snap.get("loop")  # async: fedsim.engine.async_loop.AsyncLoop.load_state
     return int(snap["next_round"])

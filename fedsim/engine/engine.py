@@ -28,6 +28,7 @@ from fedsim.engine.state import Counters, Pending
 from fedsim.engine.validation import validate_update
 from fedsim.engine.wall_loop import WallLoop
 from fedsim.errors import RunError
+from fedsim.pipeline import dp as dp_stage
 from fedsim.pipeline import secagg
 from fedsim.results.history import History
 from fedsim.scenario.schema import FaultsConfig
@@ -116,6 +117,8 @@ class Engine:
         # Secure aggregation (fedsim.pipeline.secagg): None = off, and then no arithmetic at all.
         self.secagg = secagg.build(getattr(scenario, "secagg", None), self.root, self.strategy,
                                    getattr(scenario, "system", None))
+        # Update pipeline, DP stage (fedsim.pipeline.dp): None for `dp: {name: none}`, then no DP arithmetic at all.
+        self.dp = dp_stage.build(getattr(scenario, "dp", None), scenario, self.root, self.n)
         bind = getattr(executor, "bind_engine", None)  # deployed (fedsim.flower.grid): clients of excluded
         if bind is not None:  # nodes drop out of participation; `exclude` events go to events.jsonl
             self.participation = bind(self)
@@ -211,6 +214,8 @@ class Engine:
             return self.reject(p, "lost in channel", p.arrive)
         update, fault = result.update, None
         base = p.job.task.params  # the model the client started from (as received)
+        if self.dp is not None and isinstance(update, ClientUpdate):  # the honest client clips (+ local noise)
+            update = self.dp.client(update, p.client, p.job.id)
         if self.faults.active and isinstance(update, ClientUpdate):
             update, fault = self.faults.corrupt(update, p.job.id, base)
         why = validate_update(update, self.params.size, p.client, self.max_norm,
@@ -281,6 +286,19 @@ class Engine:
         warnings.warn(msg, RuntimeWarning, stacklevel=2)
         self.event("warning", client=None, virtual_time=self.now, version=self.version, staleness=None,
                    message=msg)
+
+    def dp_metrics(self, record: dict[str, Any]) -> None:
+        """Add ε (and the adaptive clip) to an evaluation row; give the DP start notice once.
+
+        Args:
+            record: the metrics.jsonl row being built.
+        """
+        note = self.dp.take_note()
+        if note:  # no amplification by sampling: say so once, at the first evaluation of a fresh run
+            warnings.warn(note, RuntimeWarning, stacklevel=3)
+            self.event("warning", client=None, virtual_time=self.now, version=self.version, staleness=None,
+                       message=note)
+        record.update(self.dp.metrics())
 
     def server_step(self, new: np.ndarray) -> np.ndarray:
         """Commit the strategy's proposal `new` through the server optimiser (Δ = new − params).
@@ -365,6 +383,8 @@ class Engine:
         })
         for key, value in self.train_metrics().items():
             record.setdefault(key, value)  # never shadows an evaluation metric
+        if self.dp is not None:
+            self.dp_metrics(record)
         self.history.metric(record)
         cm = self.sc.metrics.client_metrics
         rows = "all" if cm is True else "none" if cm is False else cm
@@ -439,6 +459,8 @@ class Engine:
                 summed = self.secure_aggregate(r, pendings, updates)
                 updates = updates if summed else []
             info = RoundInfo(r, self.n, tuple(int(c) for c in online), self.now)
+            if self.dp is not None and summed is None:  # central DP: the cohort becomes its noisy clipped mean
+                updates = self.dp.cohort(updates, r)
             cohort = self.robust.apply(updates) if summed is None else summed  # identity unless `robust:` is set
             self.state, new_params = self.strategy.aggregate(self.state, self.params, cohort, info)
             if cohort:  # an empty round leaves the model and the optimiser's moments alone

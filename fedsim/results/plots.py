@@ -1,4 +1,4 @@
-"""Figures from run folders: convergence, fairness, participation, async and contribution plots.
+"""Figures from run folders: convergence, fairness, participation, async, contribution and privacy plots.
 
 Only the output files are read (their layout: docs/tutorial.md).
 
@@ -21,7 +21,7 @@ from matplotlib.ticker import MaxNLocator
 from fedsim.errors import PlotError
 from fedsim.results.rundata import Group, Run, find_runs, group_runs
 
-KINDS = ("convergence", "fairness", "participation", "async", "contributions")
+KINDS = ("convergence", "fairness", "participation", "async", "contributions", "privacy")
 FORMATS = (".png", ".svg", ".pdf")
 DPI = 100
 GRID_POINTS = 200  # time axes: seeds are interpolated onto this many points
@@ -458,9 +458,58 @@ def contributions(groups: Sequence[Group], key: str = CONTRIBUTION_KEY) -> Figur
 
 # --- entry point ---------------------------------------------------------------------------
 
+# --- privacy -------------------------------------------------------------------------------
+
+
+def privacy(groups: Sequence[Group]) -> Figure:
+    """Accuracy against ε (at the run's δ): one curve per DP run, non-DP runs as dashed baselines.
+
+    Left: every evaluation of a run (ε grows with the rounds). Right: the final accuracy against
+    the final ε of each run (e.g. the folders of a sweep over `dp.noise_multiplier`), joined in
+    order of ε. Regression runs show the test loss instead of accuracy.
+
+    Args:
+        groups: runs grouped by scenario (seeds pooled: mean accuracy, mean ε).
+
+    Returns:
+        The figure.
+    """
+    key = "test_loss" if _regression(groups) else "test_accuracy"
+    fig = _figure(12, 4.6)
+    left, right = fig.subplots(1, 2)
+    finals: list[tuple[float, float, int]] = []
+    for i, g in enumerate(groups):
+        c = _colour(i)
+        y = np.nanmean(np.vstack([r.series(key) for r in g.runs]), axis=0)
+        if not all(r.has("epsilon") for r in g.runs):  # no DP: the accuracy to compare against
+            for ax in (left, right):
+                ax.axhline(y[-1], color=c, linestyle="--", linewidth=1.5)
+            continue
+        eps = np.nanmean(np.vstack([r.series("epsilon") for r in g.runs]), axis=0)
+        ok = np.isfinite(eps) & np.isfinite(y)
+        left.plot(eps[ok], y[ok], color=c, marker=".")
+        if ok.any():
+            last = np.flatnonzero(ok)[-1]
+            finals.append((float(eps[last]), float(y[last]), i))
+    finals.sort()
+    if finals:
+        right.plot([f[0] for f in finals], [f[1] for f in finals], color="0.6", linewidth=1, zorder=1)
+        for e, acc, i in finals:
+            right.scatter([e], [acc], color=_colour(i), s=40, zorder=2)
+        if finals[0][0] > 0:  # ε of a noise-multiplier sweep spans decades
+            right.set_xscale("log")
+    for ax, title in ((left, "during training"), (right, "final, one point per run")):
+        ax.set_xlabel("ε (at the run's δ)")
+        ax.set_ylabel(key.replace("_", " "))
+        ax.set_title(title, fontsize="medium")
+        ax.grid(alpha=0.3)
+    _figure_legend(fig, groups, "Privacy: accuracy vs ε (dashed: runs without DP)")
+    return fig
+
+
 FIGURES: dict[str, Callable[..., Figure]] = {
     "convergence": convergence, "fairness": fairness, "participation": participation,
-    "async": asynchrony, "contributions": contributions,
+    "async": asynchrony, "contributions": contributions, "privacy": privacy,
 }
 
 
@@ -474,7 +523,7 @@ def applicable(kind: str, groups: Sequence[Group], contribution_key: str = CONTR
 
     Returns:
         False for async plots of sync runs, contributions without the column, fairness without
-        clients.jsonl rows; else True.
+        clients.jsonl rows, privacy without an `epsilon` column; else True.
     """
     runs = [r for g in groups for r in g.runs]
     if kind == "async":
@@ -483,6 +532,8 @@ def applicable(kind: str, groups: Sequence[Group], contribution_key: str = CONTR
         return any(contribution_key in r.client_keys() for r in runs)
     if kind == "fairness":
         return any(len(r.clients) for r in runs)
+    if kind == "privacy":
+        return any(r.has("epsilon") for r in runs)
     return True
 
 

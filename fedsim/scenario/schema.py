@@ -9,6 +9,7 @@ and the registry.
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -347,6 +348,7 @@ class Scenario:
     robust: Any = plugin("robust", {"name": "none"})
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     secagg: Any = plugin("secagg", {"name": "none"})
+    dp: Any = plugin("dp", {"name": "none"}, doc="client-level differential privacy (docs/privacy.md).")
 
     def validate(self) -> None:
         """Check the rules that span blocks, reporting every problem at once.
@@ -402,6 +404,7 @@ class Scenario:
             out.append(("data.partition.name", "'natural' needs a per-client dataset "
                               "(synthetic, linear_regression, least_squares_groups)"))
         out += self._secagg_problems()
+        out += self._dp_problems()
         regression = getattr(type(self.data.dataset), "regression", False)
         if regression != getattr(type(self.model), "regression", False):
             out.append(("model.name", "linear_regression data needs model 'linear' (and 'linear' "
@@ -429,4 +432,31 @@ class Scenario:
         if self.faults.byzantine.fraction > 0:
             out.append(("faults.byzantine.fraction", "under secagg validation.max_norm is each client's own "
                         "check, which Byzantine clients would skip; no server defence sees their updates"))
+        if getattr(type(self.dp), "location", None) == "central":
+            out.append(("dp.name", "central DP re-clips each arrived update, which a server that sees only the "
+                        "secure sum cannot do: use dp: {name: local} (clients clip and noise before masking)"))
+        return out
+
+    def _dp_problems(self) -> list[tuple[str, str]]:
+        """Combinations for which the `dp:` block could not give the guarantee it reports (docs/privacy.md)."""
+        where = getattr(type(self.dp), "location", None)  # a class attribute: no plugin module imported
+        if where is None:
+            return []
+        out: list[tuple[str, str]] = []
+        if importlib.util.find_spec("dp_accounting") is None:  # the accountant, imported only when the run starts
+            out.append(("dp.accountant", "needs dp-accounting: pip install 'fedsim[privacy]'"))
+        strategy = config.plugin_name("strategy", self.strategy)
+        if getattr(type(self.strategy), "sends", "delta") != "delta":
+            out.append(("dp.name", f"strategy {strategy!r} sends whole models, which clipping cannot bound; "
+                        "client-level DP needs a strategy that sends deltas"))
+        up = getattr(type(self.strategy), "up_type", None)
+        if up is not None:
+            out.append(("dp.name", f"strategy {strategy!r} sends an extra up message ({up.__name__}) that DP "
+                        "neither clips nor noises; it cannot be made private"))
+        if getattr(self.dp, "adaptive", None) is not None and self.engine.mode != "sync":
+            out.append(("dp.adaptive", "adaptive clipping needs a cohort per round (engine.mode: sync)"))
+        if where == "central" and self.engine.mode == "sync" and getattr(self.dp, "accountant", "rdp") == "pld" \
+                and config.plugin_name("participation", self.participation) == "uniform":
+            out.append(("dp.accountant", "dp-accounting's PLD accountant has no sampling-without-replacement "
+                        "event (participation uniform): use accountant: rdp"))
         return out
