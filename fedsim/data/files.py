@@ -439,8 +439,7 @@ class HFNatural:
         owner_all = np.fromiter((index[u] for u in ids), dtype=np.int64, count=len(ids))
         sizes = np.bincount(owner_all, minlength=len(users))
         chosen = select_users(sizes, self.min_samples, self.max_clients, self.sample_clients, rng, self.path)
-        check_count(chosen, num_clients, f"{self.path} ({len(users)} distinct {self.partition_by}, "
-                    f"{len(chosen)} taken)")
+        check_count(chosen, num_clients, f"{self.path} ({len(users)} distinct {self.partition_by})")
         client_of = np.full(len(users), -1, dtype=np.int64)
         client_of[chosen] = np.arange(len(chosen))
         rows = np.nonzero(client_of[owner_all] >= 0)[0]

@@ -191,8 +191,7 @@ class Leaf:
         users = sorted(train)
         sizes = np.array([len(train[u]["y"]) for u in users], dtype=np.int64)
         chosen = select_users(sizes, self.min_samples, self.max_clients, self.sample_clients, rng, self.path)
-        check_count(chosen, num_clients, f"the LEAF data at {self.path} ({len(users)} users, "
-                    f"{len(chosen)} taken)")
+        check_count(chosen, num_clients, f"the LEAF data at {self.path} ({len(users)} users)")
         index = {u: i for i, u in enumerate(users)}
         keep = [users[i] for i in chosen]
         x, y = self._encode(keep, train, where)
