@@ -249,3 +249,18 @@ def test_run_error_for_bad_leaf_data_is_one_line(tmp_path):
     raw["data"]["dataset"]["path"] = str(tmp_path / "bad.json")
     with pytest.raises(RunError, match=r"^data.dataset.path: .*bad.json: not valid JSON"):
         run_raw(raw, tmp_path / "out")
+
+
+def test_shipped_samples_are_what_the_script_writes(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_samples", ROOT / "scenarios" / "leaf" / "make_samples.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    mod.femnist(tmp_path)
+    mod.shakespeare(tmp_path)
+    shipped = sorted(p.relative_to(ROOT / "scenarios" / "leaf") for p in (ROOT / "scenarios" / "leaf").rglob("*.json"))
+    assert shipped == sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*.json")) and len(shipped) == 4
+    for rel in shipped:
+        assert (tmp_path / rel).read_bytes() == (ROOT / "scenarios" / "leaf" / rel).read_bytes(), rel
+    assert max((ROOT / "scenarios" / "leaf" / rel).stat().st_size for rel in shipped) < 1_000_000  # each file < 1 MB

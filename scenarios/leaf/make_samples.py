@@ -51,7 +51,7 @@ def _write(folder: Path, name: str, users: dict[str, dict[str, list]]) -> None:
     (folder / name).write_text(json.dumps(doc, separators=(",", ":")) + "\n", encoding="utf-8")
 
 
-def femnist(writers: int = 20, per_writer: int = 14, seed: int = 0) -> None:
+def femnist(out: Path = HERE, writers: int = 20, per_writer: int = 14, seed: int = 0) -> None:
     """The digits stand-in for FEMNIST (see the module docstring)."""
     from sklearn.datasets import load_digits
 
@@ -72,8 +72,8 @@ def femnist(writers: int = 20, per_writer: int = 14, seed: int = 0) -> None:
         user = f"f{w:04d}_{int(rng.integers(10, 99))}"  # FEMNIST-like writer ids
         train[user] = {"x": xs[:cut], "y": ys[:cut]}
         test[user] = {"x": xs[cut:], "y": ys[cut:]}
-    _write(HERE / "femnist" / "train", "all_data_0_niid_0_keep_0_train_8.json", train)
-    _write(HERE / "femnist" / "test", "all_data_0_niid_0_keep_0_test_8.json", test)
+    _write(out / "femnist" / "train", "all_data_0_niid_0_keep_0_train_8.json", train)
+    _write(out / "femnist" / "test", "all_data_0_niid_0_keep_0_test_8.json", test)
 
 
 # Public-domain text: speeches from Shakespeare's plays, one user per play and character.
@@ -127,7 +127,7 @@ LINES = {
 }
 
 
-def shakespeare(window: int = 80, seed: int = 0) -> None:
+def shakespeare(out: Path = HERE, window: int = 80, seed: int = 0) -> None:
     """The Shakespeare stand-in (see the module docstring)."""
     rng = np.random.default_rng(seed)
     train, test = {}, {}
@@ -140,8 +140,8 @@ def shakespeare(window: int = 80, seed: int = 0) -> None:
                        "y": [b for b, t in zip(ys, is_test, strict=True) if not t]}
         test[user] = {"x": [a for a, t in zip(xs, is_test, strict=True) if t],
                       "y": [b for b, t in zip(ys, is_test, strict=True) if t]}
-    _write(HERE / "shakespeare" / "train", "all_data_niid_0_keep_0_train_8.json", train)
-    _write(HERE / "shakespeare" / "test", "all_data_niid_0_keep_0_test_8.json", test)
+    _write(out / "shakespeare" / "train", "all_data_niid_0_keep_0_train_8.json", train)
+    _write(out / "shakespeare" / "test", "all_data_niid_0_keep_0_test_8.json", test)
 
 
 if __name__ == "__main__":
