@@ -24,6 +24,8 @@ DATASETS: dict[str, str] = {
     "cifar10": "fedsim.data.files:CIFAR10",
     "npz": "fedsim.data.files:Npz",
     "hf_disk": "fedsim.data.files:HFDisk",
+    "leaf": "fedsim.data.leaf:Leaf",
+    "hf_natural": "fedsim.data.files:HFNatural",
 }
 
 PARTITIONS: dict[str, str] = {
@@ -40,6 +42,7 @@ MODELS: dict[str, str] = {
     "mlp": "fedsim.training.models:MLP",
     "cnn": "fedsim.training.models:CNN",
     "linear": "fedsim.training.models:Linear",
+    "char_rnn": "fedsim.training.models:CharRNN",
 }
 
 PARTICIPATION: dict[str, str] = {

@@ -6,7 +6,7 @@ that a client's data is a zero-copy slice, and the split is vectorised over clie
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -94,7 +94,8 @@ def federate(dataset, partition, num_clients: int, test_fraction: float, seed_of
         dataset: a dataset plugin; `load` returns `Pooled` or `PerClient` data.
         partition: a partition plugin (ignored for `PerClient` data, which is split already).
         num_clients: N.
-        test_fraction: fraction of each client's rows moved to its local test split (floored).
+        test_fraction: fraction of each client's rows moved to its local test split (floored);
+            unused when per-client data brings its own test rows (`PerClient.val_offsets`).
         seed_of: `seed_of(name)` gives the seed of each named random stream.
         hard: alters some clients' data before their local test split is taken.
 
@@ -106,9 +107,12 @@ def federate(dataset, partition, num_clients: int, test_fraction: float, seed_of
             the wrong number of parts, or `hard` does not fit the data.
     """
     raw = dataset.load(num_clients, np.random.default_rng(seed_of("dataset")))
+    own_val = isinstance(raw, PerClient) and raw.val_offsets is not None
     if isinstance(raw, PerClient):
         x, y, offsets = raw.x, raw.y, raw.offsets
         optimum = raw.optimum
+        if len(offsets) - 1 != num_clients:
+            raise ValueError(f"data.num_clients: is {num_clients}, but the dataset has {len(offsets) - 1} clients")
     else:
         assert isinstance(raw, Pooled)
         if len(raw.y) < num_clients:
@@ -131,17 +135,25 @@ def federate(dataset, partition, num_clients: int, test_fraction: float, seed_of
             raise ValueError("hard_clients: only for classification data (a regression's closed-form "
                              "optimum would no longer hold)")
         rng = np.random.default_rng(seed_of("hard_clients"))
-        x, y = make_hard(hard, x, y, offsets, hard_clients_chosen(hard, num_clients, rng), raw.num_classes, rng)
-    xt, yt, toff, xv, yv, voff = _split_local(x, y, offsets, test_fraction,
-                                               np.random.default_rng(seed_of("local_split")))
+        chosen = hard_clients_chosen(hard, num_clients, rng)
+        x, y = make_hard(hard, x, y, offsets, chosen, raw.num_classes, rng)
+        if own_val:  # the clients' own test rows are theirs too: alter them alike
+            xv_hard, yv_hard = make_hard(hard, raw.x_val, raw.y_val, raw.val_offsets, chosen, raw.num_classes, rng)
+            raw = replace(raw, x_val=xv_hard, y_val=yv_hard)
+    if own_val:  # the data's own per-client test rows (LEAF's per-user split): kept as they are
+        xt, yt, toff, xv, yv, voff = x, y, offsets, raw.x_val, raw.y_val, raw.val_offsets
+    else:
+        xt, yt, toff, xv, yv, voff = _split_local(x, y, offsets, test_fraction,
+                                                   np.random.default_rng(seed_of("local_split")))
+    x_test, y_test = (xv, yv) if raw.x_test is None else (raw.x_test, raw.y_test)  # None: union of local tests
     if optimum is not None:
         # The optimum the clients can reach is that of the rows they train on: the local test
         # split is held out, so recompute it on the training rows (on all rows, the distance
         # had a floor of a few hundredths with the default test_fraction).
         optimum = least_squares_optimum(xt.astype(np.float64), yt.astype(np.float64), toff,
                                         getattr(dataset, "importance", "examples"))
-    return FederatedData(num_clients, raw.num_classes, tuple(raw.x_test.shape[1:]), xt, yt, toff,
-                         xv, yv, voff, raw.x_test, raw.y_test, optimum)
+    return FederatedData(num_clients, raw.num_classes, tuple(raw.x.shape[1:]), xt, yt, toff,
+                         xv, yv, voff, x_test, y_test, optimum)
 
 
 def hard_clients_chosen(cfg: HardClients, num_clients: int, rng: np.random.Generator) -> np.ndarray:

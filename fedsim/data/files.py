@@ -7,6 +7,8 @@
 - `npz`: one `.npz` file with x_train, y_train, x_test, y_test (your own data).
 - `hf_disk`: a Hugging Face `datasets` dataset saved with `save_to_disk` (e.g. a cached
   copy of an MNIST/CIFAR hub dataset), with `train`/`test` splits.
+- `hf_natural`: a saved Hugging Face dataset split by a natural id column (writer, speaker,
+  user), one client per id, as flwr-datasets' NaturalIdPartitioner splits it.
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar, Literal
 
 import numpy as np
 
-from fedsim.data.pooled import Pooled
+from fedsim.data.pooled import PerClient, Pooled
 from fedsim.scenario.fields import bounded
 
 
@@ -299,3 +302,177 @@ class HFDisk:
         x, y = arrays("train")
         xt, yt = arrays("test")
         return Pooled(x, y, xt, yt, int(max(y.max(), yt.max())) + 1)
+
+
+def _hf_inputs(ds, column: str, kind: str, scale: float, num_features: int) -> np.ndarray:
+    """A saved dataset's input column as an array, encoded as `HFNatural.input` says."""
+    if kind == "chars":
+        from fedsim.data.text import encode_chars
+
+        return encode_chars(list(ds[column]))
+    if kind == "text":
+        from fedsim.data.text import hashed_bag_of_words
+
+        return hashed_bag_of_words(list(ds[column]), num_features)
+    x = np.asarray(ds.with_format("numpy")[column], dtype=np.float32) / scale
+    if kind == "image":
+        if x.ndim == 3:  # (n, H, W) grey images -> (n, 1, H, W)
+            x = x[:, None]
+        elif x.ndim == 4 and x.shape[-1] in (1, 3):  # channels last -> first
+            x = np.transpose(x, (0, 3, 1, 2))
+    return np.ascontiguousarray(x)
+
+
+def _hf_labels(values: list, kind: str, where: str) -> np.ndarray:
+    if kind == "chars":
+        from fedsim.data.text import encode_char_labels
+
+        return encode_char_labels(values)
+    y = np.asarray(values)
+    if not np.issubdtype(y.dtype, np.number):
+        raise ValueError(f"data.dataset.label_column: {where}: labels must be integer classes, got {y.dtype}")
+    return _labels(y, Path(where), "labels")
+
+
+@dataclass(frozen=True, kw_only=True)
+class HFNatural:
+    """A saved Hugging Face dataset split by a natural id column: one client per writer/speaker/user.
+
+    The split is flwr-datasets' NaturalIdPartitioner's: one client per distinct value of
+    `partition_by` in the training split, clients numbered in sorted id order, each client's
+    rows in dataset order; `min_samples`, `max_clients` and `sample_clients` then choose the
+    clients (`fedsim.data.natural`). A test split with the id column gives each client its
+    own test rows; one without it is the global test set only; without a test split, the local
+    test splits are cut by `data.test_fraction` and the global test set is their union.
+    Use with `partition: {name: natural}`; `data.num_clients` must equal the number of clients
+    taken.
+
+    Args:
+        path: the folder written by `save_to_disk` (a DatasetDict, or a single Dataset = train).
+        partition_by: the natural id column (`writer_id` in flwrlabs/femnist, `character_id` in
+            flwrlabs/shakespeare, `user` in flwrlabs/sent140).
+        feature_column / label_column: the input and label columns.
+        input: `image` (decoded to floats / `scale`, channels first), `vector` (numbers / `scale`),
+            `chars` (strings of equal length → `fedsim.data.text` character tokens; labels are
+            single characters) or `text` (hashed bag of words of `num_features` dimensions).
+        scale: divide image / vector inputs by this (255 for 8-bit images).
+        num_features: `text` inputs — hashed dimensions.
+        train_split / test_split: split names in a DatasetDict (a missing test split is allowed).
+        min_samples / max_clients / sample_clients: which ids become clients (see `fedsim.data.natural`).
+
+    Example:
+        dataset: {name: hf_natural, path: data/femnist, partition_by: writer_id, label_column: character}
+    """
+
+    per_client: ClassVar[bool] = True  # the data's own partition: needs partition `natural`
+
+    path: str
+    partition_by: str = "writer_id"
+    feature_column: str = "image"
+    label_column: str = "character"
+    input: Literal["image", "vector", "chars", "text"] = "image"
+    scale: float = bounded(255.0, gt=0.0)
+    num_features: int = bounded(1024, ge=1, le=10_000_000)
+    train_split: str = "train"
+    test_split: str = "test"
+    min_samples: int = bounded(1, ge=1, le=1_000_000_000)
+    max_clients: int | None = bounded(None, ge=1, le=10_000_000)
+    sample_clients: int | None = bounded(None, ge=1, le=10_000_000)
+
+    def validate(self) -> None:
+        """Refuse both ways of choosing clients at once.
+
+        Raises:
+            ValueError: if max_clients and sample_clients are both set.
+        """
+        if self.max_clients is not None and self.sample_clients is not None:
+            raise ValueError("set max_clients (the first N ids) or sample_clients (a random N), not both")
+
+    def check_clients(self, num_clients: int) -> list[str]:
+        """Problems with `num_clients`, found before the dataset is read."""
+        for key in ("max_clients", "sample_clients"):
+            n = getattr(self, key)
+            if n is not None and n != num_clients:
+                return [f"{key}: is {n}, but data.num_clients is {num_clients}: one client per id taken, "
+                        "so they must be equal"]
+        return []
+
+    def load(self, num_clients: int, rng: np.random.Generator) -> PerClient:
+        """Load the saved dataset, group the training split by `partition_by`, choose and encode clients.
+
+        Args:
+            num_clients: N; must equal the number of clients taken.
+            rng: the `dataset` stream (draws `sample_clients`).
+
+        Returns:
+            Per-client data (see the class docstring for the test rows).
+
+        Raises:
+            ValueError: if the folder is not a saved dataset, lacks the split or a column, or
+                `data.num_clients` does not match the clients taken.
+        """
+        from datasets import Dataset, load_from_disk
+
+        from fedsim.data.natural import assemble, check_count, select_users
+
+        p = _folder(self.path, "saved dataset")
+        try:
+            saved = load_from_disk(str(p))
+        except (FileNotFoundError, ValueError) as exc:
+            raise ValueError(f"data.dataset.path: {p} is not a saved dataset ({exc})") from None
+        if isinstance(saved, Dataset):
+            train, test = saved, None
+        else:
+            if self.train_split not in saved:
+                raise ValueError(f"data.dataset.train_split: {p} has no split {self.train_split!r} "
+                                 f"(splits: {sorted(saved)})")
+            train = saved[self.train_split]
+            test = saved[self.test_split] if self.test_split in saved else None
+        for key in ("partition_by", "feature_column", "label_column"):
+            col = getattr(self, key)
+            if col not in train.column_names:
+                raise ValueError(f"data.dataset.{key}: split {self.train_split!r} has no column {col!r} "
+                                 f"(columns: {train.column_names})")
+        ids = train[self.partition_by]
+        users = sorted(set(ids))  # NaturalIdPartitioner numbers partitions in sorted id order
+        index = {u: i for i, u in enumerate(users)}
+        owner_all = np.fromiter((index[u] for u in ids), dtype=np.int64, count=len(ids))
+        sizes = np.bincount(owner_all, minlength=len(users))
+        chosen = select_users(sizes, self.min_samples, self.max_clients, self.sample_clients, rng, self.path)
+        check_count(chosen, num_clients, f"{self.path} ({len(users)} distinct {self.partition_by})")
+        client_of = np.full(len(users), -1, dtype=np.int64)
+        client_of[chosen] = np.arange(len(chosen))
+        rows = np.nonzero(client_of[owner_all] >= 0)[0]
+        picked = train.select(rows)
+        x = _hf_inputs(picked, self.feature_column, self.input, self.scale, self.num_features)
+        y = _hf_labels(picked[self.label_column], self.input, f"{p}:{self.train_split}")
+        owner = client_of[owner_all[rows]]
+        xt = yt = owner_t = None
+        if test is not None:
+            for col in (self.feature_column, self.label_column):
+                if col not in test.column_names:
+                    raise ValueError(f"data.dataset.{'feature' if col == self.feature_column else 'label'}_column: "
+                                     f"split {self.test_split!r} has no column {col!r} (columns: {test.column_names})")
+            if self.partition_by in test.column_names:
+                tid = test[self.partition_by]
+                owner_t = np.fromiter((client_of[index[u]] if u in index else -1 for u in tid), dtype=np.int64,
+                                      count=len(tid))
+                # rows of ids that are not clients but have training rows belong to nobody: dropped
+                unpicked = np.fromiter((u in index and client_of[index[u]] < 0 for u in tid), dtype=bool,
+                                       count=len(tid))
+                trows = np.nonzero(~unpicked)[0]
+                test, owner_t = test.select(trows), owner_t[trows]
+            else:
+                owner_t = np.full(len(test), -1, dtype=np.int64)
+            if len(test):
+                xt = _hf_inputs(test, self.feature_column, self.input, self.scale, self.num_features)
+                yt = _hf_labels(test[self.label_column], self.input, f"{p}:{self.test_split}")
+            else:
+                xt = yt = owner_t = None
+        if self.input == "chars":
+            from fedsim.data.text import NUM_CHAR_CLASSES
+
+            classes = NUM_CHAR_CLASSES
+        else:
+            classes = int(max(y.max(initial=0), -1 if yt is None else yt.max(initial=0))) + 1
+        return assemble(x, y, owner, xt, yt, owner_t, np.arange(len(chosen)), len(chosen), classes)

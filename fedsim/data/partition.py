@@ -283,7 +283,7 @@ class QuantitySkew:
 
 @dataclass(frozen=True, kw_only=True)
 class Natural:
-    """Use the dataset's own per-client split (synthetic, linear_regression)."""
+    """Use the dataset's own per-client split (synthetic, linear_regression, leaf, hf_natural)."""
 
     natural: ClassVar[bool] = True  # keeps a per-client dataset's own split
 

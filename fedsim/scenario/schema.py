@@ -409,6 +409,10 @@ class Scenario:
         if regression != getattr(type(self.model), "regression", False):
             out.append(("model.name", "linear_regression data needs model 'linear' (and 'linear' "
                               "needs linear_regression data)"))
+        if not getattr(type(self.model), "vectorizable", True) \
+                and config.plugin_name("executor", self.executor) == "vectorized":
+            out.append(("executor.name", f"model {config.plugin_name('model', self.model)!r} has no batched "
+                        "form (torch.func.vmap has no rule for LSTM/GRU layers): use executor inline, ray or flower"))
         return out
 
     def _secagg_problems(self) -> list[tuple[str, str]]:

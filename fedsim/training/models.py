@@ -1,4 +1,4 @@
-"""Model specs: logistic regression, MLP, small CNN, linear regression.
+"""Model specs: logistic regression, MLP, small CNN, linear regression, character RNN.
 
 Each spec is a frozen dataclass (the `model:` block of a scenario) whose `build` returns a
 torch module. torch is imported inside `build` only, so that validating a scenario never
@@ -161,3 +161,54 @@ class Linear:
         from torch import nn
 
         return nn.Sequential(nn.Flatten(), nn.Linear(_flat_dim(input_shape), 1))
+
+
+@dataclass(frozen=True, kw_only=True)
+class CharRNN:
+    """Next-character model: embedding → `layers` LSTM (or GRU) layers → linear, on the last step.
+
+    For token inputs (int64 ids, shape (n, T)), e.g. LEAF's Shakespeare (`leaf` with
+    `task: shakespeare`): inputs and outputs share the vocabulary, so it has `num_classes`
+    embeddings. The vectorized executor cannot batch it (torch.func.vmap has no rule for
+    nn.LSTM / nn.GRU), so a scenario pairing them is refused when it loads.
+
+    Args:
+        cell: `lstm` or `gru`.
+        embedding: embedding width (8 in LEAF and McMahan et al.).
+        hidden: recurrent width (256 in LEAF's reference; smaller by default for CPU runs).
+        layers: stacked recurrent layers (2 in LEAF's reference).
+
+    References:
+        H. B. McMahan et al., "Communication-Efficient Learning of Deep Networks from
+        Decentralized Data", AISTATS 2017 (§3, the Shakespeare LSTM); S. Caldas et al.,
+        "LEAF: A Benchmark for Federated Settings", arXiv:1812.01097 (§3, its reference model).
+    """
+
+    vectorizable: ClassVar[bool] = False  # no vmap batching rule for recurrent layers
+
+    cell: Literal["lstm", "gru"] = "lstm"
+    embedding: int = bounded(8, ge=1, le=65_536)
+    hidden: int = bounded(64, ge=1, le=65_536)
+    layers: int = bounded(2, ge=1, le=16)
+    device: Device = "auto"
+
+    def build(self, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+        """Build a freshly initialised torch module (torch's default init, under the caller's seed).
+
+        Args:
+            input_shape: (T,), the window length of the token inputs.
+            num_classes: V, the vocabulary (token ids and output classes).
+
+        Returns:
+            The module, on the CPU.
+
+        Raises:
+            ValueError: for inputs that are not token windows or regression data.
+        """
+        from fedsim.training.charnet import CharNet
+
+        if len(input_shape) != 1:
+            raise ValueError(f"char_rnn needs token windows of shape (T,), got inputs of shape {input_shape}")
+        if num_classes < 2:
+            raise ValueError("char_rnn needs classification data over a vocabulary")
+        return CharNet(num_classes, self.embedding, self.hidden, self.layers, self.cell)
