@@ -170,7 +170,8 @@ def field_table(cls: type, prefix: str = "") -> list[str]:
 
 FAMILY_PATHS = {"dataset": "data.dataset", "partition": "data.partition", "model": "model",
                 "participation": "participation", "probs": "participation.probs", "compute": "system.compute",
-                "executor": "executor", "robust": "robust", "server_opt": "strategy.server_opt"}
+                "executor": "executor", "robust": "robust", "server_opt": "strategy.server_opt",
+                "compression": "compression"}
 
 
 def scenario_page() -> str:

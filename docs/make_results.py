@@ -120,7 +120,8 @@ def section(plan: Plan, out: Path, figures: Path) -> str:
     from fedsim.results.rundata import find_runs, group_runs
 
     groups = group_runs(find_runs([out]))
-    kinds = ["convergence"] + [k for k in ("fairness", "async", "contributions") if plots.applicable(k, groups)]
+    kinds = ["convergence"] + [k for k in ("fairness", "async", "contributions", "communication")
+                              if plots.applicable(k, groups)]
     if any(plots.WEIGHT_KEY in r.client_keys() for g in groups for r in g.runs):
         kinds.append("participation")
     rel = []

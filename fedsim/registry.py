@@ -89,6 +89,15 @@ SERVER_OPT: dict[str, str] = {
     "chain": "fedsim.strategy.server_opt:Chained",
 }
 
+COMPRESSION: dict[str, str] = {
+    "none": "fedsim.pipeline.compression:NoCompression",
+    "topk": "fedsim.pipeline.compression:TopK",
+    "randomk": "fedsim.pipeline.compression:RandomK",
+    "qsgd": "fedsim.pipeline.compression:QSGD",
+    "sign": "fedsim.pipeline.compression:Sign",
+    "quantize": "fedsim.pipeline.compression:Quantize",
+}
+
 # family (as used in `plugin(...)` fields) -> (table, name shown by `fedsim list`, scenario key)
 FAMILIES: dict[str, Mapping[str, str]] = {
     "dataset": DATASETS,
@@ -101,6 +110,7 @@ FAMILIES: dict[str, Mapping[str, str]] = {
     "executor": EXECUTORS,
     "robust": ROBUST,
     "server_opt": SERVER_OPT,
+    "compression": COMPRESSION,
 }
 
 # family -> "module:function" returning the problems (list of one-line strings) of an
@@ -124,6 +134,7 @@ LISTINGS: dict[str, tuple[str, str]] = {
     "executors": ("executor", "executor"),
     "robust": ("robust", "robust"),
     "server_opt": ("server_opt", "strategy.server_opt"),
+    "compression": ("compression", "compression"),
 }
 
 

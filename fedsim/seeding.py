@@ -14,6 +14,7 @@ STREAMS: dict[str, int] = {
     "channel_down": 6, "channel_up": 7, "job": 8, "model_init": 9, "sampling": 10,
     "faults": 11, "system_job": 12, "probs": 13, "strategy": 14,
     "hard_clients": 15, "byzantine": 16, "eval_sample": 17,
+    "compression": 18,  # fedsim.pipeline.compression (random-k index sets, QSGD rounding)
 }
 
 

@@ -4,6 +4,7 @@
 version (async) to `<out>/checkpoint/state.pkl`: virtual clock, model version and
 parameters, strategy state, the server optimiser's state, every client's stored state,
 participation counts, the participation process (with its random generator), counters,
+the compression stage's error-feedback memory (fedsim.pipeline.compression),
 the last metrics and the byte offsets of metrics/clients/events.jsonl; in async mode also
 the event loop's state (`loop`: event heap, in-flight jobs, busy/waiting clients, cached
 participation masks, timers — fedsim.engine.async_loop). All other randomness is keyed by
@@ -54,6 +55,7 @@ def snapshot(engine, next_round: int, loop: dict[str, Any] | None = None) -> dic
         "offsets": engine.history.offsets(), "loop": loop,
         "server_opt": getattr(engine, "opt_state", None),
         "started": getattr(engine, "started", None), "train_sums": getattr(engine, "train_sums", {}),
+        "compression": getattr(getattr(engine, "compression", None), "memory", None),  # error-feedback memory
     }
 
 
@@ -140,5 +142,7 @@ def restore(engine, snap: dict[str, Any]) -> int:
     engine.counters = Counters(**snap["counters"])
     engine.participation = snap["participation"]
     engine.history.last_metrics = dict(snap["last_metrics"])
+    if snap.get("compression") is not None:
+        engine.compression.memory = snap["compression"]
     engine.resume_loop = snap.get("loop")  # async: fedsim.engine.async_loop.AsyncLoop.load_state
     return int(snap["next_round"])

@@ -28,6 +28,7 @@ from fedsim.engine.state import Counters, Pending
 from fedsim.engine.validation import validate_update
 from fedsim.engine.wall_loop import WallLoop
 from fedsim.errors import RunError
+from fedsim.pipeline import compression
 from fedsim.results.history import History
 from fedsim.scenario.schema import FaultsConfig
 from fedsim.strategy import server_opt
@@ -103,6 +104,12 @@ class Engine:
         self.stateless_clients = hook(self.strategy, "client_update") is None
         self.down_type = declared(self.strategy, "down_type")
         self.up_type = declared(self.strategy, "up_type")
+        # Client stage (fedsim.pipeline.compression): None = uploads go as trained, no arithmetic at all.
+        comp = getattr(scenario, "compression", None)
+        self.compression = None if compression.is_identity(comp) else compression.CompressionStage(
+            comp, self.root, self.params.size, self.up_type)
+        if self.compression is not None and self.compression.stateful:
+            self.stateless_clients = False  # the error-feedback memory is client state: lost uploads still run
         if declared(self.strategy, "uses_oracle"):
             self.state = self.strategy.init(self.params, self.n, oracle=oracle)
         else:
@@ -149,8 +156,9 @@ class Engine:
         self.started[client] += 1
         task = ClientTask(client, received, self.version, round_index, d,
                           seeding.seed_of(self.root, "job", client, d), down, lr_step)
+        sizes = {} if self.compression is None else {"up_bytes": self.compression.upload_bytes}
         fin, arr, dropped = self.system.duration(client, int(self.work[client]),
-                                                 seeding.rng(self.root, "system_job", client, d))
+                                                 seeding.rng(self.root, "system_job", client, d), **sizes)
         job = Job(d, task, self.client_states.get(client), start + arr)
         self.counters.bytes_down += self.params.nbytes
         self.event("dispatch", client=client, job=d, virtual_time=start, version=self.version, staleness=None)
@@ -199,6 +207,8 @@ class Engine:
                                f"version {p.job.task.version}): {result.error} "
                                "(set engine.on_client_error: drop to record it as a drop and go on)")
             return self.reject(p, f"client error: {result.error}", p.arrive)
+        if self.compression is not None:  # what the client sends; its memory moves even if the upload is lost
+            result = replace(result, update=self.compression.apply(result.update, p.client, p.job.id))
         if p.lost:  # the client trained and keeps its state; the server never sees the update
             self.client_states[p.client] = result.client_state
             return self.reject(p, "lost in channel", p.arrive)
@@ -215,7 +225,8 @@ class Engine:
         if self.sc.channel.uplink_noise_std > 0:  # the channel perturbs the vector as sent (delta or model)
             update = replace(update, vector=channel.uplink(self.sc.channel, update.vector, self.root,
                                                            p.client, p.job.id))
-        self.counters.bytes_up += update.vector.nbytes + message_nbytes(update.up)
+        self.counters.bytes_up += (update.vector.nbytes + message_nbytes(update.up) if self.compression is None
+                                   else self.compression.upload_bytes)  # the compressed wire size
         self.participations[p.client] += 1
         self.note_train_metrics(update)
         return update

@@ -306,6 +306,8 @@ class Scenario:
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     robust: Any = plugin("robust", {"name": "none"})
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    compression: Any = plugin("compression", {"name": "none"}, doc="compressed uploads with error feedback "
+                              "(docs/compression.md).")
 
     def validate(self) -> None:
         """Check the rules that span blocks, reporting every problem at once.
@@ -364,4 +366,8 @@ class Scenario:
         if regression != getattr(type(self.model), "regression", False):
             out.append(("model.name", "linear_regression data needs model 'linear' (and 'linear' "
                               "needs linear_regression data)"))
+        if not getattr(type(self.compression), "identity", True) and getattr(type(self.strategy), "sends",
+                                                                             "delta") == "model":
+            out.append(("compression.name", f"strategy {config.plugin_name('strategy', self.strategy)!r} sends "
+                        "whole models (sends = 'model'); compression applies to deltas only: use name: none"))
         return out

@@ -2,6 +2,8 @@
 
 duration = τ_c · work · jitter  +  2 · (model bytes · 8 / bandwidth + latency)
 
+(with compression the upload term uses the compressed size instead: `duration(up_bytes=...)`)
+
 τ_c is the client's compute time per unit of work, drawn once per client from a
 `compute` plugin (constant, lognormal, exponential, uniform, linear_spread = FedFix's
 F-X scenario, per_client = times given per client or group); work is the job's number of
@@ -157,19 +159,39 @@ class SystemModel:
 
     def __init__(self, cfg: SystemConfig, num_clients: int, model_bytes: int, speed_rng: np.random.Generator):
         self.cfg = cfg
+        self.model_bytes = model_bytes
         self.tau = np.asarray(cfg.compute.draw(num_clients, speed_rng), dtype=np.float64)
         comm = 0.0
         if cfg.bandwidth_mbps:
             comm += model_bytes * 8 / (cfg.bandwidth_mbps * 1e6)
         self.comm = 2 * (comm + cfg.latency)  # download + upload
 
-    def duration(self, client: int, work: int, rng: np.random.Generator) -> tuple[float, float, bool]:
+    def link_time(self, nbytes: int) -> float:
+        """Virtual seconds to move `nbytes` over one link: nbytes·8/bandwidth + latency.
+
+        Args:
+            nbytes: the message size in bytes.
+
+        Returns:
+            The one-way transfer time (latency only when no bandwidth is set).
+        """
+        comm = nbytes * 8 / (self.cfg.bandwidth_mbps * 1e6) if self.cfg.bandwidth_mbps else 0.0
+        return comm + self.cfg.latency
+
+    def duration(self, client: int, work: int, rng: np.random.Generator, up_bytes: int | None = None,
+                 down_bytes: int | None = None) -> tuple[float, float, bool]:
         """Draw one job's timing and dropout.
+
+        Without `up_bytes`/`down_bytes` both links carry one model (the symmetric formula of
+        the module docstring, bit for bit); with them (compression, fedsim.pipeline.compression)
+        the download takes `link_time(down_bytes)` and the upload `link_time(up_bytes)`.
 
         Args:
             client: the client's index (selects τ_c).
             work: the job's number of local steps (used when `time_per` is `step`).
             rng: stream keyed by (client, dispatch), so the draw does not depend on execution order.
+            up_bytes: the upload's size when it is not one model (e.g. a compressed update).
+            down_bytes: the download's size when it is not one model.
 
         Returns:
             (compute finished, upload arrived, dropped?), times in virtual seconds from dispatch.
@@ -177,6 +199,11 @@ class SystemModel:
         units = work if self.cfg.time_per == "step" else 1
         jitter = rng.lognormal(-self.cfg.jitter**2 / 2, self.cfg.jitter) if self.cfg.jitter > 0 else 1.0
         dropped = bool(rng.random() < self.cfg.dropout_prob) if self.cfg.dropout_prob > 0 else False
+        if up_bytes is not None or down_bytes is not None:
+            down = self.link_time(self.model_bytes if down_bytes is None else down_bytes)
+            up = self.link_time(self.model_bytes if up_bytes is None else up_bytes)
+            finish = down + float(self.tau[client] * units * jitter)
+            return finish, finish + up, dropped
         finish = self.comm / 2 + float(self.tau[client] * units * jitter)
         return finish, finish + self.comm / 2, dropped
 
