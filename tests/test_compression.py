@@ -158,6 +158,17 @@ def test_malformed_or_nonfinite_updates_pass_through_and_leave_memory_alone():
     assert stage.apply(wrong, 0, 0) is wrong and stage.apply(None, 0, 0) is None
 
 
+def test_downlink_sends_the_change_from_the_model_the_client_holds():
+    stage = CompressionStage(TopK(k=1, downlink=True), root=0, size=3, initial=np.zeros(3, np.float32))
+    # first download: held x̂ = x₀ = 0; x − x̂ = (1, −3, 2) → C = (0, −3, 0)
+    assert stage.download(np.array([1, -3, 2], np.float32), 4, 0).tolist() == [0, -3, 0]
+    # next: x − x̂ = (1, −3, 3) − (0, −3, 0) = (1, 0, 3) → x̂ = (0, −3, 3); the residual 1 waits
+    assert stage.download(np.array([1, -3, 3], np.float32), 4, 1).tolist() == [0, -3, 3]
+    assert stage.download(np.array([1, -3, 3], np.float32), 4, 2).tolist() == [1, -3, 3]
+    assert stage.download_bytes == TopK(k=1).nbytes(3) and not stage.stateful
+    assert CompressionStage(TopK(k=1), 0, 3).download_bytes is None
+
+
 # --- scenario keys and refusals ---------------------------------------------------------
 
 
@@ -197,6 +208,20 @@ def test_compressed_uploads_finish_earlier_by_exactly_the_byte_time(tmp_path):
     assert plain["virtual_time"] - topk["virtual_time"] == pytest.approx(3 * (4 * d - up) * link, rel=1e-9)
 
 
+def test_compressed_downlink_counts_and_prices_the_download(tmp_path):
+    run_raw(CLOCK, tmp_path / "plain")
+    run_raw(merge(CLOCK, compression={"name": "quantize", "bits": 8, "downlink": True}), tmp_path / "q8")
+    plain, q8 = read_metrics(tmp_path / "plain"), read_metrics(tmp_path / "q8")
+    d = plain[-1]["bytes_up"] // (4 * 18)
+    size = Quantize(bits=8).nbytes(d)
+    assert q8[-1]["bytes_down"] == 18 * size and q8[-1]["bytes_up"] == 18 * size
+    link = 8 / (0.001 * 1e6)
+    assert q8[-1]["virtual_time"] == pytest.approx(3 * (2 * (size * link + 0.5) + 5.0), rel=1e-12)
+    # 8 bits each way on logistic regression: the accuracy stays close
+    assert abs(q8[-1]["test_accuracy"] - plain[-1]["test_accuracy"]) <= 0.05
+
+
+@pytest.mark.filterwarnings("ignore:round .* every one of its:RuntimeWarning")  # a round can lose all 6
 def test_error_feedback_memory_moves_for_lost_uploads_and_survives_resume(tmp_path):
     raw = merge(CLOCK, engine={"rounds": 6}, channel={"loss_prob": 0.5}, checkpoint={"every": 3},
                 compression={"name": "randomk", "k": 3, "error_feedback": "ef"})
@@ -239,7 +264,7 @@ def test_compression_none_is_the_uncompressed_run(tmp_path):
 
 
 @pytest.mark.slow
-def test_inline_and_ray_identical_with_compression(tmp_path, ray_cluster):
+def test_inline_and_ray_identical_with_compression(tmp_path, ray_cluster):  # noqa: F811
     raw = merge(TINY, engine={"rounds": 3}, channel={"loss_prob": 0.3},
                 compression={"name": "randomk", "fraction": 0.25, "error_feedback": "ef"})
     run_raw(raw, tmp_path / "inline")
@@ -252,3 +277,28 @@ def test_inline_and_ray_identical_with_compression(tmp_path, ray_cluster):
 def test_compression_scenario_file_loads():
     sc = load(ROOT / "scenarios" / "compression.yaml")
     assert isinstance(sc.compression, TopK) and sc.compression.error_feedback == "ef"
+
+
+@pytest.mark.slow
+def test_quickstart_top1pct_error_feedback_closes_most_of_the_gap(tmp_path):
+    """Top-1% and top-10% on the quickstart (60 rounds), seeds 0..2, against no compression.
+
+    Measured (docs/compression.md): uncompressed 0.928/0.914/0.891, top-1% + EF
+    0.875/0.799/0.802, top-1% alone 0.852/0.666/0.727, top-10% + EF 0.911/0.908/0.883.
+    The issue's "top-1% with EF within 2 points" does NOT hold in 60 rounds (mean gap 8.5
+    points with EF, 16.3 without); top-10% with EF does (at most 1.7 points). The bounds
+    asserted are what held on every seed measured.
+    """
+    acc = {}
+    for label, over in (("none", []), ("ef", ["compression.name=topk", "compression.error_feedback=ef"]),
+                        ("plain", ["compression.name=topk"]),
+                        ("ef10", ["compression.name=topk", "compression.fraction=0.1",
+                                  "compression.error_feedback=ef"])):
+        for seed in range(3):
+            sc = load(ROOT / "scenarios" / "quickstart.yaml", [f"seed={seed}", *over])
+            run(sc, tmp_path / f"{label}{seed}")
+            acc[label, seed] = read_metrics(tmp_path / f"{label}{seed}")[-1]["test_accuracy"]
+    gap = {k: np.mean([acc["none", s] - acc[k, s] for s in range(3)]) for k in ("ef", "plain")}
+    assert all(acc["ef", s] >= acc["plain", s] + 0.01 for s in range(3))  # EF helps on every seed
+    assert gap["ef"] <= 0.10 and gap["plain"] >= 0.12
+    assert all(acc["none", s] - acc["ef10", s] <= 0.02 for s in range(3))  # top-10% + EF: within 2 points

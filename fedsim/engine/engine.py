@@ -107,7 +107,7 @@ class Engine:
         # Client stage (fedsim.pipeline.compression): None = uploads go as trained, no arithmetic at all.
         comp = getattr(scenario, "compression", None)
         self.compression = None if compression.is_identity(comp) else compression.CompressionStage(
-            comp, self.root, self.params.size, self.up_type)
+            comp, self.root, self.params.size, self.up_type, self.params)
         if self.compression is not None and self.compression.stateful:
             self.stateless_clients = False  # the error-feedback memory is client state: lost uploads still run
         if declared(self.strategy, "uses_oracle"):
@@ -151,16 +151,20 @@ class Engine:
         down = None
         if self.down_type is not None:  # declared: the strategy sends a typed down message
             down = self.strategy.configure(self.state, client, RoundInfo(round_index, self.n, (), start))
-        received = channel.downlink(self.sc.channel, self.params, self.root, client, d)
+        sent = self.params if self.compression is None or not self.compression.downlink \
+            else self.compression.download(self.params, client, d)  # compressed broadcast (downlink: true)
+        received = channel.downlink(self.sc.channel, sent, self.root, client, d)
         lr_step = round_index if self.sc.engine.mode == "sync" else int(self.started[client])
         self.started[client] += 1
         task = ClientTask(client, received, self.version, round_index, d,
                           seeding.seed_of(self.root, "job", client, d), down, lr_step)
-        sizes = {} if self.compression is None else {"up_bytes": self.compression.upload_bytes}
+        sizes = {} if self.compression is None else {"up_bytes": self.compression.upload_bytes,
+                                                     "down_bytes": self.compression.download_bytes}
         fin, arr, dropped = self.system.duration(client, int(self.work[client]),
                                                  seeding.rng(self.root, "system_job", client, d), **sizes)
         job = Job(d, task, self.client_states.get(client), start + arr)
-        self.counters.bytes_down += self.params.nbytes
+        down_bytes = None if self.compression is None else self.compression.download_bytes
+        self.counters.bytes_down += self.params.nbytes if down_bytes is None else down_bytes
         self.event("dispatch", client=client, job=d, virtual_time=start, version=self.version, staleness=None)
         p = Pending(job, client, start, start + fin, start + arr, "dropout" if dropped else None,
                     channel.lost(self.sc.channel, self.root, client, d))

@@ -35,9 +35,16 @@ them at dispatch):
 * `sign`: one bit per coordinate and the scale (float32): ⌈d/8⌉ + 4 bytes.
 * `quantize`: d codes of `bits` bits and the offset and step (float32 each): d·bits/8 + 8 bytes.
 
+Downlink (`downlink: true`): the server keeps, per client, the model x̂_i that client holds
+(the initial model until its first download) and sends C(x − x̂_i); the client trains from
+x̂_i ← x̂_i + C(x − x̂_i). What a download leaves out stays in x − x̂_i and is sent later, so
+no separate memory is needed. The download then takes `nbytes(d)` bytes (`bytes_down`, the
+clock); the strategy's down message (SCAFFOLD's c) travels uncompressed, as before.
+
 Random draws (random-k's index set, QSGD's rounding) come from the stream
 `seeding.rng(root, "compression", client, dispatch, field)` (field 0 = the vector, 1, 2, ...
-= the up message's ndarray fields in declaration order), never from arrival order.
+= the up message's ndarray fields in declaration order; the download uses the key
+(client, dispatch, 0, 1)), never from arrival order.
 """
 
 from __future__ import annotations
@@ -94,11 +101,14 @@ class TopK:
         fraction: k = ⌈fraction·d⌉ when `k` is unset (0.01 = top-1%).
         k: the number of coordinates kept (overrides `fraction`; at most d).
         error_feedback: `ef` keeps the per-client memory e ← p − C(p); `none` sends C(Δ).
+        downlink: also compress the model broadcast: the client receives x̂ + C(x − x̂), where x̂
+            is the model it holds (docs/compression.md, "Downlink").
     """
 
     fraction: float = bounded(0.01, gt=0.0, le=1.0)
     k: int | None = bounded(None, ge=1, le=10_000_000_000)
     error_feedback: Feedback = "none"
+    downlink: bool = False
     identity: ClassVar[bool] = False
     randomized: ClassVar[bool] = False
 
@@ -142,12 +152,15 @@ class RandomK:
         k: the number of coordinates kept (overrides `fraction`; at most d).
         scaled: multiply the kept values by d/k (unbiased) or not.
         error_feedback: `ef` keeps the per-client memory e ← p − C(p); `none` sends C(Δ).
+        downlink: also compress the model broadcast: the client receives x̂ + C(x − x̂), where x̂
+            is the model it holds (docs/compression.md, "Downlink").
     """
 
     fraction: float = bounded(0.01, gt=0.0, le=1.0)
     k: int | None = bounded(None, ge=1, le=10_000_000_000)
     scaled: bool = True
     error_feedback: Feedback = "none"
+    downlink: bool = False
     identity: ClassVar[bool] = False
     randomized: ClassVar[bool] = True
 
@@ -191,10 +204,13 @@ class QSGD:
     Args:
         levels: s, the number of quantisation levels (s = 1: ternary {−‖x‖, 0, ‖x‖}).
         error_feedback: `ef` keeps the per-client memory e ← p − C(p); `none` sends C(Δ).
+        downlink: also compress the model broadcast: the client receives x̂ + C(x − x̂), where x̂
+            is the model it holds (docs/compression.md, "Downlink").
     """
 
     levels: int = bounded(4, ge=1, le=65_535)
     error_feedback: Feedback = "none"
+    downlink: bool = False
     identity: ClassVar[bool] = False
     randomized: ClassVar[bool] = True
 
@@ -234,9 +250,12 @@ class Sign:
 
     Args:
         error_feedback: `ef` keeps the per-client memory e ← p − C(p); `none` sends C(Δ).
+        downlink: also compress the model broadcast: the client receives x̂ + C(x − x̂), where x̂
+            is the model it holds (docs/compression.md, "Downlink").
     """
 
     error_feedback: Feedback = "none"
+    downlink: bool = False
     identity: ClassVar[bool] = False
     randomized: ClassVar[bool] = False
 
@@ -270,15 +289,18 @@ class Quantize:
     Args:
         bits: 8 or 16 bits per coordinate.
         error_feedback: `ef` keeps the per-client memory e ← p − C(p); `none` sends C(Δ).
+        downlink: also compress the model broadcast: the client receives x̂ + C(x − x̂), where x̂
+            is the model it holds (docs/compression.md, "Downlink").
     """
 
     bits: Literal[8, 16] = 8
     error_feedback: Feedback = "none"
+    downlink: bool = False
     identity: ClassVar[bool] = False
     randomized: ClassVar[bool] = False
 
     def compress(self, x: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
-        """lo + round((x − lo)/step)·step, computed in float64 (numpy's round: halves to even).
+        """Dequantise: lo + round((x − lo)/step)·step, computed in float64 (numpy's round: halves to even).
 
         Args:
             x: the (d,) vector.
@@ -333,12 +355,15 @@ class CompressionStage:
         up_type: the strategy's up-message type (its ndarray fields are compressed too).
 
     Attributes:
-        memory: client → {"vector" or up field name: e_i} (float32), only with `ef`; saved in
-            checkpoints (fedsim.engine.checkpoint).
+        memory: client → {"vector" or up field name: e_i} (float32), only with `ef`; with
+            `downlink`, also {"<model>": x̂_i}, the model the client holds. Saved in checkpoints
+            (fedsim.engine.checkpoint).
         upload_bytes: the wire size of one upload (vector and up-message arrays), known at dispatch.
+        download_bytes: the wire size of one compressed download, or None (`downlink` off).
     """
 
-    def __init__(self, cfg: Any, root: int, size: int, up_type: type | None = None):
+    def __init__(self, cfg: Any, root: int, size: int, up_type: type | None = None,
+                 initial: np.ndarray | None = None):
         self.cfg = cfg
         self.root = int(root)
         self.size = int(size)
@@ -346,6 +371,31 @@ class CompressionStage:
         self.feedback = getattr(cfg, "error_feedback", "none") == "ef"
         self.memory: dict[int, dict[str, np.ndarray]] = {}
         self.upload_bytes = int(cfg.nbytes(self.size)) * (1 + len(self.fields))
+        self.downlink = bool(getattr(cfg, "downlink", False))
+        self.download_bytes = int(cfg.nbytes(self.size)) if self.downlink else None
+        # what every client holds before its first download (it knows the initial model)
+        self.initial = None if initial is None or not self.downlink else np.array(initial, dtype=np.float32)
+
+    def download(self, params: np.ndarray, client: int, dispatch: int) -> np.ndarray:
+        """The model client `client` holds after job `dispatch`'s compressed download: x̂ + C(x − x̂).
+
+        Args:
+            params: x, the server's current model.
+            client: the receiving client.
+            dispatch: the job's dispatch index (keys the random draws).
+
+        Returns:
+            The client's new model x̂ (float32), also remembered for its next download.
+        """
+        held = self.memory.get(client, {}).get("<model>")
+        base = self.initial if held is None else held
+        if base is None:
+            base = np.zeros(self.size, dtype=np.float32)
+        rng = seeding.rng(self.root, "compression", client, dispatch, 0, 1) if self.cfg.randomized else None
+        diff = (np.asarray(params, dtype=np.float32) - base).astype(np.float32)
+        new = (base + np.asarray(self.cfg.compress(diff, rng), dtype=np.float32)).astype(np.float32)
+        self.memory.setdefault(client, {})["<model>"] = new
+        return new
 
     @property
     def stateful(self) -> bool:
