@@ -184,6 +184,9 @@ def test_scenario_block_and_refusals():
     with pytest.raises(ScenarioError, match=r"compression\.name: strategy 'admm' sends whole models"):
         from_mapping(merge(TINY, strategy={"name": "admm"}, compression={"name": "topk"}))
     from_mapping(merge(TINY, strategy={"name": "admm"}))  # fine uncompressed
+    with pytest.raises(ScenarioError, match=r"compression\.name: compression is simulated"):
+        from_mapping(merge(TINY, engine={"mode": "async", "clock": "wall", "max_versions": 3},
+                           strategy={"name": "fedbuff"}, compression={"name": "sign"}))
 
 
 # --- the engine: bytes, the virtual clock, determinism, checkpoints ---------------------
@@ -302,3 +305,21 @@ def test_quickstart_top1pct_error_feedback_closes_most_of_the_gap(tmp_path):
     assert all(acc["ef", s] >= acc["plain", s] + 0.01 for s in range(3))  # EF helps on every seed
     assert gap["ef"] <= 0.10 and gap["plain"] >= 0.12
     assert all(acc["none", s] - acc["ef10", s] <= 0.02 for s in range(3))  # top-10% + EF: within 2 points
+
+
+def test_communication_plot_kind(tmp_path):
+    from fedsim.results import plots
+    from fedsim.results.rundata import find_runs, group_runs
+
+    raw = merge(TINY, engine={"rounds": 2})
+    run_raw(raw, tmp_path / "runs" / "plain")
+    run_raw(merge(raw, compression={"name": "sign"}), tmp_path / "runs" / "sign")
+    plain = group_runs(find_runs([tmp_path / "runs" / "plain"]))
+    assert not plots.applicable("communication", plain)  # `--kind all` skips it without compression
+    both = group_runs(find_runs([tmp_path / "runs"]))
+    assert plots.applicable("communication", both)
+    fig = plots.communication(both)
+    assert [ax.get_xlabel() for ax in fig.axes] == ["bytes up (compressed wire size)", "virtual time (s)"]
+    assert fig.axes[0].get_xscale() == "log" and len(fig.axes[0].lines) == 2
+    written = plots.plot([tmp_path / "runs"], "communication", tmp_path / "c.png")
+    assert written == [tmp_path / "c.png"] and (tmp_path / "c.png").stat().st_size > 0

@@ -370,4 +370,7 @@ class Scenario:
                                                                              "delta") == "model":
             out.append(("compression.name", f"strategy {config.plugin_name('strategy', self.strategy)!r} sends "
                         "whole models (sends = 'model'); compression applies to deltas only: use name: none"))
+        if not getattr(type(self.compression), "identity", True) and self.engine.clock == "wall":
+            out.append(("compression.name", "compression is simulated by the engine on the virtual clock; a "
+                        "deployed run (engine.clock: wall) would compress after the real upload: use name: none"))
         return out
