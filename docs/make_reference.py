@@ -171,7 +171,7 @@ def field_table(cls: type, prefix: str = "") -> list[str]:
 FAMILY_PATHS = {"dataset": "data.dataset", "partition": "data.partition", "model": "model",
                 "participation": "participation", "probs": "participation.probs", "compute": "system.compute",
                 "executor": "executor", "robust": "robust", "server_opt": "strategy.server_opt",
-                "dp": "dp"}
+                "dp": "dp", "compression": "compression"}
 FAMILY_PATHS["secagg"] = "secagg"  # fedsim.pipeline.secagg
 
 

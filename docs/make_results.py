@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -120,7 +121,7 @@ def section(plan: Plan, out: Path, figures: Path) -> str:
     from fedsim.results.rundata import find_runs, group_runs
 
     groups = group_runs(find_runs([out]))
-    kinds = ["convergence"] + [k for k in ("fairness", "async", "contributions", "privacy")
+    kinds = ["convergence"] + [k for k in ("fairness", "async", "contributions", "privacy", "communication")
                                 if plots.applicable(k, groups)]
     if any(plots.WEIGHT_KEY in r.client_keys() for g in groups for r in g.runs):
         kinds.append("participation")
@@ -131,7 +132,7 @@ def section(plan: Plan, out: Path, figures: Path) -> str:
     table = compare.compare([out])
     rel_path = plan.path.relative_to(ROOT).as_posix()
     cmd = " ".join(["fedsim sweep", rel_path, *plan.fixed, "--seeds", plan.seeds,
-                    *[f"--set {s}" for s in plan.sets], f"--out runs/results/{plan.name}"])
+                    *[f"--set {shlex.quote(s)}" for s in plan.sets], f"--out runs/results/{plan.name}"])
     lines = [f"## {plan.name}", "", f"Scenario: [`{rel_path}`](../{rel_path})."
              + (f" {plan.description}" if plan.description else ""), "",
              f"Compared: {', '.join(f'`{s}`' for s in plan.sets) or 'the scenario as written'}; "

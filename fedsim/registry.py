@@ -106,6 +106,15 @@ DP: dict[str, str] = {
     "local": "fedsim.pipeline.dp:LocalDP",
 }
 
+COMPRESSION: dict[str, str] = {
+    "none": "fedsim.pipeline.compression:NoCompression",
+    "topk": "fedsim.pipeline.compression:TopK",
+    "randomk": "fedsim.pipeline.compression:RandomK",
+    "qsgd": "fedsim.pipeline.compression:QSGD",
+    "sign": "fedsim.pipeline.compression:Sign",
+    "quantize": "fedsim.pipeline.compression:Quantize",
+}
+
 # family (as used in `plugin(...)` fields) -> (table, name shown by `fedsim list`, scenario key)
 FAMILIES: dict[str, Mapping[str, str]] = {
     "dataset": DATASETS,
@@ -120,6 +129,7 @@ FAMILIES: dict[str, Mapping[str, str]] = {
     "server_opt": SERVER_OPT,
     "secagg": SECAGG,
     "dp": DP,
+    "compression": COMPRESSION,
 }
 
 # family -> "module:function" returning the problems (list of one-line strings) of an
@@ -145,6 +155,7 @@ LISTINGS: dict[str, tuple[str, str]] = {
     "server_opt": ("server_opt", "strategy.server_opt"),
     "secagg": ("secagg", "secagg"),
     "dp": ("dp", "dp"),
+    "compression": ("compression", "compression"),
 }
 
 

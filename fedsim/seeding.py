@@ -14,7 +14,8 @@ STREAMS: dict[str, int] = {
     "channel_down": 6, "channel_up": 7, "job": 8, "model_init": 9, "sampling": 10,
     "faults": 11, "system_job": 12, "probs": 13, "strategy": 14,
     "hard_clients": 15, "byzantine": 16, "eval_sample": 17,
-    "dp_local": 18, "dp_central": 19, "dp_bits": 21,  # fedsim.pipeline.dp
+    "compression": 18,  # fedsim.pipeline.compression (random-k index sets, QSGD rounding)
+    "dp_central": 19, "dp_bits": 21, "dp_local": 22,  # fedsim.pipeline.dp
     "secagg": 20,  # fedsim.pipeline.secagg
     "optuna": 30,  # fedsim sweep --optuna: the sampler of each trial
 }

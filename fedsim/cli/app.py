@@ -292,7 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", metavar="RUN_DIR")
     p.add_argument("-o", "--output", help="figure file; .png/.svg/.pdf (default RUN_DIR/plots/KIND.png)")
     p.add_argument("--kind", default="all",
-                   choices=["convergence", "fairness", "participation", "async", "contributions", "privacy", "all"])
+                   choices=["convergence", "fairness", "participation", "async", "contributions", "privacy",
+                            "communication", "all"])
     p.add_argument("--weight-key", default="fedau_weight", help="clients.jsonl column of weight estimates")
     p.add_argument("--contribution-key", default="fedce_contribution",
                    help="clients.jsonl column of contribution estimates")

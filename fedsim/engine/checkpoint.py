@@ -4,6 +4,7 @@
 version (async) to `<out>/checkpoint/state.pkl`: virtual clock, model version and
 parameters, strategy state, the server optimiser's state, every client's stored state,
 participation counts, the participation process (with its random generator), counters,
+the compression stage's error-feedback memory (fedsim.pipeline.compression),
 the last metrics and the byte offsets of metrics/clients/events.jsonl; in async mode also
 the event loop's state (`loop`: event heap, in-flight jobs, busy/waiting clients, cached
 participation masks, timers — fedsim.engine.async_loop). All other randomness is keyed by
@@ -55,6 +56,7 @@ def snapshot(engine, next_round: int, loop: dict[str, Any] | None = None) -> dic
         "server_opt": getattr(engine, "opt_state", None),
         "started": getattr(engine, "started", None), "train_sums": getattr(engine, "train_sums", {}),
         "dp": getattr(engine, "dp", None),  # the DP stage: current clip, release counts, composed accountant
+        "compression": getattr(getattr(engine, "compression", None), "memory", None),  # error-feedback memory
     }
 
 
@@ -143,5 +145,7 @@ def restore(engine, snap: dict[str, Any]) -> int:
     engine.history.last_metrics = dict(snap["last_metrics"])
     if snap.get("dp") is not None:
         engine.dp = snap["dp"]
+    if snap.get("compression") is not None:
+        engine.compression.memory = snap["compression"]
     engine.resume_loop = snap.get("loop")  # async: fedsim.engine.async_loop.AsyncLoop.load_state
     return int(snap["next_round"])

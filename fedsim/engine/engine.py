@@ -28,8 +28,8 @@ from fedsim.engine.state import Counters, Pending
 from fedsim.engine.validation import validate_update
 from fedsim.engine.wall_loop import WallLoop
 from fedsim.errors import RunError
+from fedsim.pipeline import compression, secagg
 from fedsim.pipeline import dp as dp_stage
-from fedsim.pipeline import secagg
 from fedsim.results.history import History
 from fedsim.scenario.schema import FaultsConfig
 from fedsim.strategy import server_opt
@@ -105,6 +105,12 @@ class Engine:
         self.stateless_clients = hook(self.strategy, "client_update") is None
         self.down_type = declared(self.strategy, "down_type")
         self.up_type = declared(self.strategy, "up_type")
+        # Client stage (fedsim.pipeline.compression): None = uploads go as trained, no arithmetic at all.
+        comp = getattr(scenario, "compression", None)
+        self.compression = None if compression.is_identity(comp) else compression.CompressionStage(
+            comp, self.root, self.params.size, self.up_type, self.params)
+        if self.compression is not None and self.compression.stateful:
+            self.stateless_clients = False  # the error-feedback memory is client state: lost uploads still run
         if declared(self.strategy, "uses_oracle"):
             self.state = self.strategy.init(self.params, self.n, oracle=oracle)
         else:
@@ -154,15 +160,20 @@ class Engine:
         down = None
         if self.down_type is not None:  # declared: the strategy sends a typed down message
             down = self.strategy.configure(self.state, client, RoundInfo(round_index, self.n, (), start))
-        received = channel.downlink(self.sc.channel, self.params, self.root, client, d)
+        sent = self.params if self.compression is None or not self.compression.downlink \
+            else self.compression.download(self.params, client, d)  # compressed broadcast (downlink: true)
+        received = channel.downlink(self.sc.channel, sent, self.root, client, d)
         lr_step = round_index if self.sc.engine.mode == "sync" else int(self.started[client])
         self.started[client] += 1
         task = ClientTask(client, received, self.version, round_index, d,
                           seeding.seed_of(self.root, "job", client, d), down, lr_step)
+        sizes = {} if self.compression is None else {"up_bytes": self.compression.upload_bytes,
+                                                     "down_bytes": self.compression.download_bytes}
         fin, arr, dropped = self.system.duration(client, int(self.work[client]),
-                                                 seeding.rng(self.root, "system_job", client, d))
+                                                 seeding.rng(self.root, "system_job", client, d), **sizes)
         job = Job(d, task, self.client_states.get(client), start + arr)
-        self.counters.bytes_down += self.params.nbytes
+        down_bytes = None if self.compression is None else self.compression.download_bytes
+        self.counters.bytes_down += self.params.nbytes if down_bytes is None else down_bytes
         self.event("dispatch", client=client, job=d, virtual_time=start, version=self.version, staleness=None)
         p = Pending(job, client, start, start + fin, start + arr, "dropout" if dropped else None,
                     channel.lost(self.sc.channel, self.root, client, d))
@@ -209,13 +220,18 @@ class Engine:
                                f"version {p.job.task.version}): {result.error} "
                                "(set engine.on_client_error: drop to record it as a drop and go on)")
             return self.reject(p, f"client error: {result.error}", p.arrive)
+        # Client stages (fedsim.pipeline), in the order an honest client applies them before sending:
+        # DP clip (+ local noise), then compression with error feedback. Both run even if the upload
+        # is then lost: the client released the message and its memory moved.
+        if self.dp is not None and isinstance(result.update, ClientUpdate):
+            result = replace(result, update=self.dp.client(result.update, p.client, p.job.id))
+        if self.compression is not None:
+            result = replace(result, update=self.compression.apply(result.update, p.client, p.job.id))
         if p.lost:  # the client trained and keeps its state; the server never sees the update
             self.client_states[p.client] = result.client_state
             return self.reject(p, "lost in channel", p.arrive)
         update, fault = result.update, None
         base = p.job.task.params  # the model the client started from (as received)
-        if self.dp is not None and isinstance(update, ClientUpdate):  # the honest client clips (+ local noise)
-            update = self.dp.client(update, p.client, p.job.id)
         if self.faults.active and isinstance(update, ClientUpdate):
             update, fault = self.faults.corrupt(update, p.job.id, base)
         why = validate_update(update, self.params.size, p.client, self.max_norm,
@@ -227,7 +243,8 @@ class Engine:
         if self.sc.channel.uplink_noise_std > 0:  # the channel perturbs the vector as sent (delta or model)
             update = replace(update, vector=channel.uplink(self.sc.channel, update.vector, self.root,
                                                            p.client, p.job.id))
-        self.counters.bytes_up += update.vector.nbytes + message_nbytes(update.up)
+        self.counters.bytes_up += (update.vector.nbytes + message_nbytes(update.up) if self.compression is None
+                                   else self.compression.upload_bytes)  # the compressed wire size
         self.participations[p.client] += 1
         self.note_train_metrics(update)
         return update

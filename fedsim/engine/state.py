@@ -37,7 +37,8 @@ class Counters:
     Attributes:
         num_updates: updates handed to the strategy.
         num_failed: jobs that brought no usable update (drops of every kind).
-        bytes_up: uplink bytes the server received (vector and up message).
+        bytes_up: uplink bytes the server received (vector and up message; with `compression:` their
+            compressed wire size, fedsim.pipeline.compression).
         bytes_down: downlink bytes sent (the model, once per job).
         dispatches: jobs dispatched so far (the next job's dispatch index).
         secagg_failed: sync rounds whose secure aggregation aborted (fedsim.pipeline.secagg).

@@ -233,8 +233,11 @@ class DPStage:
             dispatch: the job's dispatch index (keys the `dp_local` stream).
 
         Returns:
-            The update to send (the same object when nothing changes it).
+            The update to send (the same object when nothing changes it, or when its vector is not
+            a float array: validation rejects that one, and no stage may crash on it).
         """
+        if not (isinstance(update.vector, np.ndarray) and np.issubdtype(update.vector.dtype, np.floating)):
+            return update
         vector, norm = clip(update.vector, self.clip)
         if self.adaptive is not None:
             self.bits[client] = norm <= self.clip

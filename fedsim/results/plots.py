@@ -1,4 +1,4 @@
-"""Figures from run folders: convergence, fairness, participation, async, contribution and privacy plots.
+"""Figures from run folders: convergence, fairness, participation, async, contributions, privacy, communication.
 
 Only the output files are read (their layout: docs/tutorial.md).
 
@@ -21,7 +21,7 @@ from matplotlib.ticker import MaxNLocator
 from fedsim.errors import PlotError
 from fedsim.results.rundata import Group, Run, find_runs, group_runs
 
-KINDS = ("convergence", "fairness", "participation", "async", "contributions", "privacy")
+KINDS = ("convergence", "fairness", "participation", "async", "contributions", "privacy", "communication")
 FORMATS = (".png", ".svg", ".pdf")
 DPI = 100
 GRID_POINTS = 200  # time axes: seeds are interpolated onto this many points
@@ -507,9 +507,54 @@ def privacy(groups: Sequence[Group]) -> Figure:
     return fig
 
 
+# --- communication -------------------------------------------------------------------------
+
+
+def _compressed(run: Run) -> bool:
+    block = run.scenario.get("compression")
+    return isinstance(block, dict) and block.get("name", "none") != "none"
+
+
+def communication(groups: Sequence[Group]) -> Figure:
+    """Test accuracy against uplink bytes (log axis) and against virtual time, one line per group.
+
+    For comparing compressors (fedsim.pipeline.compression): `bytes_up` counts the compressed
+    wire size, and the virtual clock prices the upload by it.
+
+    Args:
+        groups: runs grouped by scenario (seeds pooled as mean ± one std).
+
+    Returns:
+        The figure.
+    """
+    regression = _regression(groups)
+    key = "test_loss" if regression else "test_accuracy"
+    fig = _figure(11, 4.2)
+    axes = fig.subplots(1, 2, squeeze=False)[0]
+    for i, g in enumerate(groups):
+        for ax, xkey in zip(axes, ("bytes_up", "virtual_time"), strict=True):
+            runs = [r for r in g.runs if len(r.series(xkey)) and r.series(xkey)[-1] > 0]
+            if not runs:
+                continue
+            x, y = _by_time(runs, xkey, key)
+            keep = x > 0 if xkey == "bytes_up" else np.ones_like(x, dtype=bool)  # log axis: skip round 0
+            _band(ax, x[keep], y[:, keep], _colour(i), None, positive=regression)
+    for ax, xlabel in zip(axes, ("bytes up (compressed wire size)", "virtual time (s)"), strict=True):
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(key.replace("_", " "))
+        ax.grid(alpha=0.3)
+        if regression:
+            ax.set_yscale("log")
+    axes[0].set_xscale("log")
+    _figure_legend(fig, groups, "Accuracy per byte and per virtual second"
+                   + (" (mean ± std over seeds)" if any(len(g.runs) > 1 for g in groups) else ""))
+    return fig
+
+
 FIGURES: dict[str, Callable[..., Figure]] = {
     "convergence": convergence, "fairness": fairness, "participation": participation,
     "async": asynchrony, "contributions": contributions, "privacy": privacy,
+    "communication": communication,
 }
 
 
@@ -523,7 +568,8 @@ def applicable(kind: str, groups: Sequence[Group], contribution_key: str = CONTR
 
     Returns:
         False for async plots of sync runs, contributions without the column, fairness without
-        clients.jsonl rows, privacy without an `epsilon` column; else True.
+        clients.jsonl rows, privacy without an `epsilon` column, communication without a
+        compressed run; else True.
     """
     runs = [r for g in groups for r in g.runs]
     if kind == "async":
@@ -534,6 +580,8 @@ def applicable(kind: str, groups: Sequence[Group], contribution_key: str = CONTR
         return any(len(r.clients) for r in runs)
     if kind == "privacy":
         return any(r.has("epsilon") for r in runs)
+    if kind == "communication":
+        return any(_compressed(r) for r in runs)
     return True
 
 

@@ -349,6 +349,8 @@ class Scenario:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     secagg: Any = plugin("secagg", {"name": "none"})
     dp: Any = plugin("dp", {"name": "none"}, doc="client-level differential privacy (docs/privacy.md).")
+    compression: Any = plugin("compression", {"name": "none"}, doc="compressed uploads with error feedback "
+                              "(docs/compression.md).")
 
     def validate(self) -> None:
         """Check the rules that span blocks, reporting every problem at once.
@@ -409,6 +411,13 @@ class Scenario:
         if regression != getattr(type(self.model), "regression", False):
             out.append(("model.name", "linear_regression data needs model 'linear' (and 'linear' "
                               "needs linear_regression data)"))
+        if not getattr(type(self.compression), "identity", True) and getattr(type(self.strategy), "sends",
+                                                                             "delta") == "model":
+            out.append(("compression.name", f"strategy {config.plugin_name('strategy', self.strategy)!r} sends "
+                        "whole models (sends = 'model'); compression applies to deltas only: use name: none"))
+        if not getattr(type(self.compression), "identity", True) and self.engine.clock == "wall":
+            out.append(("compression.name", "compression is simulated by the engine on the virtual clock; a "
+                        "deployed run (engine.clock: wall) would compress after the real upload: use name: none"))
         if not getattr(type(self.model), "vectorizable", True) \
                 and config.plugin_name("executor", self.executor) == "vectorized":
             out.append(("executor.name", f"model {config.plugin_name('model', self.model)!r} has no batched "

@@ -2,6 +2,8 @@
 
 duration = τ_c · work · jitter  +  2 · (model bytes · 8 / bandwidth + latency)
 
+(with compression the upload term uses the compressed size instead: `duration(up_bytes=...)`)
+
 τ_c is the client's compute time per unit of work, drawn once per client from a
 `compute` plugin (constant, lognormal, exponential, uniform, linear_spread = FedFix's
 F-X scenario, per_client = times given per client or group); work is the job's number of
@@ -224,11 +226,14 @@ class SystemModel:
     def __init__(self, cfg: SystemConfig, num_clients: int, model_bytes: int, speed_rng: np.random.Generator,
                  batch_size: int = 1):
         self.cfg = cfg
+        self.model_bytes = model_bytes
         self.link = None  # per-client one-way transfer seconds, when a device trace gives bandwidths
+        self.kbps = None  # the trace's per-client kbit/s (FedScale's units: 1 kbit = 1024 bits)
         if getattr(type(cfg.compute), "gives_bandwidth", False):  # FedScale trace: per sample, kbit/s
             per_sample, kbps = cfg.compute.profiles(num_clients, speed_rng)
             self.tau = np.asarray(per_sample, dtype=np.float64) * batch_size
-            self.link = model_bytes * 8 / 1024 / np.asarray(kbps, dtype=np.float64)
+            self.kbps = np.asarray(kbps, dtype=np.float64)
+            self.link = model_bytes * 8 / 1024 / self.kbps
         else:
             self.tau = np.asarray(cfg.compute.draw(num_clients, speed_rng), dtype=np.float64)
         comm = 0.0
@@ -236,13 +241,35 @@ class SystemModel:
             comm += model_bytes * 8 / (cfg.bandwidth_mbps * 1e6)
         self.comm = 2 * (comm + cfg.latency)  # download + upload
 
-    def duration(self, client: int, work: int, rng: np.random.Generator) -> tuple[float, float, bool]:
+    def link_time(self, nbytes: int, client: int | None = None) -> float:
+        """Virtual seconds to move `nbytes` over one link: nbytes·8/bandwidth + latency.
+
+        Args:
+            nbytes: the message size in bytes.
+            client: whose link, when a device trace gives each client its own bandwidth.
+
+        Returns:
+            The one-way transfer time (latency only when no bandwidth is set).
+        """
+        if self.kbps is not None and client is not None:
+            return nbytes * 8 / 1024 / float(self.kbps[client]) + self.cfg.latency
+        comm = nbytes * 8 / (self.cfg.bandwidth_mbps * 1e6) if self.cfg.bandwidth_mbps else 0.0
+        return comm + self.cfg.latency
+
+    def duration(self, client: int, work: int, rng: np.random.Generator, up_bytes: int | None = None,
+                 down_bytes: int | None = None) -> tuple[float, float, bool]:
         """Draw one job's timing and dropout.
+
+        Without `up_bytes`/`down_bytes` both links carry one model (the symmetric formula of
+        the module docstring, bit for bit); with them (compression, fedsim.pipeline.compression)
+        the download takes `link_time(down_bytes)` and the upload `link_time(up_bytes)`.
 
         Args:
             client: the client's index (selects τ_c).
             work: the job's number of local steps (used when `time_per` is `step`).
             rng: stream keyed by (client, dispatch), so the draw does not depend on execution order.
+            up_bytes: the upload's size when it is not one model (e.g. a compressed update).
+            down_bytes: the download's size when it is not one model.
 
         Returns:
             (compute finished, upload arrived, dropped?), times in virtual seconds from dispatch.
@@ -250,6 +277,11 @@ class SystemModel:
         units = work if self.cfg.time_per == "step" else 1
         jitter = rng.lognormal(-self.cfg.jitter**2 / 2, self.cfg.jitter) if self.cfg.jitter > 0 else 1.0
         dropped = bool(rng.random() < self.cfg.dropout_prob) if self.cfg.dropout_prob > 0 else False
+        if up_bytes is not None or down_bytes is not None:
+            down = self.link_time(self.model_bytes if down_bytes is None else down_bytes, client)
+            up = self.link_time(self.model_bytes if up_bytes is None else up_bytes, client)
+            finish = down + float(self.tau[client] * units * jitter)
+            return finish, finish + up, dropped
         half = self.comm / 2 if self.link is None else float(self.link[client]) + self.cfg.latency
         finish = half + float(self.tau[client] * units * jitter)
         return finish, finish + half, dropped
