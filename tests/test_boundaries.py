@@ -140,7 +140,9 @@ HEAVY = {"torch", "flwr", "ray", "matplotlib"}
 LIGHT_LAYERS = ["fedsim", "fedsim.scenario", "fedsim.registry", "fedsim.data.datasets", "fedsim.data.files",
                 "fedsim.data.federated", "fedsim.world.participation", "fedsim.world.system", "fedsim.world.faults",
                 "fedsim.engine.engine", "fedsim.engine.checkpoint", "fedsim.results.rundata",
-                "fedsim.results.compare", "fedsim.strategy", "fedsim.training.models"]
+                "fedsim.results.compare", "fedsim.strategy", "fedsim.training.models",
+                "fedsim.pipeline.dp", "fedsim.pipeline.accounting", "fedsim.pipeline.compression",
+                "fedsim.pipeline.secagg", "fedsim.world.traces", "fedsim.data.leaf", "fedsim.results.sinks"]
 
 
 @pytest.mark.parametrize("module", LIGHT_LAYERS)
