@@ -73,6 +73,46 @@ STOCK_APP = textwrap.dedent('''
         return Message(RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics}), reply_to=msg)
 ''')
 
+# A NumPyClient app in the style of Flower's classic quickstart (client_fn + NumPyClient.fit).
+NUMPY_APP = textwrap.dedent('''
+    """A stock Flower NumPyClient app: Flower, numpy and torch only."""
+    import torch
+    from torch import nn
+    from flwr.client import ClientApp, NumPyClient
+    from flwr.common import Context
+
+
+    def Net():
+        return nn.Sequential(nn.Flatten(), nn.Linear(5, 4))
+
+
+    class Client(NumPyClient):
+        def __init__(self, partition_id):
+            g = torch.Generator().manual_seed(200 + partition_id)
+            self.y = torch.randint(0, 4, (48,), generator=g)
+            self.x = torch.nn.functional.one_hot(self.y, 5).float() * 3 + torch.randn(48, 5, generator=g)
+            self.model = Net()
+
+        def fit(self, parameters, config):
+            keys = list(self.model.state_dict().keys())
+            self.model.load_state_dict({k: torch.tensor(v) for k, v in zip(keys, parameters)})
+            opt = torch.optim.SGD(self.model.parameters(), lr=float(config["lr"]))
+            for i in range(0, len(self.x), 16):
+                opt.zero_grad()
+                loss = nn.functional.cross_entropy(self.model(self.x[i:i + 16]), self.y[i:i + 16])
+                loss.backward()
+                opt.step()
+            weights = [v.detach().numpy() for v in self.model.state_dict().values()]
+            return weights, len(self.x), {"train_loss": float(loss)}
+
+
+    def client_fn(context: Context):
+        return Client(int(context.node_config["partition-id"])).to_client()
+
+
+    app = ClientApp(client_fn=client_fn)
+''')
+
 # the scenario's model (`logreg`: Flatten + Linear(5, 4)) is the app's Net: same state_dict keys
 SCENARIO = merge(TINY, name="own-clientapp", seed=1, engine={"rounds": 2},
                  data={"dataset": {"name": "gaussian_mixture", "num_samples": 300, "num_test": 200, "dim": 5,
@@ -80,14 +120,14 @@ SCENARIO = merge(TINY, name="own-clientapp", seed=1, engine={"rounds": 2},
                  client={"local_epochs": 1, "batch_size": 16, "lr": 0.1})
 
 
-def write_project(tmp: Path) -> Path:
+def write_project(tmp: Path, source: str = STOCK_APP) -> Path:
     app = tmp / "userapp"
     (app / "stockapp").mkdir(parents=True)
     (app / "stockapp" / "__init__.py").write_text("")
-    (app / "stockapp" / "client_app.py").write_text(STOCK_APP)
+    (app / "stockapp" / "client_app.py").write_text(source)
     (app / "pyproject.toml").write_text('[project]\nname = "stockapp"\nversion = "1.0.0"\n\n'
                                         '[tool.flwr.app.config]\nlocal-epochs = 1\nbatch-size = 32\n')
-    assert "fedsim" not in STOCK_APP
+    assert "fedsim" not in source
     return app
 
 
@@ -187,6 +227,22 @@ def test_stock_clientapp_without_fedsim_trains_the_servers_model(deployment):
     final = torch.load(out / "model.pt")["params"].numpy()
     assert abs(final - initial_params(out)).max() > 1e-3  # the nodes' training changed the model
     # no drops: the nodes, where importing fedsim fails (`no_fedsim`), answered every job
+    assert not [e for e in events(out) if e["kind"] in ("drop", "exclude")]
+
+
+def test_stock_numpyclient_app_without_fedsim_trains_the_servers_model(deployment):
+    app = write_project(deployment.tmp, NUMPY_APP)
+    deployment.start_server(SCENARIO, "--client-app", "stockapp.client_app:app", "--app-dir", str(app),
+                            "--client-api", "numpy")
+    for k in range(2):
+        deployment.node(k, {"partition-id": k, "num-partitions": 2})
+    out = deployment.finish()
+    rows = read_metrics(out)
+    assert [r["round"] for r in rows] == [0, 1, 2]
+    assert rows[-1]["num_updates"] == 4 and rows[-1]["num_failed"] == 0
+    assert all(r["train_loss"] > 0 for r in rows[1:])
+    final = torch.load(out / "model.pt")["params"].numpy()
+    assert abs(final - initial_params(out)).max() > 1e-3
     assert not [e for e in events(out) if e["kind"] in ("drop", "exclude")]
 
 
