@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import EngFormatter, FuncFormatter, LogLocator, MaxNLocator
 
 from fedsim.errors import PlotError
 from fedsim.results.rundata import Group, Run, find_runs, group_runs
@@ -458,6 +458,14 @@ def contributions(groups: Sequence[Group], key: str = CONTRIBUTION_KEY) -> Figur
 
 # --- entry point ---------------------------------------------------------------------------
 
+def _readable_log_axis(axis, formatter) -> None:
+    """Label a log axis at 1, 2 and 5 × 10^k with `formatter` (the default minor labels overlap)."""
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_minor_locator(LogLocator(base=10, subs=tuple(float(i) for i in range(1, 10))))
+    axis.set_major_formatter(formatter)
+    axis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+
+
 # --- privacy -------------------------------------------------------------------------------
 
 
@@ -498,6 +506,7 @@ def privacy(groups: Sequence[Group]) -> Figure:
             right.scatter([e], [acc], color=_colour(i), s=40, zorder=2)
         if finals[0][0] > 0:  # ε of a noise-multiplier sweep spans decades
             right.set_xscale("log")
+            _readable_log_axis(right.xaxis, FuncFormatter(lambda v, _: f"{v:g}"))
     for ax, title in ((left, "during training"), (right, "final, one point per run")):
         ax.set_xlabel("ε (at the run's δ)")
         ax.set_ylabel(key.replace("_", " "))
@@ -546,6 +555,7 @@ def communication(groups: Sequence[Group]) -> Figure:
         if regression:
             ax.set_yscale("log")
     axes[0].set_xscale("log")
+    _readable_log_axis(axes[0].xaxis, EngFormatter(unit="B"))
     _figure_legend(fig, groups, "Accuracy per byte and per virtual second"
                    + (" (mean ± std over seeds)" if any(len(g.runs) > 1 for g in groups) else ""))
     return fig
