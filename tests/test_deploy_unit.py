@@ -195,3 +195,22 @@ def test_client_app_trains_on_the_clients_own_npz(tmp_path):
     bad = _npz(tmp_path / "bad.npz", x_train=np.zeros((3, 7)), y_train=np.zeros(3, int))
     with pytest.raises(ValueError, match=r"client 2 data .*bad.npz"):
         runtime_for(config, str(bad), 2)
+
+
+@pytest.mark.parametrize("block, line", [
+    ({"dp": {"name": "local", "clip": 1.0, "noise_multiplier": 1.0}}, "dp: {name: local} is simulated by the server"),
+    ({"compression": {"name": "topk"}}, "compression: simulated on the virtual clock only"),
+    ({"secagg": {"name": "secagg"}}, "secagg: simulated only"),
+])
+def test_deploy_server_refuses_stages_it_would_only_simulate(block, line):
+    from conftest import TINY, merge
+
+    from fedsim import scenario as scenario_mod
+    from fedsim.flower import serve
+
+    sc = scenario_mod.from_mapping(merge(TINY, **block))
+    with pytest.raises(d.DeployError) as info:
+        serve.check_deployable_stages(sc)
+    assert str(info.value).startswith(line) and "\n" not in str(info.value)
+    central = scenario_mod.from_mapping(merge(TINY, dp={"name": "central", "clip": 1.0, "noise_multiplier": 1.0}))
+    serve.check_deployable_stages(central)  # the server's own noise: deployable

@@ -138,6 +138,32 @@ def with_drop_on_client_error(scenario, log: Callable[[str], None] = say):
     return replace(scenario, engine=replace(scenario.engine, on_client_error="drop"))
 
 
+def check_deployable_stages(scenario) -> None:
+    """Refuse, in one line, update-pipeline stages that the engine only simulates (fedsim.pipeline).
+
+    Local DP noise, compression and secure aggregation model what a client does before it
+    sends; in a deployed run the engine would apply them to what already arrived in the clear,
+    so the clients' messages would be neither private, nor compressed, nor masked. Central DP
+    is the server's own step and runs as in simulation.
+
+    Args:
+        scenario: the scenario.
+
+    Raises:
+        DeployError: naming the block.
+    """
+    dp, comp, secagg = (getattr(scenario, k, None) for k in ("dp", "compression", "secagg"))
+    if getattr(type(dp), "location", None) == "local":
+        raise d.DeployError("dp: {name: local} is simulated by the server on what arrived, so real clients' "
+                            "messages would not be private: use dp: {name: central}, or add noise in the client")
+    if comp is not None and not getattr(type(comp), "identity", True):
+        raise d.DeployError("compression: simulated on the virtual clock only; a deployed client sends its full "
+                            "update: use compression: {name: none}")
+    if getattr(type(secagg), "active", False):
+        raise d.DeployError("secagg: simulated only (the server would see every update in the clear); Flower's "
+                            "SecAgg+ workflow is not wired into fedsim's server (docs/secure-aggregation.md)")
+
+
 def check_own_client_app(scenario, opts: ServerOptions) -> None:
     """Refuse, in one line, what a user's own ClientApp cannot run.
 
@@ -212,6 +238,7 @@ def serve(scenario, out: Path, opts: ServerOptions, log: Callable[[str], None] =
     from fedsim import scenario as scenario_mod
 
     scenario = with_drop_on_client_error(with_clock(scenario, opts.clock), log)
+    check_deployable_stages(scenario)
     if opts.client_app:
         check_own_client_app(scenario, opts)
     if opts.tls is None and not opts.insecure and opts.attach is None:

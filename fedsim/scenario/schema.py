@@ -403,8 +403,8 @@ class Scenario:
             out.append(("data.partition.name", f"dataset {config.plugin_name('dataset', self.data.dataset)!r}"
                               " is generated per client: use partition {name: natural}"))
         if natural and not per_client:
-            out.append(("data.partition.name", "'natural' needs a per-client dataset "
-                              "(synthetic, linear_regression, least_squares_groups)"))
+            out.append(("data.partition.name", "'natural' needs a dataset that comes split by client "
+                        "(synthetic, linear_regression, least_squares_groups, leaf, hf_natural)"))
         out += self._secagg_problems()
         out += self._dp_problems()
         regression = getattr(type(self.data.dataset), "regression", False)
