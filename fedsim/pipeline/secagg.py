@@ -1,9 +1,9 @@
 """Secure aggregation, simulated: the server sees only the sum of a sync cohort.
 
-The stage runs the arithmetic of the protocol of Bonawitz et al. (CCS 2017, §4 "Practical
-Secure Aggregation", semi-honest version: rounds 0 AdvertiseKeys, 1 ShareKeys,
-2 MaskedInputCollection, 4 Unmasking; round 3 ConsistencyCheck belongs to the malicious
-version and is not run) over the complete graph (`secagg`), or over a random k-regular
+The stage runs the arithmetic of the protocol of Bonawitz et al. ("Practical Secure
+Aggregation for Privacy-Preserving Machine Learning", CCS 2017; semi-honest version: rounds
+0 AdvertiseKeys, 1 ShareKeys, 2 MaskedInputCollection, 4 Unmasking; round 3 ConsistencyCheck
+belongs to the malicious version and is not run) over the complete graph (`secagg`), or over a random k-regular
 Harary graph of neighbours (`secagg_plus`, Bell, Bonawitz, Gascón, Lepoint, Raykova,
 "Secure Single-Server Aggregation with (Poly)Logarithmic Overhead", CCS 2020: the k-regular
 neighbour graph replacing the complete one).
