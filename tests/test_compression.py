@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import pickle
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -139,6 +140,40 @@ def test_error_feedback_memory_over_two_steps():
     # without EF nothing is remembered
     plain = CompressionStage(TopK(k=1), root=0, size=3)
     assert plain.apply(_update([1, 1, -1]), 0, 1).vector.tolist() == [1, 0, 0] and plain.memory == {}
+
+
+def test_ef21_over_two_steps_and_a_lost_upload():
+    # Richtárik et al. 2021, Alg. 1: send c = C(Δ − g), both sides g ← g + c, the strategy gets g.
+    stage = CompressionStage(TopK(k=1, error_feedback="ef21"), root=0, size=3)
+    sent = stage.apply(_update([3, -1, 0.5]), 0, 0)  # Δ₁ − g = (3, −1, 0.5): c = (3, 0, 0)
+    assert sent.vector.tolist() == [3, 0, 0] and stage.memory[0]["vector"].tolist() == [3, 0, 0]
+    assert stage.receive(sent, 0).vector.tolist() == [3, 0, 0]  # the server's g₀
+    sent = stage.apply(_update([1, -2, 0.5]), 0, 1)  # Δ₂ − g = (−2, −2, 0.5): tie, lower index: c = (−2, 0, 0)
+    assert sent.vector.tolist() == [-2, 0, 0]
+    assert stage.receive(sent, 0).vector.tolist() == [1, 0, 0] and stage.memory[0]["vector"].tolist() == [1, 0, 0]
+    # a lost upload moves the client's g only: the server's copy stays where it was
+    stage.apply(_update([1, 5, 0.5]), 0, 2)  # Δ₃ − g = (0, 5, 0.5): c = (0, 5, 0), never received
+    assert stage.memory[0]["vector"].tolist() == [1, 5, 0] and stage.memory[0]["server:vector"].tolist() == [1, 0, 0]
+    assert stage.stateful
+    # without ef21 `receive` passes the update through
+    ef = CompressionStage(TopK(k=1, error_feedback="ef"), root=0, size=3)
+    u = ef.apply(_update([1, 2, 3]), 0, 0)
+    assert ef.receive(u, 0) is u
+
+
+def test_ef21_run_is_deterministic_and_resumes(tmp_path):
+    from fedsim import cli
+
+    raw = merge(TINY, engine={"rounds": 6}, participation={"name": "uniform", "k": 3},
+                channel={"loss_prob": 0.2}, checkpoint={"every": 3},
+                compression={"name": "topk", "fraction": 0.3, "error_feedback": "ef21"})
+    a = run(from_mapping(raw), tmp_path / "a")
+    b = run(from_mapping(merge(raw, executor={"name": "inline", "workers": 2})), tmp_path / "b")
+    assert read_metrics(a.out) == read_metrics(b.out)
+    shutil.copytree(a.out, tmp_path / "again")
+    (tmp_path / "again" / "summary.json").unlink()
+    assert cli.main(["run", "--resume", str(tmp_path / "again"), "--quiet"]) == 0
+    assert read_metrics(tmp_path / "again") == read_metrics(a.out)
 
 
 def test_up_message_arrays_are_compressed_with_their_own_memory():

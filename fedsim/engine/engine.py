@@ -245,6 +245,8 @@ class Engine:
                                                            p.client, p.job.id))
         self.counters.bytes_up += (update.vector.nbytes + message_nbytes(update.up) if self.compression is None
                                    else self.compression.upload_bytes)  # the compressed wire size
+        if self.compression is not None:  # EF21: the server's own copy of g_i decodes the update
+            update = self.compression.receive(update, p.client)
         self.participations[p.client] += 1
         self.note_train_metrics(update)
         return update

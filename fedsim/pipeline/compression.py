@@ -19,7 +19,16 @@ The engine keeps e_i (executors may run a client anywhere), saves it in checkpoi
 updates it whenever the client computed its update — also when the upload is then lost in
 the channel or rejected by the server. Every ndarray field of the strategy's up message
 (SCAFFOLD's Δc_i) is compressed the same way, with its own memory; scalar fields travel as
-they are. Strategies that send whole models (`sends = "model"`, the ADMMs) are refused
+they are.
+
+EF21 (`error_feedback: ef21`; Richtárik, Sokolov, Fatkhullin, "EF21: A New, Simpler,
+Theoretically Better, and Practically Faster Error Feedback", NeurIPS 2021, Alg. 1): client i
+and the server both keep g_i (zero at first); the client sends c = C(Δ − g_i), both set
+g_i ← g_i + c, and the strategy receives g_i, the server's running estimate of the client's
+update. Only the clients that take part move their g_i (partial participation, as in the
+paper's extension).
+
+Strategies that send whole models (`sends = "model"`, the ADMMs) are refused
 at load time (fedsim.scenario.schema).
 
 Wire format (what `nbytes(d)` counts for one vector of d float32 values, and what drives
@@ -61,7 +70,7 @@ from fedsim import seeding
 from fedsim.scenario.fields import bounded
 from fedsim.types import ClientUpdate
 
-Feedback = Literal["none", "ef"]
+Feedback = Literal["none", "ef", "ef21"]
 
 
 def index_bits(d: int) -> int:
@@ -100,7 +109,8 @@ class TopK:
     Args:
         fraction: k = ⌈fraction·d⌉ when `k` is unset (0.01 = top-1%).
         k: the number of coordinates kept (overrides `fraction`; at most d).
-        error_feedback: `ef` keeps the per-client memory e ← p − C(p); `none` sends C(Δ).
+        error_feedback: `ef` keeps the per-client memory e ← p − C(p); `ef21` sends C(Δ − g) and
+            both sides move g ← g + C(Δ − g); `none` sends C(Δ).
         downlink: also compress the model broadcast: the client receives x̂ + C(x − x̂), where x̂
             is the model it holds (docs/compression.md, "Downlink").
     """
@@ -151,7 +161,8 @@ class RandomK:
         fraction: k = ⌈fraction·d⌉ when `k` is unset.
         k: the number of coordinates kept (overrides `fraction`; at most d).
         scaled: multiply the kept values by d/k (unbiased) or not.
-        error_feedback: `ef` keeps the per-client memory e ← p − C(p); `none` sends C(Δ).
+        error_feedback: `ef` keeps the per-client memory e ← p − C(p); `ef21` sends C(Δ − g) and
+            both sides move g ← g + C(Δ − g); `none` sends C(Δ).
         downlink: also compress the model broadcast: the client receives x̂ + C(x − x̂), where x̂
             is the model it holds (docs/compression.md, "Downlink").
     """
@@ -203,7 +214,8 @@ class QSGD:
 
     Args:
         levels: s, the number of quantisation levels (s = 1: ternary {−‖x‖, 0, ‖x‖}).
-        error_feedback: `ef` keeps the per-client memory e ← p − C(p); `none` sends C(Δ).
+        error_feedback: `ef` keeps the per-client memory e ← p − C(p); `ef21` sends C(Δ − g) and
+            both sides move g ← g + C(Δ − g); `none` sends C(Δ).
         downlink: also compress the model broadcast: the client receives x̂ + C(x − x̂), where x̂
             is the model it holds (docs/compression.md, "Downlink").
     """
@@ -249,7 +261,8 @@ class Sign:
     with `error_feedback: ef` it is their EF-SignSGD. One bit cannot say 0, so 0 is sent as +.
 
     Args:
-        error_feedback: `ef` keeps the per-client memory e ← p − C(p); `none` sends C(Δ).
+        error_feedback: `ef` keeps the per-client memory e ← p − C(p); `ef21` sends C(Δ − g) and
+            both sides move g ← g + C(Δ − g); `none` sends C(Δ).
         downlink: also compress the model broadcast: the client receives x̂ + C(x − x̂), where x̂
             is the model it holds (docs/compression.md, "Downlink").
     """
@@ -288,7 +301,8 @@ class Quantize:
 
     Args:
         bits: 8 or 16 bits per coordinate.
-        error_feedback: `ef` keeps the per-client memory e ← p − C(p); `none` sends C(Δ).
+        error_feedback: `ef` keeps the per-client memory e ← p − C(p); `ef21` sends C(Δ − g) and
+            both sides move g ← g + C(Δ − g); `none` sends C(Δ).
         downlink: also compress the model broadcast: the client receives x̂ + C(x − x̂), where x̂
             is the model it holds (docs/compression.md, "Downlink").
     """
@@ -355,7 +369,7 @@ class CompressionStage:
         up_type: the strategy's up-message type (its ndarray fields are compressed too).
 
     Attributes:
-        memory: client → {"vector" or up field name: e_i} (float32), only with `ef`; with
+        memory: client → {"vector" or up field name: e_i (`ef`) or g_i (`ef21`)} (float32); with
             `downlink`, also {"<model>": x̂_i}, the model the client holds. Saved in checkpoints
             (fedsim.engine.checkpoint).
         upload_bytes: the wire size of one upload (vector and up-message arrays), known at dispatch.
@@ -368,7 +382,8 @@ class CompressionStage:
         self.root = int(root)
         self.size = int(size)
         self.fields = array_fields(up_type)
-        self.feedback = getattr(cfg, "error_feedback", "none") == "ef"
+        self.mode = getattr(cfg, "error_feedback", "none")  # none | ef | ef21
+        self.feedback = self.mode != "none"
         self.memory: dict[int, dict[str, np.ndarray]] = {}
         self.upload_bytes = int(cfg.nbytes(self.size)) * (1 + len(self.fields))
         self.downlink = bool(getattr(cfg, "downlink", False))
@@ -412,16 +427,52 @@ class CompressionStage:
 
     def _one(self, key: str, x: np.ndarray, client: int, dispatch: int, field: int) -> np.ndarray:
         """Compress one vector of client `client`'s job `dispatch`, with error feedback when on."""
+        rng = seeding.rng(self.root, "compression", client, dispatch, field) if self.cfg.randomized else None
+        if self.mode == "ef21":  # send C(Δ − g_i); client and server both move g_i by what was sent
+            g = self.memory.get(client, {}).get(key)
+            g = np.zeros(self.size, dtype=np.float32) if g is None else g
+            sent = np.asarray(self.cfg.compress((x.astype(np.float32) - g).astype(np.float32), rng),
+                              dtype=np.float32)
+            self.memory.setdefault(client, {})[key] = (g + sent).astype(np.float32)
+            return sent
         p = x.astype(np.float32)
         if self.feedback:
             e = self.memory.get(client, {}).get(key)
             if e is not None:
                 p = p + e
-        rng = seeding.rng(self.root, "compression", client, dispatch, field) if self.cfg.randomized else None
         c = np.asarray(self.cfg.compress(p, rng), dtype=np.float32)
         if self.feedback:
             self.memory.setdefault(client, {})[key] = p - c
         return c
+
+    def receive(self, update: ClientUpdate, client: int) -> ClientUpdate:
+        """The server's decoding of an accepted update: with `ef21`, g_i ← g_i + c, and g_i goes on.
+
+        The server keeps its own copy of each g_i, moved only by what it accepted, so an upload
+        lost in the channel or rejected leaves the two copies apart, as it would in a real
+        deployment. Without `ef21` the update is returned as it is.
+
+        Args:
+            update: the validated update as received (the compressed c, after uplink noise).
+            client: the sender.
+
+        Returns:
+            The update the strategy sees.
+        """
+        if self.mode != "ef21":
+            return update
+        mem = self.memory.setdefault(client, {})
+
+        def decode(key: str, c: np.ndarray) -> np.ndarray:
+            g = mem.get("server:" + key)
+            g = (np.asarray(c, dtype=np.float32) if g is None else g + np.asarray(c, dtype=np.float32))
+            mem["server:" + key] = g.astype(np.float32)
+            return mem["server:" + key]
+
+        up = update.up
+        if self.fields:
+            up = replace(up, **{f: decode(f, getattr(up, f)) for f in self.fields})
+        return replace(update, vector=decode("vector", update.vector), up=up)
 
     def apply(self, update: Any, client: int, dispatch: int) -> Any:
         """What the client sends: its update with the vector and up-message arrays compressed.
