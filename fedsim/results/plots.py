@@ -33,7 +33,9 @@ CONTRIBUTION_KEY = "fedce_contribution"
 def _colour(i: int) -> tuple[float, ...]:
     from matplotlib import colormaps
 
-    return colormaps["tab10"](i % 10)
+    if i < 10:
+        return colormaps["tab10"](i)
+    return colormaps["Dark2"]((i - 10) % 8)  # an 11th group must not repeat the first one's colour
 
 
 def _figure(width: float, height: float) -> Figure:
@@ -83,11 +85,28 @@ def _figure_legend(fig: Figure, groups: Sequence[Group], title: str) -> None:
     """The figure's title and one legend above the panels: a colour per group."""
     from matplotlib.lines import Line2D
 
-    labels = [_legend_label(g) for g in groups]
+    labels = _strip_common_block([_legend_label(g) for g in groups])
     handles = [Line2D([], [], color=_colour(i), linewidth=2) for i in range(len(groups))]
-    ncols = 1 if max(map(len, labels)) > 60 else min(3, len(labels))
+    longest = max(map(len, labels))
+    ncols = min(1 if longest > 75 else 2 if longest > 40 else 3, len(labels))  # long labels: fewer columns
     fig.legend(handles, labels, loc="outside upper center", ncols=ncols, fontsize="small", frameon=False,
                title=title, title_fontproperties={"size": "large"})
+
+
+def _strip_common_block(labels: list[str]) -> list[str]:
+    """Drop a scenario block shared by every `key=value` of every label (`compression.name=topk` → `name=topk`).
+
+    The block is named once instead, in front of the first label, so long sweep labels fit.
+    """
+    parts = [label.split(" (")[0].split(", ") for label in labels]
+    blocks = {p.split("=", 1)[0].split(".", 1)[0] for ps in parts for p in ps if "=" in p}
+    dotted = all("=" in p and "." in p.split("=", 1)[0] for ps in parts for p in ps)
+    if len(blocks) != 1 or not dotted:
+        return labels
+    block = blocks.pop() + "."
+    out = [label.replace(block, "") for label in labels]
+    out[0] = f"{block.rstrip('.')}: {out[0]}"
+    return out
 
 
 def _legend_label(g: Group) -> str:
@@ -459,8 +478,13 @@ def contributions(groups: Sequence[Group], key: str = CONTRIBUTION_KEY) -> Figur
 # --- entry point ---------------------------------------------------------------------------
 
 def _readable_log_axis(axis, formatter) -> None:
-    """Label a log axis at 1, 2 and 5 × 10^k with `formatter` (the default minor labels overlap)."""
-    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    """Label a log axis with `formatter`: at 1, 2, 5 × 10^k over a short range, at 10^k over a long one.
+
+    Call it after plotting: the span of the data decides (the default minor labels overlap).
+    """
+    lo, hi = axis.get_view_interval()
+    decades = np.log10(hi / lo) if lo > 0 and hi > lo else 0.0
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0) if decades < 2.5 else (1.0,)))
     axis.set_minor_locator(LogLocator(base=10, subs=tuple(float(i) for i in range(1, 10))))
     axis.set_major_formatter(formatter)
     axis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
