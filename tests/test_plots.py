@@ -185,3 +185,13 @@ def test_fairness_numbers_match_metrics_file(runs):
     np.testing.assert_allclose(stats[5], run.series("jain_index"), rtol=1e-12)
     np.testing.assert_allclose(stats[4], run.series("client_accuracy_std"), rtol=1e-12)
     np.testing.assert_allclose(stats[3], run.series("client_accuracy_worst10"), rtol=1e-12)
+
+
+def test_legend_names_a_shared_block_once():
+    from fedsim.results.plots import _strip_common_block
+
+    labels = ["compression.name=none (3 seeds)", "compression.name=topk, compression.error_feedback=ef (3 seeds)"]
+    assert _strip_common_block(labels) == ["compression: name=none (3 seeds)", "name=topk, error_feedback=ef (3 seeds)"]
+    mixed = ["dp.name=none", "dp.name=central, strategy.server_lr=0.5"]
+    assert _strip_common_block(mixed) == mixed  # two blocks: labels stay as they are
+    assert _strip_common_block(["seed=0", "seed=1"]) == ["seed=0", "seed=1"]
