@@ -332,3 +332,57 @@ def test_async_mode_dispatches_only_online_clients(tmp_path):
     for d in dispatches:  # the mask of the slot holding the dispatch time
         slot_start = (d["virtual_time"] // 5.0) * 5.0
         assert _online_by_hand(behave[(d["client"] + 1) % len(behave)], slot_start)
+
+
+# --- FedScale's collection rules in sync rounds: lost when offline at arrival, keep the K fastest ----
+
+
+def _events(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines() if line]
+
+
+def test_keep_fastest_keeps_the_k_earliest_and_ends_the_round_at_the_kth(tmp_path):
+    # one job takes client k times[k] seconds and there are no links: clients 1 (1 s) and 3 (2 s) are fastest
+    raw = merge(TINY, engine={"rounds": 2, "keep_fastest": 2},
+                system={"compute": {"name": "per_client", "times": [3.0, 1.0, 5.0, 2.0, 6.0, 4.0]},
+                        "time_per": "job"})
+    res = run_raw(raw, tmp_path)
+    rows = read_metrics(res.out)
+    assert [r["num_updates"] for r in rows] == [0, 2, 4] and [r["num_failed"] for r in rows] == [0, 4, 8]
+    assert [r["virtual_time"] for r in rows] == [0.0, 2.0, 4.0]  # the 2nd fastest (client 3, 2 s) ends a round
+    ev = _events(res.out)
+    assert sorted(e["client"] for e in ev if e["kind"] == "arrive" and e["virtual_time"] <= 2.0) == [1, 3]
+    slow = [e for e in ev if e["kind"] == "drop"]
+    assert len(slow) == 8 and {e["reason"] for e in slow} == {"not among the fastest"}
+    assert sorted({e["virtual_time"] for e in slow}) == [2.0, 4.0]  # noticed when the round ends
+    # every round keeps the same two fastest clients
+    assert {e["client"] for e in ev if e["kind"] == "arrive"} == {1, 3}
+
+
+def test_sync_drop_offline_loses_clients_offline_when_their_upload_is_due(tmp_path):
+    # client k -> entry (k + 1) mod 3 (FedScale's mapping): 0 -> B, 1 -> C, 2 -> A
+    path = _pickle(tmp_path / "client_behave_trace",
+                   {"a": {"active": [0], "inactive": [100], "finish_time": 100},   # client 2: always on
+                    "b": {"active": [0], "inactive": [1.5], "finish_time": 100},   # client 0: off after 1.5 s
+                    "c": {"active": [0], "inactive": [100], "finish_time": 100}})  # client 1: always on
+    raw = merge(TINY, engine={"rounds": 1, "drop_offline": True},
+                participation={"name": "fedscale_trace", "path": str(path)},
+                system={"compute": {"name": "per_client", "times": [2.0, 1.0, 3.0]}, "time_per": "job"})
+    raw["data"]["num_clients"] = 3
+    res = run_raw(raw, tmp_path / "run")
+    ev = _events(res.out)
+    drops = [e for e in ev if e["kind"] == "drop"]
+    assert [(e["client"], e["reason"], e["virtual_time"]) for e in drops] == [(0, "offline", 2.0)]
+    assert sorted(e["client"] for e in ev if e["kind"] == "arrive") == [1, 2]
+    assert read_metrics(res.out)[-1]["virtual_time"] == 3.0  # the lost client does not extend the round
+    # without the rule client 0's update counts, as before
+    plain = run_raw(merge(raw, engine={"rounds": 1, "drop_offline": False}), tmp_path / "plain")
+    assert read_metrics(plain.out)[-1]["num_updates"] == 3
+
+
+def test_sync_drop_offline_needs_a_time_based_process_and_keep_fastest_needs_sync():
+    with pytest.raises(ScenarioError, match=r"engine.drop_offline: in sync mode it needs a participation process"):
+        from_mapping(merge(TINY, engine={"rounds": 1, "drop_offline": True}))
+    with pytest.raises(ScenarioError, match=r"engine.keep_fastest: keeps the fastest arrivals of a round"):
+        from_mapping(merge(TINY, engine={"mode": "async", "max_versions": 3, "keep_fastest": 2},
+                           strategy={"name": "async_fedavg"}))

@@ -43,6 +43,9 @@ if TYPE_CHECKING:  # keeps the engine importable without torch (async event-orde
     from fedsim.training.evaluation import Evaluator
 
 
+SLOW = "not among the fastest"  # the drop reason of a job cut by `engine.keep_fastest`
+
+
 class Engine:
     """The simulation: the global model, the strategy's state and the run loop.
 
@@ -426,6 +429,64 @@ class Engine:
 
     # -- sync rounds ------------------------------------------------------------------------
 
+    def drop_lost_and_slow(self, pendings: list[Pending]) -> None:
+        """Sync: mark the jobs FedScale's aggregator would not collect (`engine.drop_offline`, `keep_fastest`).
+
+        First a client that is offline when its upload would arrive is lost for the round
+        (`offline`); then, of the jobs left, only the `keep_fastest` earliest arrivals (ties by
+        dispatch index) are kept and the others are `not among the fastest` (FedScale,
+        aggregator.py `tictak_client_tasks`). Nothing here is random: it reads the fixed
+        timelines and the participation process's `available(t)`.
+
+        Args:
+            pendings: the round's jobs, with their timelines fixed at dispatch.
+
+        Raises:
+            RunError: when `drop_offline` is set and the participation process cannot say who is
+                online at a given time.
+        """
+        eng = self.sc.engine
+        if eng.drop_offline:
+            available = getattr(self.participation, "available", None)
+            if available is None:
+                raise RunError("engine.drop_offline: this participation process cannot say who is online at a "
+                               "given virtual time (use fedscale_trace)")
+            for p in pendings:
+                if p.dropped is None and not bool(available(p.arrive)[p.client]):
+                    p.dropped = "offline"
+        if eng.keep_fastest is not None:
+            live = sorted((p for p in pendings if p.dropped is None), key=lambda q: (q.arrive, q.job.id))
+            for p in live[eng.keep_fastest:]:
+                p.dropped = SLOW
+
+    def round_end(self, pendings: list[Pending], start: float) -> float:
+        """The virtual time at which a sync round that started at `start` ends.
+
+        The server waits for the slowest job it still expects (a dropout is noticed when its
+        upload is due), at most until the deadline; with `keep_fastest` it stops at the K-th
+        arrival once K arrived. Jobs lost offline or cut as too slow do not extend the round.
+
+        Args:
+            pendings: the round's jobs, drops marked.
+            start: the round's start.
+
+        Returns:
+            The round's end (start + `empty_round_time` for a round nobody took part in).
+        """
+        eng = self.sc.engine
+        if not pendings:
+            return start + eng.empty_round_time
+        waited = [p for p in pendings if p.dropped not in ("offline", SLOW)]
+        kept = [p for p in waited if p.dropped is None]
+        keep = getattr(eng, "keep_fastest", None)
+        if keep is not None and len(kept) == keep:
+            end = max(p.arrive for p in kept)
+        elif waited:
+            end = max(p.arrive for p in waited)
+        else:  # everyone was lost: the server learns of it when the last upload was due
+            end = max(p.arrive for p in pendings)
+        return end if eng.deadline is None else min(end, start + eng.deadline)
+
     def run_sync(self) -> np.ndarray:
         """Run the synchronous rounds.
 
@@ -447,6 +508,9 @@ class Engine:
                 for p in pendings:
                     if p.dropped is None and p.arrive - start > eng.deadline:
                         p.dropped = "deadline"
+            if getattr(eng, "drop_offline", False) or getattr(eng, "keep_fastest", None) is not None:
+                self.drop_lost_and_slow(pendings)
+            end = self.round_end(pendings, start)
             live = [p for p in pendings if p.dropped is None]
             run = [p for p in live if self.computes(p)]
             self.executor.submit([p.job for p in run])  # late or dropped jobs are never computed
@@ -455,7 +519,7 @@ class Engine:
             # Commit order = virtual arrival time, ties by dispatch index (never executor order).
             for p in sorted(pendings, key=lambda q: (q.arrive, q.job.id)):
                 if p.dropped is not None:
-                    at = start + eng.deadline if p.dropped == "deadline" else p.arrive
+                    at = start + eng.deadline if p.dropped == "deadline" else end if p.dropped == SLOW else p.arrive
                     self.reject(p, p.dropped, at)
                     continue
                 self.event("finish", client=p.client, job=p.job.id, virtual_time=p.finish,
@@ -465,11 +529,6 @@ class Engine:
                     self.event("arrive", client=p.client, job=p.job.id, virtual_time=p.arrive,
                                version=self.version, staleness=0, metrics=dict(update.metrics or {}))
                     updates.append(update)
-            if pendings:
-                ends = [p.arrive for p in pendings]
-                end = max(ends) if eng.deadline is None else min(max(ends), start + eng.deadline)
-            else:
-                end = start + eng.empty_round_time
             self.now = end
             if pendings and not updates:
                 self.warn_all_failed(f"round {r + 1}", len(pendings))

@@ -230,7 +230,13 @@ class EngineConfig:
             client; `on_commit`: a client whose update arrived restarts from the next committed
             model (Fraboni et al.'s schedules). See docs/explanation-virtual-clock.md.
         drop_offline: async — a job whose client goes offline before its upload arrives is dropped
-            (at the slot boundary where it goes offline).
+            (at the slot boundary where it goes offline). Sync — a client that is offline when its
+            upload would arrive is lost for the round, as FedScale's aggregator does
+            (`tictak_client_tasks`: "not active by the time of collection"); needs a participation
+            process that knows who is online at any time (`fedscale_trace`).
+        keep_fastest: sync — aggregate only the K earliest arrivals of a round and end the round at
+            the K-th; the others are dropped (`not among the fastest`) and never computed.
+            FedScale's over-commitment: select ⌈1.3·K⌉ clients (e.g. `participation.k`), keep K.
         max_failed_streak: async — stop with an error after this many jobs in a row brought no usable
         update (every client dropped out, crashed or was rejected); unset = never.
     clock: async — `virtual`: the system model fixes when each update arrives (reproducible);
@@ -257,6 +263,7 @@ class EngineConfig:
     client_state: Literal["float32", "float16"] = "float32"
     redispatch: Literal["sample", "on_commit"] = "sample"
     drop_offline: bool = False
+    keep_fastest: int | None = bounded(None, ge=1, le=10_000_000)
     clock: Literal["virtual", "wall"] = "virtual"
     max_failed_streak: int | None = bounded(1000, ge=1, le=1_000_000_000)
     on_client_error: Literal["raise", "drop"] | None = None
@@ -269,6 +276,9 @@ class EngineConfig:
         """
         if self.clock == "wall" and self.mode != "async":
             raise ConfigError("clock", "the wall clock is implemented for engine.mode async only")
+        if self.keep_fastest is not None and self.mode != "sync":
+            raise ConfigError("keep_fastest", "keeps the fastest arrivals of a round: engine.mode sync only "
+                              "(async commits arrivals as they come; see engine.concurrency)")
         if self.mode == "async" and self.max_versions is None and self.max_time is None \
                 and self.max_updates is None:
             raise ConfigError("max_versions", "async mode needs a stop condition: set max_versions, "
@@ -405,6 +415,11 @@ class Scenario:
         if natural and not per_client:
             out.append(("data.partition.name", "'natural' needs a dataset that comes split by client "
                         "(synthetic, linear_regression, least_squares_groups, leaf, hf_natural)"))
+        if self.engine.mode == "sync" and self.engine.drop_offline \
+                and not getattr(type(self.participation), "time_based", False):
+            out.append(("engine.drop_offline", f"in sync mode it needs a participation process that says who is "
+                        f"online at any virtual time (fedscale_trace), not "
+                        f"{config.plugin_name('participation', self.participation)!r}"))
         out += self._secagg_problems()
         out += self._dp_problems()
         regression = getattr(type(self.data.dataset), "regression", False)

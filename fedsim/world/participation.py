@@ -21,7 +21,7 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable, ClassVar, Literal
 
 import numpy as np
 
@@ -418,6 +418,7 @@ class FedScaleTrace:
     path: str
     mapping: Literal["fedscale", "order", "sample"] = "fedscale"
     k: int | None = bounded(None, ge=1, le=10_000_000)
+    time_based: ClassVar[bool] = True  # `available(t)` answers for any t: sync `engine.drop_offline` works
 
     def validate(self) -> None:
         """Read and check the trace file now, so that a bad file stops before any data loads.
