@@ -43,6 +43,7 @@ MODELS: dict[str, str] = {
     "cnn": "fedsim.training.models:CNN",
     "linear": "fedsim.training.models:Linear",
     "char_rnn": "fedsim.training.models:CharRNN",
+    "torch_module": "fedsim.training.models:TorchModule",
 }
 
 PARTICIPATION: dict[str, str] = {

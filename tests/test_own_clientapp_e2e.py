@@ -82,8 +82,16 @@ NUMPY_APP = textwrap.dedent('''
     from flwr.common import Context
 
 
-    def Net():
-        return nn.Sequential(nn.Flatten(), nn.Linear(5, 4))
+    class Net(nn.Module):
+        """Named layers, as in Flower's quickstart: the server runs this class (model: torch_module)."""
+
+        def __init__(self):
+            super().__init__()
+            self.fc1 = nn.Linear(5, 8)
+            self.fc2 = nn.Linear(8, 4)
+
+        def forward(self, x):
+            return self.fc2(torch.relu(self.fc1(x.flatten(1))))
 
 
     class Client(NumPyClient):
@@ -144,9 +152,9 @@ class Deployment:
         self.tmp, self.server, self.nodes = tmp, None, []
         self.fleet = f"127.0.0.1:{d.free_port()}"
 
-    def start_server(self, scenario: dict, *extra: str) -> None:
+    def start_server(self, scenario: dict, *extra: str, pythonpath: tuple[str, ...] = ()) -> None:
         (self.tmp / "scenario.yaml").write_text(yaml.safe_dump(scenario))
-        env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join((str(ROOT), *pythonpath)), PYTHONUNBUFFERED="1")
         self.server = subprocess.Popen(
             [sys.executable, "-m", "fedsim", "deploy", "server", "scenario.yaml", "--insecure", "--fleet-address",
              self.fleet, "--out", "out", "--client-timeout", "120", "--wait-clients", "120", "--run-timeout", "600",
@@ -230,10 +238,13 @@ def test_stock_clientapp_without_fedsim_trains_the_servers_model(deployment):
     assert not [e for e in events(out) if e["kind"] in ("drop", "exclude")]
 
 
-def test_stock_numpyclient_app_without_fedsim_trains_the_servers_model(deployment):
+def test_stock_numpyclient_app_without_fedsim_trains_the_servers_model(deployment, monkeypatch):
     app = write_project(deployment.tmp, NUMPY_APP)
-    deployment.start_server(SCENARIO, "--client-app", "stockapp.client_app:app", "--app-dir", str(app),
-                            "--client-api", "numpy")
+    monkeypatch.syspath_prepend(str(app))  # this test rebuilds the initial model from the app's Net too
+    # the server's model is the app's own Net class, imported from the user's project folder
+    scenario = merge(SCENARIO, model={"name": "torch_module", "module": "stockapp.client_app:Net", "device": "cpu"})
+    deployment.start_server(scenario, "--client-app", "stockapp.client_app:app", "--app-dir", str(app),
+                            "--client-api", "numpy", pythonpath=(str(app),))
     for k in range(2):
         deployment.node(k, {"partition-id": k, "num-partitions": 2})
     out = deployment.finish()
@@ -242,6 +253,7 @@ def test_stock_numpyclient_app_without_fedsim_trains_the_servers_model(deploymen
     assert rows[-1]["num_updates"] == 4 and rows[-1]["num_failed"] == 0
     assert all(r["train_loss"] > 0 for r in rows[1:])
     final = torch.load(out / "model.pt")["params"].numpy()
+    assert final.size == 5 * 8 + 8 + 8 * 4 + 4  # the app's Net, not a fedsim model
     assert abs(final - initial_params(out)).max() > 1e-3
     assert not [e for e in events(out) if e["kind"] in ("drop", "exclude")]
 

@@ -436,7 +436,8 @@ class Scenario:
         if not getattr(type(self.model), "vectorizable", True) \
                 and config.plugin_name("executor", self.executor) == "vectorized":
             out.append(("executor.name", f"model {config.plugin_name('model', self.model)!r} has no batched "
-                        "form (torch.func.vmap has no rule for LSTM/GRU layers): use executor inline, ray or flower"))
+                        "form (torch.func.vmap cannot batch it: LSTM/GRU layers, or a module of your own): "
+                        "use executor inline, ray or flower"))
         return out
 
     def _secagg_problems(self) -> list[tuple[str, str]]:

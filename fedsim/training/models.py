@@ -1,4 +1,4 @@
-"""Model specs: logistic regression, MLP, small CNN, linear regression, character RNN.
+"""Model specs: logistic regression, MLP, small CNN, linear regression, character RNN, your own module.
 
 Each spec is a frozen dataclass (the `model:` block of a scenario) whose `build` returns a
 torch module. torch is imported inside `build` only, so that validating a scenario never
@@ -7,11 +7,13 @@ loads it; `fedsim.training.flat` has the flat-parameter view the runtime trains 
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 
+from fedsim.errors import ConfigError
 from fedsim.scenario.fields import bounded
 
 if TYPE_CHECKING:
@@ -212,3 +214,70 @@ class CharRNN:
         if num_classes < 2:
             raise ValueError("char_rnn needs classification data over a vocabulary")
         return CharNet(num_classes, self.embedding, self.hidden, self.layers, self.cell)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TorchModule:
+    """Your own torch network: the class `module` names is imported and called with `kwargs`.
+
+    For a Flower ClientApp of your own (`fedsim deploy server --client-app`, docs/how-to-deploy.md):
+    the server's model is then the very class the app trains, e.g. quickstart-pytorch's `Net`,
+    so the ArrayRecord it sends has the app's own state_dict keys and shapes. The class decides
+    its input and output shapes (fedsim passes neither); it must return one row of logits per
+    example (or one output for regression). The vectorized executor is refused (an arbitrary
+    module may have no batching rule).
+
+    Args:
+        module: `package.module:Class` (or a function returning an `nn.Module`), importable
+            where fedsim runs (e.g. `PYTHONPATH=.` or an installed package).
+        kwargs: keyword arguments for the call (default none).
+
+    Example:
+        model: {name: torch_module, module: "pytorchexample.task:Net"}
+    """
+
+    vectorizable: ClassVar[bool] = False
+
+    module: str
+    kwargs: dict[str, Any] | None = None
+    device: Device = "auto"
+
+    def validate(self) -> None:
+        """Check the `module:Class` form (the import itself happens when the run builds the model).
+
+        Raises:
+            ConfigError: for `module`, one line.
+        """
+        name, sep, attr = self.module.partition(":")
+        if not sep or not name or not attr or not all(p.isidentifier() for p in (*name.split("."), *attr.split("."))):
+            raise ConfigError("module", f"expected package.module:Class, got {self.module!r}")
+
+    def build(self, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+        """Import the class and build the module (torch's default init, under the caller's seed).
+
+        Args:
+            input_shape: shape of one example (not passed on: the class decides).
+            num_classes: C (not passed on).
+
+        Returns:
+            The module, on the CPU.
+
+        Raises:
+            ValueError: one line, when the class cannot be imported or does not build an nn.Module.
+        """
+        from torch import nn
+
+        name, _, attr = self.module.partition(":")
+        try:
+            obj: Any = importlib.import_module(name)
+            for part in attr.split("."):
+                obj = getattr(obj, part)
+        except (ImportError, AttributeError) as exc:
+            raise ValueError(f"torch_module {self.module!r} cannot be imported: {exc}") from None
+        try:
+            net = obj(**(self.kwargs or {}))
+        except Exception as exc:  # the user's constructor: any failure is reported in one line
+            raise ValueError(f"torch_module {self.module!r}: building it failed: {type(exc).__name__}: {exc}") from None
+        if not isinstance(net, nn.Module):
+            raise ValueError(f"torch_module {self.module!r} returned a {type(net).__name__}, not a torch nn.Module")
+        return net
