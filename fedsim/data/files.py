@@ -24,6 +24,7 @@ from typing import ClassVar, Literal
 
 import numpy as np
 
+from fedsim.data import natural
 from fedsim.data.pooled import PerClient, Pooled
 from fedsim.scenario.fields import bounded
 
@@ -385,17 +386,11 @@ class HFNatural:
         Raises:
             ValueError: if max_clients and sample_clients are both set.
         """
-        if self.max_clients is not None and self.sample_clients is not None:
-            raise ValueError("set max_clients (the first N ids) or sample_clients (a random N), not both")
+        natural.selection_problem(self.max_clients, self.sample_clients, "ids")
 
     def check_clients(self, num_clients: int) -> list[str]:
         """Problems with `num_clients`, found before the dataset is read."""
-        for key in ("max_clients", "sample_clients"):
-            n = getattr(self, key)
-            if n is not None and n != num_clients:
-                return [f"{key}: is {n}, but data.num_clients is {num_clients}: one client per id taken, "
-                        "so they must be equal"]
-        return []
+        return natural.count_problems(self.max_clients, self.sample_clients, num_clients, "id")
 
     def load(self, num_clients: int, rng: np.random.Generator) -> PerClient:
         """Load the saved dataset, group the training split by `partition_by`, choose and encode clients.

@@ -27,6 +27,7 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
+from fedsim.data import natural
 from fedsim.data.natural import assemble, check_count, select_users
 from fedsim.data.pooled import PerClient
 from fedsim.data.text import NUM_CHAR_CLASSES, encode_char_labels, encode_chars, hashed_bag_of_words
@@ -159,17 +160,11 @@ class Leaf:
         Raises:
             ValueError: if max_clients and sample_clients are both set.
         """
-        if self.max_clients is not None and self.sample_clients is not None:
-            raise ValueError("set max_clients (the first N users) or sample_clients (a random N), not both")
+        natural.selection_problem(self.max_clients, self.sample_clients, "users")
 
     def check_clients(self, num_clients: int) -> list[str]:
         """Problems with `num_clients`, found before any file is read."""
-        for key in ("max_clients", "sample_clients"):
-            n = getattr(self, key)
-            if n is not None and n != num_clients:
-                return [f"{key}: is {n}, but data.num_clients is {num_clients}: one client per user taken, "
-                        "so they must be equal"]
-        return []
+        return natural.count_problems(self.max_clients, self.sample_clients, num_clients, "user")
 
     def load(self, num_clients: int, rng: np.random.Generator) -> PerClient:
         """Read and merge the JSON files, choose the users, encode x and y for the task.

@@ -23,6 +23,41 @@ import numpy as np
 from fedsim.data.pooled import PerClient
 
 
+def selection_problem(max_clients: int | None, sample_clients: int | None, unit: str) -> None:
+    """Refuse both ways of choosing clients at once (a loader's `validate`).
+
+    Args:
+        max_clients: the first N users, or None.
+        sample_clients: a random N users, or None.
+        unit: what one client is, for the message ("users", "ids").
+
+    Raises:
+        ValueError: if both are set.
+    """
+    if max_clients is not None and sample_clients is not None:
+        raise ValueError(f"set max_clients (the first N {unit}) or sample_clients (a random N), not both")
+
+
+def count_problems(max_clients: int | None, sample_clients: int | None, num_clients: int,
+                   unit: str) -> list[str]:
+    """A loader's `check_clients`: the number of clients taken must be data.num_clients.
+
+    Args:
+        max_clients: the first N users, or None.
+        sample_clients: a random N users, or None.
+        num_clients: data.num_clients.
+        unit: what one client is, for the message ("user", "id").
+
+    Returns:
+        At most one one-line problem, keyed by the option.
+    """
+    for key, n in (("max_clients", max_clients), ("sample_clients", sample_clients)):
+        if n is not None and n != num_clients:
+            return [f"{key}: is {n}, but data.num_clients is {num_clients}: one client per {unit} taken, "
+                    "so they must be equal"]
+    return []
+
+
 def select_users(train_sizes: np.ndarray, min_samples: int, max_clients: int | None,
                  sample_clients: int | None, rng: np.random.Generator, where: str) -> np.ndarray:
     """The users that become clients, as sorted indices into the sorted user list.
