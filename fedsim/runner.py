@@ -233,7 +233,8 @@ def open_run_sinks(sc, out: Path, resume: bool = False):
     if not sc.metrics.sinks:
         return None
     from fedsim.results.history import read_jsonl
-    from fedsim.results.sinks import RunInfo, flatten, open_sinks
+    from fedsim.results.rundata import flatten
+    from fedsim.results.sinks import RunInfo, open_sinks
     from fedsim.scenario.fields import to_raw
 
     previous = read_jsonl(out / "metrics.jsonl") if resume and (out / "metrics.jsonl").exists() else []

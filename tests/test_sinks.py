@@ -18,6 +18,7 @@ from conftest import TINY, merge, read_metrics, run_raw
 
 from fedsim.cli.app import main
 from fedsim.results import sinks as sinks_mod
+from fedsim.results.rundata import flatten as rundata_flatten
 
 ALL = ["tensorboard", "mlflow", "csv"]
 RAW = merge(TINY, engine={"rounds": 4})
@@ -50,7 +51,7 @@ def test_scalars_and_step_of():
     assert sinks_mod.step_of(rec) == 3
     assert sinks_mod.step_of({"version": 7, "accuracy": 1.0}) == 7  # async: keyed by version
     assert sinks_mod.scalars(rec, "round") == {"version": 3.0, "accuracy": 0.5}
-    assert sinks_mod.flatten({"a": {"b": 1, "c": [1, 2]}, "d": "x"}) == {"a.b": 1, "a.c": [1, 2], "d": "x"}
+    assert rundata_flatten({"a": {"b": 1, "c": [1, 2]}, "d": "x"}) == {"a.b": 1, "a.c": [1, 2], "d": "x"}
     # every sink the schema accepts has a writer and a package entry
     import typing
 

@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import yaml
@@ -198,11 +198,12 @@ class Run:
         return set().union(*(r.keys() for r in self.clients)) if self.clients else set()
 
 
-def _flatten(raw: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(raw, dict):
+def flatten(raw: Any, prefix: str = "") -> dict[str, Any]:
+    """Dotted keys of a nested mapping (`{'a': {'b': 1}}` -> `{'a.b': 1}`); lists are values."""
+    if isinstance(raw, Mapping):
         out: dict[str, Any] = {}
         for k, v in raw.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
+            out.update(flatten(v, f"{prefix}{k}."))
         return out
     return {prefix[:-1]: raw}
 
@@ -268,7 +269,7 @@ def group_runs(runs: Sequence[Run]) -> list[Group]:
     keyed: dict[str, list[Run]] = {}
     flat: dict[str, dict[str, Any]] = {}
     for r in runs:
-        f = {k: v for k, v in _flatten(r.scenario).items() if k != "seed"}
+        f = {k: v for k, v in flatten(r.scenario).items() if k != "seed"}
         key = json.dumps(f, sort_keys=True, default=str)
         keyed.setdefault(key, []).append(r)
         flat[key] = f

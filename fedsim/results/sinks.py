@@ -80,16 +80,6 @@ def scalars(record: Mapping[str, Any], step_key: str | None = None) -> dict[str,
     return out
 
 
-def flatten(raw: Any, prefix: str = "") -> dict[str, Any]:
-    """Dotted keys of a nested mapping (`{'a': {'b': 1}}` -> `{'a.b': 1}`); lists are values."""
-    if isinstance(raw, Mapping):
-        out: dict[str, Any] = {}
-        for k, v in raw.items():
-            out.update(flatten(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: raw}
-
-
 class TensorBoardSink:
     """Event files in `<out>/tensorboard/`, one scalar series per metric, plus the scenario text.
 
