@@ -386,3 +386,10 @@ def test_sync_drop_offline_needs_a_time_based_process_and_keep_fastest_needs_syn
     with pytest.raises(ScenarioError, match=r"engine.keep_fastest: keeps the fastest arrivals of a round"):
         from_mapping(merge(TINY, engine={"mode": "async", "max_versions": 3, "keep_fastest": 2},
                            strategy={"name": "async_fedavg"}))
+
+
+def test_one_clients_look_up_agrees_with_the_whole_mask(tmp_path):
+    proc = _process(tmp_path)
+    for t in (0.0, 5.0, 5.5, 10.0, 20.0, 20.5, 30.0, 95.0, 99.999, 155.0, 200.0, 1234.5):
+        mask = proc.available(t)
+        assert [proc.available_to(c, t) for c in range(3)] == mask.tolist(), t

@@ -436,7 +436,7 @@ class Engine:
         (`offline`); then, of the jobs left, only the `keep_fastest` earliest arrivals (ties by
         dispatch index) are kept and the others are `not among the fastest` (FedScale,
         aggregator.py `tictak_client_tasks`). Nothing here is random: it reads the fixed
-        timelines and the participation process's `available(t)`.
+        timelines and the participation process's `available_to(client, t)`.
 
         Args:
             pendings: the round's jobs, with their timelines fixed at dispatch.
@@ -447,12 +447,12 @@ class Engine:
         """
         eng = self.sc.engine
         if eng.drop_offline:
-            available = getattr(self.participation, "available", None)
-            if available is None:
+            online_at = getattr(self.participation, "available_to", None)  # one client, not a whole mask
+            if online_at is None:
                 raise RunError("engine.drop_offline: this participation process cannot say who is online at a "
                                "given virtual time (use fedscale_trace)")
             for p in pendings:
-                if p.dropped is None and not bool(available(p.arrive)[p.client]):
+                if p.dropped is None and not online_at(p.client, p.arrive):
                     p.dropped = "offline"
         if eng.keep_fastest is not None:
             live = sorted((p for p in pendings if p.dropped is None), key=lambda q: (q.arrive, q.job.id))

@@ -418,7 +418,7 @@ class FedScaleTrace:
     path: str
     mapping: Literal["fedscale", "order", "sample"] = "fedscale"
     k: int | None = bounded(None, ge=1, le=10_000_000)
-    time_based: ClassVar[bool] = True  # `available(t)` answers for any t: sync `engine.drop_offline` works
+    time_based: ClassVar[bool] = True  # `available_to(client, t)` answers for any t: sync `engine.drop_offline`
 
     def validate(self) -> None:
         """Read and check the trace file now, so that a bad file stops before any data loads.
@@ -446,6 +446,10 @@ class _Intervals:
         self.finish, self.owner, self.active, self.inactive = finish, owner, active, inactive
         self.n, self.k, self.rng = n, k, rng
         self.probs = None  # the server never knows; no stationary p_n is claimed
+        # each client's intervals as one slice of owner-sorted arrays, for `available_to`
+        order = np.argsort(owner, kind="stable")
+        self._by_client = (active[order], inactive[order],
+                           np.searchsorted(owner[order], np.arange(n + 1), side="left"))
 
     def available(self, time: float) -> np.ndarray:
         """Which clients the trace has online at virtual time `time` (no sampling)."""
@@ -454,6 +458,13 @@ class _Intervals:
         mask = np.zeros(self.n, dtype=bool)
         mask[self.owner[live]] = True
         return mask
+
+    def available_to(self, client: int, time: float) -> bool:
+        """Whether `client` alone is online at `time` (the same rule as `available`, one client's intervals)."""
+        active, inactive, starts = self._by_client
+        lo, hi = int(starts[client]), int(starts[client + 1])
+        norm = np.mod(float(time), self.finish[client])
+        return bool(np.any((active[lo:hi] <= norm) & (norm <= inactive[lo:hi])))
 
     def online(self, step: int, time: float) -> np.ndarray:
         mask = self.available(time)
